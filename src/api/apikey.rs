@@ -1,0 +1,245 @@
+//! The `ApiKey` resource: one generated key kept in a Secret that Keyward owns, with its rotation schedule.
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Condition, GoDuration, Time};
+
+/// Annotation on an ApiKey that requests one rotation now; each distinct value rotates once.
+pub const ROTATE_ANNOTATION: &str = "keyward.dev/rotate";
+
+/// An API key that Keyward generates, stores in a Secret it owns, and rotates on a schedule.
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "keyward.dev",
+    version = "v1alpha1",
+    kind = "ApiKey",
+    plural = "apikeys",
+    shortname = "ak",
+    category = "keyward",
+    namespaced,
+    doc = "An API key that Keyward generates, keeps in a Secret it owns, and rotates on a schedule.",
+    status = "ApiKeyStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Key ID","type":"string","jsonPath":".status.keyId"}"#,
+    printcolumn = r#"{"name":"Next Rotation","type":"date","jsonPath":".status.nextRotationTime"}"#,
+    printcolumn = r#"{"name":"Utilization","type":"number","jsonPath":".status.usage.utilization"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeySpec {
+    /// Name of the Secret that holds the key, in the ApiKey's namespace. Defaults to the ApiKey's name.
+    /// Keyward never overwrites a Secret of this name that it does not own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub secret_name: Option<String>,
+
+    /// How the key is generated and encoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<KeyFormat>,
+
+    /// When the key rotates on its own. Without it the key rotates only on request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<Rotation>,
+
+    /// RFC 3339 time after which the key material is removed and the key reports Expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// true removes the key material at once (revocation); setting it back to false issues a fresh key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended: Option<bool>,
+
+    /// RateLimitPolicy in the same namespace that meters this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_policy_ref: Option<LocalObjectReference>,
+
+    /// Labels and annotations copied onto the Secret, e.g. the label a gateway selects its keys by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_template: Option<SecretTemplate>,
+
+    /// Workloads in the same namespace restarted after each rotation (pod-template annotation
+    /// keyward.dev/restartedAt), debounced so that a burst of rotations causes one restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub rollout_restart: Vec<RolloutTarget>,
+}
+
+/// How a key is built: `<prefix><encoded random bytes><6-character base62 CRC32 checksum>`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyFormat {
+    /// Identifying prefix such as `kw_live_`, so secret scanners can find leaked keys: letters, digits and `_`,
+    /// at most 16 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), regex(pattern = r"^[A-Za-z0-9_]*$"))]
+    pub prefix: Option<String>,
+
+    /// Number of random bytes drawn from the operating system's CSPRNG: 16 to 128, default 32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 16, max = 128))]
+    pub entropy_bytes: Option<u32>,
+
+    /// How the random bytes are encoded: base62 (default), base64url or hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<KeyEncoding>,
+}
+
+/// Encoding of a key's random bytes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum KeyEncoding {
+    /// Letters and digits only (the default): safe in URLs, headers and shell words.
+    #[default]
+    #[serde(rename = "base62")]
+    Base62,
+    /// RFC 4648 URL-safe base64 without padding.
+    #[serde(rename = "base64url")]
+    Base64Url,
+    /// Lower-case hexadecimal.
+    #[serde(rename = "hex")]
+    Hex,
+}
+
+/// When a key rotates: an interval or a cron schedule (at most one of them), plus the overlap in which the
+/// previous key stays valid.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.interval) && has(self.schedule))")
+    .message("rotation: set at most one of rotation.interval and rotation.schedule"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.timeZone) || has(self.schedule)")
+    .message("rotation.timeZone is only allowed together with rotation.schedule"))]
+pub struct Rotation {
+    /// Rotate this long after the previous rotation, e.g. `720h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<GoDuration>,
+
+    /// Rotate on this 5-field cron schedule (minute hour day-of-month month day-of-week), e.g. `0 3 * * 1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    #[x_kube(validation = kube::core::Rule::new(r"self.matches('^\\s*\\S+(\\s+\\S+){4}\\s*$')")
+        .message("rotation.schedule must be a cron expression of exactly five fields: minute hour day-of-month month day-of-week"))]
+    pub schedule: Option<String>,
+
+    /// IANA time zone the schedule is read in, e.g. `Europe/Berlin`; default `UTC`. Only with `schedule`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$")
+    )]
+    pub time_zone: Option<String>,
+
+    /// How long the previous key stays valid after a rotation (`previous-api-key` in the Secret); default `24h`,
+    /// `0s` drops it at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_period: Option<GoDuration>,
+
+    /// Random delay of up to this long added to each scheduled rotation, spreading keys that share a schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<GoDuration>,
+}
+
+/// A reference to an object by name in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+pub struct LocalObjectReference {
+    /// Name of the object.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Metadata copied onto the Secret Keyward writes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+pub struct SecretTemplate {
+    /// Labels added to the Secret (Keyward's own labels win on conflict).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations added to the Secret (Keyward's own annotations win on conflict).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A workload restarted after each rotation so that it picks up the new key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct RolloutTarget {
+    /// Kind of the workload: Deployment, StatefulSet or DaemonSet.
+    pub kind: RolloutKind,
+    /// Name of the workload in the ApiKey's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Workload kinds that can be restarted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RolloutKind {
+    /// apps/v1 Deployment.
+    Deployment,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
+}
+
+/// What Keyward observed and did for an ApiKey. Never holds key material.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Ready (reasons KeyIssued, Suspended, Expired, SecretConflict, InvalidSpec), NearLimit and Exhausted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// Fingerprint of the current key: the first 12 hex characters of its SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+
+    /// Fingerprint of the previous key while it is still valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key_id: Option<String>,
+
+    /// When the current key was issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation_time: Option<Time>,
+
+    /// When the key rotates next, if it rotates on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_time: Option<Time>,
+
+    /// When the previous key stops being valid and is removed from the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key_expires_at: Option<Time>,
+
+    /// How many times the key has been rotated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_count: Option<i64>,
+
+    /// The last value of the keyward.dev/rotate annotation that was acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotate_request: Option<String>,
+
+    /// The key's usage as measured by its RateLimitPolicy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<KeyUsage>,
+}
+
+/// A key's measured usage against its limit.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyUsage {
+    /// Requests per second observed for this key.
+    pub requests_per_second: f64,
+    /// The key's limit in requests per second.
+    pub limit: f64,
+    /// requestsPerSecond divided by limit (1.0 is the limit).
+    pub utilization: f64,
+    /// When the usage was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<Time>,
+}

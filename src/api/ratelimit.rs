@@ -1,0 +1,213 @@
+//! The `RateLimitPolicy` resource: the limit of every key that references it, where their usage is read from,
+//! and how the gateway in front of them scales.
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Condition, GoDuration, RequestRate, Time};
+
+/// A rate limit shared by the ApiKeys that reference it, with usage monitoring and gateway scaling.
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "keyward.dev",
+    version = "v1alpha1",
+    kind = "RateLimitPolicy",
+    plural = "ratelimitpolicies",
+    shortname = "rlp",
+    category = "keyward",
+    namespaced,
+    doc = "A rate limit shared by the ApiKeys that reference it, with usage monitoring and gateway scaling.",
+    status = "RateLimitPolicyStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Limit","type":"string","jsonPath":".status.effectiveLimit"}"#,
+    printcolumn = r#"{"name":"Usage","type":"number","jsonPath":".status.observedUsage"}"#,
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.scaling.targetRef.name"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.currentReplicas"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitPolicySpec {
+    /// The limit of each key that references this policy, e.g. 1000 requests per `1m`.
+    pub limit: RequestRate,
+
+    /// Temporary limit boosts: the first one whose `until` is still ahead replaces `limit`, and the policy reverts
+    /// on its own when it ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub temporary_overrides: Vec<TemporaryOverride>,
+
+    /// Utilization (usage ÷ limit) at which a key is marked NearLimit: greater than 0, at most 1; default 0.8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 1.0), extend("minimum" = 0.0, "exclusiveMinimum" = true))]
+    pub near_limit_ratio: Option<f64>,
+
+    /// Where each key's usage is read from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageSource>,
+
+    /// Scale the gateway in front of the keys with their total usage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<Scaling>,
+}
+
+/// A limit that applies instead of `limit` until a point in time.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemporaryOverride {
+    /// Requests allowed in each period while the override is active; at least 1.
+    #[schemars(range(min = 1))]
+    pub requests: u64,
+    /// The period the requests are counted over, e.g. `1m`.
+    pub period: GoDuration,
+    /// RFC 3339 time at which the override ends and the policy reverts to `limit`.
+    pub until: Time,
+    /// Why the limit was raised (kept as a record; shown in events).
+    #[schemars(length(min = 1, max = 256))]
+    pub reason: String,
+}
+
+/// The source of per-key usage: a Prometheus query or a direct scrape of the gateway's metrics, not both.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.prometheus) && has(self.scrape))")
+    .message("usage: set at most one of usage.prometheus and usage.scrape"))]
+pub struct UsageSource {
+    /// Read usage with a PromQL instant query through the Prometheus HTTP API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusSource>,
+
+    /// Read the Prometheus text format from the gateway's metrics endpoints and turn counter deltas into rates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrape: Option<ScrapeSource>,
+
+    /// Label that carries a key's identity, its ApiKey name or its keyId; default `api_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    )]
+    pub key_label: Option<String>,
+
+    /// How often usage is polled; default `15s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<GoDuration>,
+}
+
+/// A Prometheus server and the query that yields requests per second by key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct PrometheusSource {
+    /// Base URL of the Prometheus server, e.g. `http://prometheus.monitoring:9090`.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://"))]
+    pub address: String,
+    /// PromQL instant query whose result is requests per second by key, e.g.
+    /// `sum by (api_key) (rate(gateway_requests_total[1m]))`.
+    #[schemars(length(min = 1, max = 4096))]
+    pub query: String,
+}
+
+/// Metrics endpoints read directly, for gateways without a Prometheus server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct ScrapeSource {
+    /// URLs of the gateway's metrics endpoints (every replica); counters are summed across them.
+    #[schemars(
+        length(min = 1, max = 64),
+        inner(length(max = 2048), regex(pattern = r"^https?://"))
+    )]
+    pub urls: Vec<String>,
+    /// Name of the request counter, e.g. `gateway_requests_total`.
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+    )]
+    pub metric: String,
+}
+
+/// Scaling of the gateway with the total usage of the policy's keys, in the manner of a HorizontalPodAutoscaler.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.minReplicas) || self.minReplicas <= self.maxReplicas")
+    .message("scaling.minReplicas must be less than or equal to scaling.maxReplicas"))]
+pub struct Scaling {
+    /// The object to scale: anything with a scale subresource (Deployment, StatefulSet, …).
+    pub target_ref: ScaleTargetRef,
+    /// Fewest replicas; default 1, at least 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min_replicas: Option<i32>,
+    /// Most replicas; at least 0 and at least minReplicas.
+    #[schemars(range(min = 0))]
+    pub max_replicas: i32,
+    /// The traffic one gateway replica serves, e.g. 500 requests per `1s`.
+    pub capacity_per_replica: RequestRate,
+    /// Percent of each replica's capacity to aim for: 1 to 100, default 80.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_utilization: Option<i32>,
+    /// How fast to scale up: the lowest recommendation over the window is used (default window `0s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_up: Option<ScalingRules>,
+    /// How fast to scale down: the highest recommendation over the window is used (default window `300s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down: Option<ScalingRules>,
+}
+
+/// A reference to an object with a scale subresource.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleTargetRef {
+    /// API version of the target, e.g. `apps/v1`.
+    #[schemars(length(min = 1, max = 253))]
+    pub api_version: String,
+    /// Kind of the target, e.g. `Deployment`.
+    #[schemars(length(min = 1, max = 63))]
+    pub kind: String,
+    /// Name of the target in the policy's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Stabilization for one scaling direction.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingRules {
+    /// How far back recommendations are considered, e.g. `300s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stabilization_window: Option<GoDuration>,
+}
+
+/// What Keyward observed and did for a RateLimitPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitPolicyStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, UsageAvailable, ScalingActive, ScalingConflict and OverrideActive.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Total requests per second of all keys that reference this policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_usage: Option<f64>,
+    /// Total usage divided by the gateway's capacity at its current replicas (1.0 is full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization: Option<f64>,
+    /// The limit in force now, as `<requests>/<period>` (an active override or `limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_limit: Option<String>,
+    /// Replicas the scale target has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_replicas: Option<i32>,
+    /// Replicas Keyward recommends for the scale target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    /// When Keyward last changed the target's replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+    /// How many keys are NearLimit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_near_limit: Option<i32>,
+    /// How many keys are Exhausted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_exhausted: Option<i32>,
+}

@@ -1,0 +1,9 @@
+//! Keyward: a Kubernetes operator for the lifecycle of API keys.
+//!
+//! See `DESIGN` in the repository for the shape of the code: `api` holds the custom resources, `devenv` the local
+//! control plane used by tests and `keyward dev`, `run` the operator's entry point.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod devenv;
+pub mod operator;
