@@ -84,7 +84,7 @@ pub struct KeyFormat {
     /// Number of random bytes drawn from the operating system's CSPRNG: 16 to 128, default 32.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 16, max = 128))]
-    pub entropy_bytes: Option<u32>,
+    pub entropy_bytes: Option<i32>,
 
     /// How the random bytes are encoded: base62 (default), base64url or hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -50,7 +50,7 @@ impl JsonSchema for GoDuration {
 pub struct RequestRate {
     /// Requests allowed (or served) in each period; at least 1.
     #[schemars(range(min = 1))]
-    pub requests: u64,
+    pub requests: i64,
     /// The period the requests are counted over, as a duration such as `1s`, `1m` or `1h`.
     pub period: GoDuration,
 }

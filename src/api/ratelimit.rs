@@ -57,7 +57,7 @@ pub struct RateLimitPolicySpec {
 pub struct TemporaryOverride {
     /// Requests allowed in each period while the override is active; at least 1.
     #[schemars(range(min = 1))]
-    pub requests: u64,
+    pub requests: i64,
     /// The period the requests are counted over, e.g. `1m`.
     pub period: GoDuration,
     /// RFC 3339 time at which the override ends and the policy reverts to `limit`.

@@ -33,7 +33,9 @@ pub async fn control_plane_with_crds() -> &'static ControlPlane {
     INSTALLED
         .get_or_init(|| async {
             let client = cp.client().await.expect("client");
-            keyward::operator::crds::install(client).await.expect("install CRDs");
+            keyward::operator::crds::install(client)
+                .await
+                .expect("install CRDs");
         })
         .await;
     cp
@@ -68,7 +70,12 @@ pub fn kubectl_stdin(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn kubectl");
-    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
     child.wait_with_output().expect("kubectl output")
 }
 

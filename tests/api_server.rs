@@ -1,0 +1,440 @@
+//! The API against the real kube-apiserver: the CRDs install and are Established, the examples apply and read
+//! back unchanged, invalid manifests are rejected with the field named, and `kubectl explain` shows the docs.
+
+mod common;
+
+use common::{control_plane_with_crds, kubectl, kubectl_ok, kubectl_stdin, namespace};
+use serde::Deserialize;
+
+#[tokio::test]
+async fn crds_are_established_with_names_and_columns() {
+    let _cp = control_plane_with_crds().await;
+    for crd in ["apikeys.keyward.dev", "ratelimitpolicies.keyward.dev"] {
+        let status = kubectl_ok(&[
+            "get",
+            "crd",
+            crd,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+        ]);
+        assert_eq!(status, "True", "{crd} not Established");
+    }
+    let ns = namespace("crds_established");
+    // Short names and the category resolve through discovery, as a user would type them.
+    for resource in ["ak", "rlp", "keyward", "apikeys.keyward.dev"] {
+        kubectl_ok(&["get", resource, "-n", &ns]);
+    }
+    let applied = kubectl_stdin(
+        &["apply", "--server-side", "-n", &ns, "-f", "-"],
+        "apiVersion: keyward.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: columns}\nspec: {}\n",
+    );
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let table = kubectl_ok(&["get", "apikeys", "-n", &ns]);
+    let header = table.lines().next().unwrap_or_default();
+    for column in [
+        "NAME",
+        "READY",
+        "KEY ID",
+        "NEXT ROTATION",
+        "UTILIZATION",
+        "AGE",
+    ] {
+        assert!(
+            header.contains(column),
+            "ApiKey column {column} missing from {header:?}"
+        );
+    }
+    let table = kubectl_ok(&["get", "ratelimitpolicies", "-n", &ns]);
+    // With no objects kubectl prints no header; the columns are checked on the CRD itself.
+    assert!(table.is_empty() || table.contains("NAME"));
+    let columns = kubectl_ok(&[
+        "get",
+        "crd",
+        "ratelimitpolicies.keyward.dev",
+        "-o",
+        "jsonpath={.spec.versions[0].additionalPrinterColumns[*].name}",
+    ]);
+    assert_eq!(columns, "Ready Limit Usage Target Replicas Age");
+}
+
+/// Whether every leaf of `want` is present and equal in `got` (the server may add defaults and metadata).
+fn contains(got: &serde_json::Value, want: &serde_json::Value, path: &str) -> Result<(), String> {
+    use serde_json::Value;
+    match (got, want) {
+        (Value::Object(g), Value::Object(w)) => {
+            for (k, wv) in w {
+                let gv = g
+                    .get(k)
+                    .ok_or_else(|| format!("{path}.{k} missing after read-back"))?;
+                contains(gv, wv, &format!("{path}.{k}"))?;
+            }
+            Ok(())
+        }
+        (Value::Array(g), Value::Array(w)) if g.len() == w.len() => {
+            for (i, (gv, wv)) in g.iter().zip(w).enumerate() {
+                contains(gv, wv, &format!("{path}[{i}]"))?;
+            }
+            Ok(())
+        }
+        (Value::Number(g), Value::Number(w)) if g.as_f64() == w.as_f64() => Ok(()),
+        _ if got == want => Ok(()),
+        _ => Err(format!("{path}: applied {want}, read back {got}")),
+    }
+}
+
+#[tokio::test]
+async fn examples_apply_server_side_and_read_back_unchanged() {
+    let cp = control_plane_with_crds().await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("examples/")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    let mut checked = 0;
+    for file in files {
+        let out = cp
+            .run_kubectl([
+                std::ffi::OsStr::new("apply"),
+                "--server-side".as_ref(),
+                "-f".as_ref(),
+                file.as_os_str(),
+            ])
+            .expect("kubectl");
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&file).expect("read");
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let want = serde_json::Value::deserialize(doc).expect("yaml");
+            let kind = want["kind"].as_str().expect("kind");
+            let name = want["metadata"]["name"].as_str().expect("name");
+            let mut args = vec!["get", kind, name, "-o", "json"];
+            if let Some(ns) = want["metadata"]["namespace"].as_str() {
+                args.extend(["-n", ns]);
+            }
+            let got: serde_json::Value = serde_json::from_str(&kubectl_ok(&args)).expect("json");
+            if let Err(e) = contains(&got, &want, "") {
+                panic!("{}: {kind}/{name}: {e}", file.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "only {checked} example objects checked");
+}
+
+/// One invalid manifest: what it breaks and the text the rejection must contain (the field path).
+struct Invalid {
+    kind: &'static str,
+    spec: &'static str,
+    field: &'static str,
+}
+
+const APIKEY_INVALID: &[Invalid] = &[
+    Invalid {
+        kind: "ApiKey",
+        spec: "format: {entropyBytes: 8}",
+        field: "spec.format.entropyBytes",
+    },
+    Invalid {
+        kind: "ApiKey",
+        spec: "format: {entropyBytes: 200}",
+        field: "spec.format.entropyBytes",
+    },
+    Invalid {
+        kind: "ApiKey",
+        spec: "format: {encoding: base32}",
+        field: "spec.format.encoding",
+    },
+    Invalid {
+        kind: "ApiKey",
+        spec: "format: {prefix: kw-live-}",
+        field: "spec.format.prefix",
+    },
+    Invalid {
+        kind: "ApiKey",
+        spec: "format: {prefix: abcdefghijklmnopq}",
+        field: "spec.format.prefix",
+    },
+    Invalid {
+        kind: "ApiKey",
+        spec: "rotation: {interval: 1d}",
+        field: "spec.rotation.interval",
+    },
+    Invalid {
+        kind: "ApiKey",
+        spec: "rotation: {interval: 1h, gracePeriod: forever}",
+        field: "spec.rotation.gracePeriod",
+    },
+    Invalid {
+        kind: "ApiKey",
+        spec: "rotation: {interval: 1h, jitter: '5 m'}",
+        field: "spec.rotation.jitter",
+    },
+    Invalid {
+        kind: "ApiKey",
+        spec: "rotation: {interval: 1h, schedule: '0 3 * * 1'}",
+        field: "rotation: set at most one of rotation.interval and rotation.schedule",
+    },
+    Invalid {
+        kind: "ApiKey",
+        spec: "rotation: {interval: 1h, timeZone: Europe/Berlin}",
+        field: "rotation.timeZone is only allowed together with rotation.schedule",
+    },
+    Invalid {
+        kind: "ApiKey",
+        spec: "rotation: {schedule: '0 3 * *'}",
+        field: "spec.rotation.schedule",
+    },
+    Invalid {
+        kind: "ApiKey",
+        spec: "rotation: {schedule: '0 0 3 * * 1'}",
+        field: "spec.rotation.schedule",
+    },
+    Invalid {
+        kind: "ApiKey",
+        spec: "rotation: {schedule: '0 3 * * 1', timeZone: 'Europe Berlin'}",
+        field: "spec.rotation.timeZone",
+    },
+    Invalid {
+        kind: "ApiKey",
+        spec: "rolloutRestart: [{kind: Job, name: x}]",
+        field: "spec.rolloutRestart[0].kind",
+    },
+    Invalid {
+        kind: "ApiKey",
+        spec: "rolloutRestart: [{kind: Deployment}]",
+        field: "spec.rolloutRestart[0].name",
+    },
+    Invalid {
+        kind: "ApiKey",
+        spec: "secretName: Bad_Name",
+        field: "spec.secretName",
+    },
+    Invalid {
+        kind: "ApiKey",
+        spec: "expiresAt: tomorrow",
+        field: "spec.expiresAt",
+    },
+    Invalid {
+        kind: "ApiKey",
+        spec: "suspended: maybe",
+        field: "spec.suspended",
+    },
+    Invalid {
+        kind: "ApiKey",
+        spec: "rateLimitPolicyRef: {}",
+        field: "spec.rateLimitPolicyRef.name",
+    },
+];
+
+const POLICY_INVALID: &[Invalid] = &[
+    Invalid {
+        kind: "RateLimitPolicy",
+        spec: "{}",
+        field: "spec.limit",
+    },
+    Invalid {
+        kind: "RateLimitPolicy",
+        spec: "limit: {requests: 0, period: 1m}",
+        field: "spec.limit.requests",
+    },
+    Invalid {
+        kind: "RateLimitPolicy",
+        spec: "limit: {requests: 10, period: 1 minute}",
+        field: "spec.limit.period",
+    },
+    Invalid {
+        kind: "RateLimitPolicy",
+        spec: "limit: {requests: 10, period: 1m}\n  nearLimitRatio: 0",
+        field: "spec.nearLimitRatio",
+    },
+    Invalid {
+        kind: "RateLimitPolicy",
+        spec: "limit: {requests: 10, period: 1m}\n  nearLimitRatio: 1.5",
+        field: "spec.nearLimitRatio",
+    },
+    Invalid {
+        kind: "RateLimitPolicy",
+        spec: "limit: {requests: 10, period: 1m}\n  temporaryOverrides: [{requests: 20, period: 1m, until: '2030-01-01T00:00:00Z'}]",
+        field: "spec.temporaryOverrides[0].reason",
+    },
+    Invalid {
+        kind: "RateLimitPolicy",
+        spec: "limit: {requests: 10, period: 1m}\n  usage: {prometheus: {address: 'http://p:9090', query: up}, scrape: {urls: ['http://g/metrics'], metric: m}}",
+        field: "usage: set at most one of usage.prometheus and usage.scrape",
+    },
+    Invalid {
+        kind: "RateLimitPolicy",
+        spec: "limit: {requests: 10, period: 1m}\n  usage: {scrape: {urls: [], metric: m}}",
+        field: "spec.usage.scrape.urls",
+    },
+    Invalid {
+        kind: "RateLimitPolicy",
+        spec: "limit: {requests: 10, period: 1m}\n  usage: {prometheus: {address: 'prometheus:9090', query: up}}",
+        field: "spec.usage.prometheus.address",
+    },
+    Invalid {
+        kind: "RateLimitPolicy",
+        spec: "limit: {requests: 10, period: 1m}\n  usage: {keyLabel: 'api-key', interval: 15s}",
+        field: "spec.usage.keyLabel",
+    },
+    Invalid {
+        kind: "RateLimitPolicy",
+        spec: "limit: {requests: 10, period: 1m}\n  scaling: {targetRef: {apiVersion: apps/v1, kind: Deployment, name: gw}, minReplicas: 5, maxReplicas: 2, capacityPerReplica: {requests: 100, period: 1s}}",
+        field: "scaling.minReplicas must be less than or equal to scaling.maxReplicas",
+    },
+    Invalid {
+        kind: "RateLimitPolicy",
+        spec: "limit: {requests: 10, period: 1m}\n  scaling: {targetRef: {apiVersion: apps/v1, kind: Deployment, name: gw}, maxReplicas: -1, capacityPerReplica: {requests: 100, period: 1s}}",
+        field: "spec.scaling.maxReplicas",
+    },
+    Invalid {
+        kind: "RateLimitPolicy",
+        spec: "limit: {requests: 10, period: 1m}\n  scaling: {targetRef: {apiVersion: apps/v1, kind: Deployment, name: gw}, maxReplicas: 3, targetUtilization: 0, capacityPerReplica: {requests: 100, period: 1s}}",
+        field: "spec.scaling.targetUtilization",
+    },
+    Invalid {
+        kind: "RateLimitPolicy",
+        spec: "limit: {requests: 10, period: 1m}\n  scaling: {targetRef: {apiVersion: apps/v1, kind: Deployment, name: gw}, maxReplicas: 3, targetUtilization: 101, capacityPerReplica: {requests: 100, period: 1s}}",
+        field: "spec.scaling.targetUtilization",
+    },
+    Invalid {
+        kind: "RateLimitPolicy",
+        spec: "limit: {requests: 10, period: 1m}\n  scaling: {targetRef: {apiVersion: apps/v1, kind: Deployment, name: gw}, maxReplicas: 3, capacityPerReplica: {requests: 100, period: 1s}, scaleDown: {stabilizationWindow: 5min}}",
+        field: "spec.scaling.scaleDown.stabilizationWindow",
+    },
+    Invalid {
+        kind: "RateLimitPolicy",
+        spec: "limit: {requests: 10, period: 1m}\n  scaling: {targetRef: {apiVersion: apps/v1, kind: Deployment}, maxReplicas: 3, capacityPerReplica: {requests: 100, period: 1s}}",
+        field: "spec.scaling.targetRef.name",
+    },
+];
+
+fn manifest(kind: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: keyward.dev/v1alpha1\nkind: {kind}\nmetadata:\n  name: {name}\nspec:\n  {spec}\n"
+    )
+}
+
+#[tokio::test]
+async fn invalid_manifests_are_rejected_naming_the_field() {
+    let _cp = control_plane_with_crds().await;
+    let ns = namespace("invalid_manifests");
+    let cases: Vec<&Invalid> = APIKEY_INVALID.iter().chain(POLICY_INVALID).collect();
+    assert!(cases.len() >= 30, "the suite has {} cases", cases.len());
+    let mut failures = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let name = format!("bad-{i}");
+        let out = kubectl_stdin(
+            &["apply", "--server-side", "-n", &ns, "-f", "-"],
+            &manifest(case.kind, &name, case.spec),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            failures.push(format!("case {i} ({}) was accepted", case.spec));
+        } else if !stderr.contains(case.field) {
+            failures.push(format!(
+                "case {i} ({}) rejected without naming {:?}: {stderr}",
+                case.spec, case.field
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Nothing of the rejected manifests was stored.
+    let left = kubectl_ok(&["get", "apikeys,ratelimitpolicies", "-n", &ns, "-o", "name"]);
+    assert!(
+        left.trim().is_empty(),
+        "rejected objects were stored: {left}"
+    );
+}
+
+#[tokio::test]
+async fn boundary_values_are_accepted() {
+    // The rules reject what is wrong and nothing more: the edges of each range pass.
+    let _cp = control_plane_with_crds().await;
+    let ns = namespace("boundary_values");
+    let cases = [
+        (
+            "ApiKey",
+            "format: {entropyBytes: 16, prefix: '', encoding: hex}",
+        ),
+        (
+            "ApiKey",
+            "format: {entropyBytes: 128, prefix: abcdefghijklmnop, encoding: base64url}",
+        ),
+        (
+            "ApiKey",
+            "rotation: {interval: 1h30m, gracePeriod: 0s, jitter: 250ms}",
+        ),
+        (
+            "ApiKey",
+            "rotation: {schedule: '*/5 * * * *', timeZone: America/Argentina/Buenos_Aires}",
+        ),
+        (
+            "ApiKey",
+            "expiresAt: '2030-01-01T00:00:00Z'\n  suspended: true",
+        ),
+        (
+            "RateLimitPolicy",
+            "limit: {requests: 1, period: 1s}\n  nearLimitRatio: 1",
+        ),
+        (
+            "RateLimitPolicy",
+            "limit: {requests: 1, period: 1s}\n  scaling: {targetRef: {apiVersion: apps/v1, kind: StatefulSet, name: gw}, minReplicas: 0, maxReplicas: 0, targetUtilization: 100, capacityPerReplica: {requests: 1, period: 1s}}",
+        ),
+    ];
+    for (i, (kind, spec)) in cases.iter().enumerate() {
+        let out = kubectl_stdin(
+            &["apply", "--server-side", "-n", &ns, "-f", "-"],
+            &manifest(kind, &format!("edge-{i}"), spec),
+        );
+        assert!(
+            out.status.success(),
+            "{spec}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn kubectl_explain_shows_field_docs() {
+    let _cp = control_plane_with_crds().await;
+    // NB: explain reads the published OpenAPI, which lags CRD establishment by a moment.
+    let mut last = String::new();
+    for _ in 0..50 {
+        let out = kubectl(&["explain", "apikey.spec.rotation"]);
+        last = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        if out.status.success() && last.contains("schedule") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for needle in [
+        "FIELD: rotation",
+        "interval",
+        "schedule",
+        "timeZone",
+        "gracePeriod",
+        "jitter",
+        "Rotate on this 5-field cron schedule",
+    ] {
+        assert!(
+            last.contains(needle),
+            "explain apikey.spec.rotation lacks {needle:?}:\n{last}"
+        );
+    }
+    let policy = kubectl_ok(&["explain", "ratelimitpolicy.spec.scaling.capacityPerReplica"]);
+    assert!(
+        policy.contains("The traffic one gateway replica serves"),
+        "{policy}"
+    );
+}
