@@ -53,9 +53,7 @@ enum LogFormat {
 
 fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).context("invalid log filter")?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -70,9 +68,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Crd { write_dir: None } => {
             print!("{}", keyward::api::all_crds_yaml()?);
         }
-        Cmd::Crd {
-            write_dir: Some(dir),
-        } => {
+        Cmd::Crd { write_dir: Some(dir) } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             for (file, crd) in keyward::api::crds() {
                 let path = dir.join(file);

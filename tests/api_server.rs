@@ -10,13 +10,8 @@ use serde::Deserialize;
 async fn crds_are_established_with_names_and_columns() {
     let _cp = control_plane_with_crds().await;
     for crd in ["apikeys.keyward.dev", "ratelimitpolicies.keyward.dev"] {
-        let status = kubectl_ok(&[
-            "get",
-            "crd",
-            crd,
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
-        ]);
+        let status =
+            kubectl_ok(&["get", "crd", crd, "-o", "jsonpath={.status.conditions[?(@.type==\"Established\")].status}"]);
         assert_eq!(status, "True", "{crd} not Established");
     }
     let ns = namespace("crds_established");
@@ -28,25 +23,11 @@ async fn crds_are_established_with_names_and_columns() {
         &["apply", "--server-side", "-n", &ns, "-f", "-"],
         "apiVersion: keyward.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: columns}\nspec: {}\n",
     );
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
     let table = kubectl_ok(&["get", "apikeys", "-n", &ns]);
     let header = table.lines().next().unwrap_or_default();
-    for column in [
-        "NAME",
-        "READY",
-        "KEY ID",
-        "NEXT ROTATION",
-        "UTILIZATION",
-        "AGE",
-    ] {
-        assert!(
-            header.contains(column),
-            "ApiKey column {column} missing from {header:?}"
-        );
+    for column in ["NAME", "READY", "KEY ID", "NEXT ROTATION", "UTILIZATION", "AGE"] {
+        assert!(header.contains(column), "ApiKey column {column} missing from {header:?}");
     }
     let table = kubectl_ok(&["get", "ratelimitpolicies", "-n", &ns]);
     // With no objects kubectl prints no header; the columns are checked on the CRD itself.
@@ -67,9 +48,7 @@ fn contains(got: &serde_json::Value, want: &serde_json::Value, path: &str) -> Re
     match (got, want) {
         (Value::Object(g), Value::Object(w)) => {
             for (k, wv) in w {
-                let gv = g
-                    .get(k)
-                    .ok_or_else(|| format!("{path}.{k} missing after read-back"))?;
+                let gv = g.get(k).ok_or_else(|| format!("{path}.{k} missing after read-back"))?;
                 contains(gv, wv, &format!("{path}.{k}"))?;
             }
             Ok(())
@@ -90,27 +69,14 @@ fn contains(got: &serde_json::Value, want: &serde_json::Value, path: &str) -> Re
 async fn examples_apply_server_side_and_read_back_unchanged() {
     let cp = control_plane_with_crds().await;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("examples/")
-        .map(|e| e.expect("entry").path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("examples/").map(|e| e.expect("entry").path()).collect();
     files.sort();
     let mut checked = 0;
     for file in files {
         let out = cp
-            .run_kubectl([
-                std::ffi::OsStr::new("apply"),
-                "--server-side".as_ref(),
-                "-f".as_ref(),
-                file.as_os_str(),
-            ])
+            .run_kubectl([std::ffi::OsStr::new("apply"), "--server-side".as_ref(), "-f".as_ref(), file.as_os_str()])
             .expect("kubectl");
-        assert!(
-            out.status.success(),
-            "{}: {}",
-            file.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
         let text = std::fs::read_to_string(&file).expect("read");
         for doc in serde_yaml::Deserializer::from_str(&text) {
             let want = serde_json::Value::deserialize(doc).expect("yaml");
@@ -138,46 +104,18 @@ struct Invalid {
 }
 
 const APIKEY_INVALID: &[Invalid] = &[
-    Invalid {
-        kind: "ApiKey",
-        spec: "format: {entropyBytes: 8}",
-        field: "spec.format.entropyBytes",
-    },
-    Invalid {
-        kind: "ApiKey",
-        spec: "format: {entropyBytes: 200}",
-        field: "spec.format.entropyBytes",
-    },
-    Invalid {
-        kind: "ApiKey",
-        spec: "format: {encoding: base32}",
-        field: "spec.format.encoding",
-    },
-    Invalid {
-        kind: "ApiKey",
-        spec: "format: {prefix: kw-live-}",
-        field: "spec.format.prefix",
-    },
-    Invalid {
-        kind: "ApiKey",
-        spec: "format: {prefix: abcdefghijklmnopq}",
-        field: "spec.format.prefix",
-    },
-    Invalid {
-        kind: "ApiKey",
-        spec: "rotation: {interval: 1d}",
-        field: "spec.rotation.interval",
-    },
+    Invalid { kind: "ApiKey", spec: "format: {entropyBytes: 8}", field: "spec.format.entropyBytes" },
+    Invalid { kind: "ApiKey", spec: "format: {entropyBytes: 200}", field: "spec.format.entropyBytes" },
+    Invalid { kind: "ApiKey", spec: "format: {encoding: base32}", field: "spec.format.encoding" },
+    Invalid { kind: "ApiKey", spec: "format: {prefix: kw-live-}", field: "spec.format.prefix" },
+    Invalid { kind: "ApiKey", spec: "format: {prefix: abcdefghijklmnopq}", field: "spec.format.prefix" },
+    Invalid { kind: "ApiKey", spec: "rotation: {interval: 1d}", field: "spec.rotation.interval" },
     Invalid {
         kind: "ApiKey",
         spec: "rotation: {interval: 1h, gracePeriod: forever}",
         field: "spec.rotation.gracePeriod",
     },
-    Invalid {
-        kind: "ApiKey",
-        spec: "rotation: {interval: 1h, jitter: '5 m'}",
-        field: "spec.rotation.jitter",
-    },
+    Invalid { kind: "ApiKey", spec: "rotation: {interval: 1h, jitter: '5 m'}", field: "spec.rotation.jitter" },
     Invalid {
         kind: "ApiKey",
         spec: "rotation: {interval: 1h, schedule: '0 3 * * 1'}",
@@ -188,69 +126,25 @@ const APIKEY_INVALID: &[Invalid] = &[
         spec: "rotation: {interval: 1h, timeZone: Europe/Berlin}",
         field: "rotation.timeZone is only allowed together with rotation.schedule",
     },
-    Invalid {
-        kind: "ApiKey",
-        spec: "rotation: {schedule: '0 3 * *'}",
-        field: "spec.rotation.schedule",
-    },
-    Invalid {
-        kind: "ApiKey",
-        spec: "rotation: {schedule: '0 0 3 * * 1'}",
-        field: "spec.rotation.schedule",
-    },
+    Invalid { kind: "ApiKey", spec: "rotation: {schedule: '0 3 * *'}", field: "spec.rotation.schedule" },
+    Invalid { kind: "ApiKey", spec: "rotation: {schedule: '0 0 3 * * 1'}", field: "spec.rotation.schedule" },
     Invalid {
         kind: "ApiKey",
         spec: "rotation: {schedule: '0 3 * * 1', timeZone: 'Europe Berlin'}",
         field: "spec.rotation.timeZone",
     },
-    Invalid {
-        kind: "ApiKey",
-        spec: "rolloutRestart: [{kind: Job, name: x}]",
-        field: "spec.rolloutRestart[0].kind",
-    },
-    Invalid {
-        kind: "ApiKey",
-        spec: "rolloutRestart: [{kind: Deployment}]",
-        field: "spec.rolloutRestart[0].name",
-    },
-    Invalid {
-        kind: "ApiKey",
-        spec: "secretName: Bad_Name",
-        field: "spec.secretName",
-    },
-    Invalid {
-        kind: "ApiKey",
-        spec: "expiresAt: tomorrow",
-        field: "spec.expiresAt",
-    },
-    Invalid {
-        kind: "ApiKey",
-        spec: "suspended: maybe",
-        field: "spec.suspended",
-    },
-    Invalid {
-        kind: "ApiKey",
-        spec: "rateLimitPolicyRef: {}",
-        field: "spec.rateLimitPolicyRef.name",
-    },
+    Invalid { kind: "ApiKey", spec: "rolloutRestart: [{kind: Job, name: x}]", field: "spec.rolloutRestart[0].kind" },
+    Invalid { kind: "ApiKey", spec: "rolloutRestart: [{kind: Deployment}]", field: "spec.rolloutRestart[0].name" },
+    Invalid { kind: "ApiKey", spec: "secretName: Bad_Name", field: "spec.secretName" },
+    Invalid { kind: "ApiKey", spec: "expiresAt: tomorrow", field: "spec.expiresAt" },
+    Invalid { kind: "ApiKey", spec: "suspended: maybe", field: "spec.suspended" },
+    Invalid { kind: "ApiKey", spec: "rateLimitPolicyRef: {}", field: "spec.rateLimitPolicyRef.name" },
 ];
 
 const POLICY_INVALID: &[Invalid] = &[
-    Invalid {
-        kind: "RateLimitPolicy",
-        spec: "{}",
-        field: "spec.limit",
-    },
-    Invalid {
-        kind: "RateLimitPolicy",
-        spec: "limit: {requests: 0, period: 1m}",
-        field: "spec.limit.requests",
-    },
-    Invalid {
-        kind: "RateLimitPolicy",
-        spec: "limit: {requests: 10, period: 1 minute}",
-        field: "spec.limit.period",
-    },
+    Invalid { kind: "RateLimitPolicy", spec: "{}", field: "spec.limit" },
+    Invalid { kind: "RateLimitPolicy", spec: "limit: {requests: 0, period: 1m}", field: "spec.limit.requests" },
+    Invalid { kind: "RateLimitPolicy", spec: "limit: {requests: 10, period: 1 minute}", field: "spec.limit.period" },
     Invalid {
         kind: "RateLimitPolicy",
         spec: "limit: {requests: 10, period: 1m}\n  nearLimitRatio: 0",
@@ -319,9 +213,7 @@ const POLICY_INVALID: &[Invalid] = &[
 ];
 
 fn manifest(kind: &str, name: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: keyward.dev/v1alpha1\nkind: {kind}\nmetadata:\n  name: {name}\nspec:\n  {spec}\n"
-    )
+    format!("apiVersion: keyward.dev/v1alpha1\nkind: {kind}\nmetadata:\n  name: {name}\nspec:\n  {spec}\n")
 }
 
 #[tokio::test]
@@ -333,27 +225,19 @@ async fn invalid_manifests_are_rejected_naming_the_field() {
     let mut failures = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         let name = format!("bad-{i}");
-        let out = kubectl_stdin(
-            &["apply", "--server-side", "-n", &ns, "-f", "-"],
-            &manifest(case.kind, &name, case.spec),
-        );
+        let out =
+            kubectl_stdin(&["apply", "--server-side", "-n", &ns, "-f", "-"], &manifest(case.kind, &name, case.spec));
         let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.success() {
             failures.push(format!("case {i} ({}) was accepted", case.spec));
         } else if !stderr.contains(case.field) {
-            failures.push(format!(
-                "case {i} ({}) rejected without naming {:?}: {stderr}",
-                case.spec, case.field
-            ));
+            failures.push(format!("case {i} ({}) rejected without naming {:?}: {stderr}", case.spec, case.field));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // Nothing of the rejected manifests was stored.
     let left = kubectl_ok(&["get", "apikeys,ratelimitpolicies", "-n", &ns, "-o", "name"]);
-    assert!(
-        left.trim().is_empty(),
-        "rejected objects were stored: {left}"
-    );
+    assert!(left.trim().is_empty(), "rejected objects were stored: {left}");
 }
 
 #[tokio::test]
@@ -362,30 +246,12 @@ async fn boundary_values_are_accepted() {
     let _cp = control_plane_with_crds().await;
     let ns = namespace("boundary_values");
     let cases = [
-        (
-            "ApiKey",
-            "format: {entropyBytes: 16, prefix: '', encoding: hex}",
-        ),
-        (
-            "ApiKey",
-            "format: {entropyBytes: 128, prefix: abcdefghijklmnop, encoding: base64url}",
-        ),
-        (
-            "ApiKey",
-            "rotation: {interval: 1h30m, gracePeriod: 0s, jitter: 250ms}",
-        ),
-        (
-            "ApiKey",
-            "rotation: {schedule: '*/5 * * * *', timeZone: America/Argentina/Buenos_Aires}",
-        ),
-        (
-            "ApiKey",
-            "expiresAt: '2030-01-01T00:00:00Z'\n  suspended: true",
-        ),
-        (
-            "RateLimitPolicy",
-            "limit: {requests: 1, period: 1s}\n  nearLimitRatio: 1",
-        ),
+        ("ApiKey", "format: {entropyBytes: 16, prefix: '', encoding: hex}"),
+        ("ApiKey", "format: {entropyBytes: 128, prefix: abcdefghijklmnop, encoding: base64url}"),
+        ("ApiKey", "rotation: {interval: 1h30m, gracePeriod: 0s, jitter: 250ms}"),
+        ("ApiKey", "rotation: {schedule: '*/5 * * * *', timeZone: America/Argentina/Buenos_Aires}"),
+        ("ApiKey", "expiresAt: '2030-01-01T00:00:00Z'\n  suspended: true"),
+        ("RateLimitPolicy", "limit: {requests: 1, period: 1s}\n  nearLimitRatio: 1"),
         (
             "RateLimitPolicy",
             "limit: {requests: 1, period: 1s}\n  scaling: {targetRef: {apiVersion: apps/v1, kind: StatefulSet, name: gw}, minReplicas: 0, maxReplicas: 0, targetUtilization: 100, capacityPerReplica: {requests: 1, period: 1s}}",
@@ -396,11 +262,7 @@ async fn boundary_values_are_accepted() {
             &["apply", "--server-side", "-n", &ns, "-f", "-"],
             &manifest(kind, &format!("edge-{i}"), spec),
         );
-        assert!(
-            out.status.success(),
-            "{spec}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{spec}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
@@ -411,8 +273,7 @@ async fn kubectl_explain_shows_field_docs() {
     let mut last = String::new();
     for _ in 0..50 {
         let out = kubectl(&["explain", "apikey.spec.rotation"]);
-        last = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
+        last = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
         if out.status.success() && last.contains("schedule") {
             break;
         }
@@ -427,14 +288,8 @@ async fn kubectl_explain_shows_field_docs() {
         "jitter",
         "Rotate on this 5-field cron schedule",
     ] {
-        assert!(
-            last.contains(needle),
-            "explain apikey.spec.rotation lacks {needle:?}:\n{last}"
-        );
+        assert!(last.contains(needle), "explain apikey.spec.rotation lacks {needle:?}:\n{last}");
     }
     let policy = kubectl_ok(&["explain", "ratelimitpolicy.spec.scaling.capacityPerReplica"]);
-    assert!(
-        policy.contains("The traffic one gateway replica serves"),
-        "{policy}"
-    );
+    assert!(policy.contains("The traffic one gateway replica serves"), "{policy}");
 }

@@ -9,10 +9,7 @@ use serde::Deserialize;
 fn documents() -> Vec<(String, serde_json::Value)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let mut docs = Vec::new();
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .expect("examples/")
-        .map(|e| e.expect("entry").path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir).expect("examples/").map(|e| e.expect("entry").path()).collect();
     files.sort();
     for path in files {
         let text = std::fs::read_to_string(&path).expect("read example");
@@ -24,16 +21,10 @@ fn documents() -> Vec<(String, serde_json::Value)> {
     docs
 }
 
-fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
-    file: &str,
-    value: &serde_json::Value,
-) {
+fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(file: &str, value: &serde_json::Value) {
     let typed: T = serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{file}: {e}"));
     let back = serde_json::to_value(&typed).expect("serialize");
-    assert_eq!(
-        &back, value,
-        "{file}: a field did not survive the Rust types"
-    );
+    assert_eq!(&back, value, "{file}: a field did not survive the Rust types");
 }
 
 #[test]
@@ -52,8 +43,5 @@ fn examples_match_the_rust_types() {
             _ => {}
         }
     }
-    assert!(
-        keys >= 1 && policies >= 1,
-        "examples/ needs at least one of each kind ({keys}, {policies})"
-    );
+    assert!(keys >= 1 && policies >= 1, "examples/ needs at least one of each kind ({keys}, {policies})");
 }

@@ -34,10 +34,7 @@ pub struct ApiKeySpec {
     /// Name of the Secret that holds the key, in the ApiKey's namespace. Defaults to the ApiKey's name.
     /// Keyward never overwrites a Secret of this name that it does not own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub secret_name: Option<String>,
 
     /// How the key is generated and encoded.
@@ -128,10 +125,7 @@ pub struct Rotation {
 
     /// IANA time zone the schedule is read in, e.g. `Europe/Berlin`; default `UTC`. Only with `schedule`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(min = 1, max = 64),
-        regex(pattern = r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$")
-    )]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$"))]
     pub time_zone: Option<String>,
 
     /// How long the previous key stays valid after a rotation (`previous-api-key` in the Secret); default `24h`,

@@ -71,15 +71,9 @@ mod tests {
 
     #[test]
     fn request_rate_per_second() {
-        let r = RequestRate {
-            requests: 1200,
-            period: "1m".into(),
-        };
+        let r = RequestRate { requests: 1200, period: "1m".into() };
         assert_eq!(r.per_second(), Some(20.0));
-        let zero = RequestRate {
-            requests: 5,
-            period: "0s".into(),
-        };
+        let zero = RequestRate { requests: 5, period: "0s".into() };
         assert_eq!(zero.per_second(), None);
     }
 }

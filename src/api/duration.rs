@@ -12,9 +12,7 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 pub enum DurationError {
     #[error("empty duration")]
     Empty,
-    #[error(
-        "invalid duration {0:?}: expected a sequence of <number><unit> with units ms, s, m, h (e.g. 1h30m)"
-    )]
+    #[error("invalid duration {0:?}: expected a sequence of <number><unit> with units ms, s, m, h (e.g. 1h30m)")]
     Syntax(String),
     #[error("duration {0:?} is too large")]
     Overflow(String),
@@ -37,9 +35,7 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
         if i == start {
             return Err(syntax());
         }
-        let whole: u128 = input[start..i]
-            .parse()
-            .map_err(|_| DurationError::Overflow(input.to_string()))?;
+        let whole: u128 = input[start..i].parse().map_err(|_| DurationError::Overflow(input.to_string()))?;
         let (mut frac, mut frac_scale) = (0u128, 1u128);
         if i < bytes.len() && bytes[i] == b'.' {
             i += 1;
@@ -73,12 +69,9 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
             .checked_mul(unit_nanos)
             .and_then(|w| w.checked_add(frac * unit_nanos / frac_scale))
             .ok_or_else(|| DurationError::Overflow(input.to_string()))?;
-        total_nanos = total_nanos
-            .checked_add(part)
-            .ok_or_else(|| DurationError::Overflow(input.to_string()))?;
+        total_nanos = total_nanos.checked_add(part).ok_or_else(|| DurationError::Overflow(input.to_string()))?;
     }
-    let secs = u64::try_from(total_nanos / 1_000_000_000)
-        .map_err(|_| DurationError::Overflow(input.to_string()))?;
+    let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| DurationError::Overflow(input.to_string()))?;
     // The remainder of a division by 1e9 always fits in u32.
     let nanos = (total_nanos % 1_000_000_000) as u32;
     Ok(Duration::new(secs, nanos))
@@ -102,9 +95,7 @@ mod tests {
 
     #[test]
     fn refuses_what_the_schema_refuses() {
-        for bad in [
-            "", "5", "h", "1d", "1 h", "-1s", "1.s", ".5s", "1hh", "1H", "1s ", "1us",
-        ] {
+        for bad in ["", "5", "h", "1d", "1 h", "-1s", "1.s", ".5s", "1hh", "1H", "1s ", "1us"] {
             assert!(parse(bad).is_err(), "{bad:?} should be refused");
         }
     }
@@ -141,27 +132,13 @@ mod tests {
             }
             true
         }
-        for s in [
-            "1h",
-            "1h30m",
-            "0.5ms",
-            "10ms5s",
-            "1.",
-            "m",
-            "1x",
-            "12",
-            "1m2",
-            "3h4m5s6ms",
-        ] {
+        for s in ["1h", "1h30m", "0.5ms", "10ms5s", "1.", "m", "1x", "12", "1m2", "3h4m5s6ms"] {
             assert_eq!(parse(s).is_ok(), matches_pattern(s), "{s:?}");
         }
     }
 
     #[test]
     fn huge_values_overflow_instead_of_wrapping() {
-        assert!(matches!(
-            parse("99999999999999999999999999999h"),
-            Err(DurationError::Overflow(_))
-        ));
+        assert!(matches!(parse("99999999999999999999999999999h"), Err(DurationError::Overflow(_))));
     }
 }

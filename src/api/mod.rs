@@ -20,10 +20,7 @@ pub const GROUP: &str = "keyward.dev";
 
 /// Every CRD Keyward serves, with the file name it has under `crds/`.
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
-    vec![
-        ("keyward.dev_apikeys.yaml", ApiKey::crd()),
-        ("keyward.dev_ratelimitpolicies.yaml", RateLimitPolicy::crd()),
-    ]
+    vec![("keyward.dev_apikeys.yaml", ApiKey::crd()), ("keyward.dev_ratelimitpolicies.yaml", RateLimitPolicy::crd())]
 }
 
 /// One CRD as the YAML document written to `crds/` and printed by `keyward crd`.

@@ -83,10 +83,7 @@ pub struct UsageSource {
 
     /// Label that carries a key's identity, its ApiKey name or its keyId; default `api_key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(min = 1, max = 128),
-        regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-    )]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$"))]
     pub key_label: Option<String>,
 
     /// How often usage is polled; default `15s`.
@@ -110,16 +107,10 @@ pub struct PrometheusSource {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct ScrapeSource {
     /// URLs of the gateway's metrics endpoints (every replica); counters are summed across them.
-    #[schemars(
-        length(min = 1, max = 64),
-        inner(length(max = 2048), regex(pattern = r"^https?://"))
-    )]
+    #[schemars(length(min = 1, max = 64), inner(length(max = 2048), regex(pattern = r"^https?://")))]
     pub urls: Vec<String>,
     /// Name of the request counter, e.g. `gateway_requests_total`.
-    #[schemars(
-        length(min = 1, max = 256),
-        regex(pattern = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-    )]
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"))]
     pub metric: String,
 }
 

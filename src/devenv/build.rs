@@ -26,15 +26,9 @@ pub enum BuildError {
     )]
     GoTooOld(String),
     #[error("cannot read the control plane sources in {path}: {source}")]
-    Sources {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Sources { path: PathBuf, source: std::io::Error },
     #[error("cannot use the cache directory {path}: {source}")]
-    Cache {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Cache { path: PathBuf, source: std::io::Error },
     #[error("building the control plane failed ({status}); output in {log}")]
     Failed { status: String, log: PathBuf },
     #[error("KEYWARD_CONTROLPLANE points at {0}, which does not exist")]
@@ -43,9 +37,7 @@ pub enum BuildError {
 
 /// Where the Go module lives in this source tree.
 pub fn source_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("controlplane")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("controlplane")
 }
 
 /// The cache directory for built binaries.
@@ -65,11 +57,7 @@ pub fn cache_dir() -> PathBuf {
 pub fn binary() -> Result<PathBuf, BuildError> {
     if let Some(p) = std::env::var_os("KEYWARD_CONTROLPLANE") {
         let p = PathBuf::from(p);
-        return if p.exists() {
-            Ok(p)
-        } else {
-            Err(BuildError::OverrideMissing(p))
-        };
+        return if p.exists() { Ok(p) } else { Err(BuildError::OverrideMissing(p)) };
     }
     let src = source_dir();
     let hash = sources_hash(&src)?;
@@ -108,19 +96,12 @@ fn sources_hash(src: &Path) -> Result<String, BuildError> {
 }
 
 fn check_go() -> Result<(), BuildError> {
-    let out = Command::new("go")
-        .arg("version")
-        .output()
-        .map_err(|_| BuildError::GoMissing)?;
+    let out = Command::new("go").arg("version").output().map_err(|_| BuildError::GoMissing)?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if !out.status.success() {
         return Err(BuildError::GoMissing);
     }
-    if go_version_ok(&text) {
-        Ok(())
-    } else {
-        Err(BuildError::GoTooOld(text))
-    }
+    if go_version_ok(&text) { Ok(()) } else { Err(BuildError::GoTooOld(text)) }
 }
 
 /// Whether `go version` output names Go 1.26 or newer.
@@ -135,14 +116,8 @@ fn go_version_ok(text: &str) -> bool {
 fn build(src: &Path, dir: &Path, bin: &Path) -> Result<(), BuildError> {
     let tmp = dir.join("keyward-controlplane.tmp");
     let log = dir.join("build.log");
-    let log_file = File::create(&log).map_err(|source| BuildError::Cache {
-        path: log.clone(),
-        source,
-    })?;
-    let err_file = log_file.try_clone().map_err(|source| BuildError::Cache {
-        path: log.clone(),
-        source,
-    })?;
+    let log_file = File::create(&log).map_err(|source| BuildError::Cache { path: log.clone(), source })?;
+    let err_file = log_file.try_clone().map_err(|source| BuildError::Cache { path: log.clone(), source })?;
     eprintln!(
         "keyward: building the local control plane (kube-apiserver, etcd, kube-controller-manager, kubectl) from \
          Go modules into {}.\nkeyward: the first build downloads the modules and takes about 8 minutes on 2 cores; \
@@ -158,19 +133,13 @@ fn build(src: &Path, dir: &Path, bin: &Path) -> Result<(), BuildError> {
         .stdout(log_file)
         .stderr(err_file)
         .spawn()
-        .map_err(|source| BuildError::Cache {
-            path: src.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| BuildError::Cache { path: src.to_path_buf(), source })?;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) => {}
             Err(source) => {
-                return Err(BuildError::Cache {
-                    path: src.to_path_buf(),
-                    source,
-                });
+                return Err(BuildError::Cache { path: src.to_path_buf(), source });
             }
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -184,19 +153,10 @@ fn build(src: &Path, dir: &Path, bin: &Path) -> Result<(), BuildError> {
         if let Ok(text) = std::fs::read_to_string(&log) {
             eprintln!("{text}");
         }
-        return Err(BuildError::Failed {
-            status: status.to_string(),
-            log,
-        });
+        return Err(BuildError::Failed { status: status.to_string(), log });
     }
-    std::fs::rename(&tmp, bin).map_err(|source| BuildError::Cache {
-        path: bin.to_path_buf(),
-        source,
-    })?;
-    eprintln!(
-        "keyward: control plane built in {}s",
-        started.elapsed().as_secs()
-    );
+    std::fs::rename(&tmp, bin).map_err(|source| BuildError::Cache { path: bin.to_path_buf(), source })?;
+    eprintln!("keyward: control plane built in {}s", started.elapsed().as_secs());
     Ok(())
 }
 

@@ -27,10 +27,7 @@ pub enum DevError {
 /// Runs the quickstart until Ctrl-C.
 pub async fn dev(dir: &Path, examples: &Path) -> Result<(), DevError> {
     let dir = std::path::absolute(dir).map_err(DevError::Wrapper)?;
-    eprintln!(
-        "keyward dev: starting a local control plane in {}",
-        dir.display()
-    );
+    eprintln!("keyward dev: starting a local control plane in {}", dir.display());
     let cp = tokio::task::spawn_blocking({
         let dir = dir.clone();
         move || ControlPlane::start(&dir)
@@ -42,12 +39,7 @@ pub async fn dev(dir: &Path, examples: &Path) -> Result<(), DevError> {
     eprintln!("keyward dev: CRDs installed");
     if examples.is_dir() {
         let out = cp
-            .run_kubectl([
-                std::ffi::OsStr::new("apply"),
-                "--server-side".as_ref(),
-                "-f".as_ref(),
-                examples.as_os_str(),
-            ])
+            .run_kubectl([std::ffi::OsStr::new("apply"), "--server-side".as_ref(), "-f".as_ref(), examples.as_os_str()])
             .map_err(DevError::Kubectl)?;
         if !out.status.success() {
             return Err(DevError::Apply {
@@ -79,10 +71,7 @@ pub async fn dev(dir: &Path, examples: &Path) -> Result<(), DevError> {
 fn write_kubectl_wrapper(dir: &Path, bin: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("kubectl");
-    std::fs::write(
-        &path,
-        format!("#!/bin/sh\nexec '{}' kubectl \"$@\"\n", bin.display()),
-    )?;
+    std::fs::write(&path, format!("#!/bin/sh\nexec '{}' kubectl \"$@\"\n", bin.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

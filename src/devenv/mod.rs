@@ -19,10 +19,7 @@ pub enum StartError {
     #[error(transparent)]
     Build(#[from] BuildError),
     #[error("cannot prepare {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("the control plane stopped before it was ready; its logs are in {dir}:\n{logs}")]
     NotReady { dir: PathBuf, logs: String },
 }
@@ -50,10 +47,7 @@ impl ControlPlane {
     /// Builds or finds the binary and starts a fresh control plane with its state in `dir`.
     pub fn start(dir: &Path) -> Result<Self, StartError> {
         let bin = binary()?;
-        let io = |source| StartError::Io {
-            path: dir.to_path_buf(),
-            source,
-        };
+        let io = |source| StartError::Io { path: dir.to_path_buf(), source };
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(io)?;
         }
@@ -70,10 +64,7 @@ impl ControlPlane {
             .spawn()
             .map_err(io)?;
         let stdin = child.stdin.take();
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| io(std::io::Error::other("no stdout pipe")))?;
+        let stdout = child.stdout.take().ok_or_else(|| io(std::io::Error::other("no stdout pipe")))?;
         let mut kubeconfig = None;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
@@ -82,22 +73,13 @@ impl ControlPlane {
                 break;
             }
         }
-        let mut cp = ControlPlane {
-            child,
-            stdin,
-            bin,
-            dir: dir.to_path_buf(),
-            kubeconfig: PathBuf::new(),
-        };
+        let mut cp = ControlPlane { child, stdin, bin, dir: dir.to_path_buf(), kubeconfig: PathBuf::new() };
         match kubeconfig {
             Some(k) => {
                 cp.kubeconfig = k;
                 Ok(cp)
             }
-            None => Err(StartError::NotReady {
-                dir: dir.to_path_buf(),
-                logs: log_tails(dir),
-            }),
+            None => Err(StartError::NotReady { dir: dir.to_path_buf(), logs: log_tails(dir) }),
         }
     }
 
@@ -164,20 +146,11 @@ impl Drop for ControlPlane {
 /// The last lines of every log in the state directory, for an error message.
 fn log_tails(dir: &Path) -> String {
     let mut out = String::new();
-    for name in [
-        "up.log",
-        "apiserver.log",
-        "controller-manager.log",
-        "etcd.log",
-    ] {
+    for name in ["up.log", "apiserver.log", "controller-manager.log", "etcd.log"] {
         if let Ok(text) = std::fs::read_to_string(dir.join(name)) {
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(15)..];
-            out.push_str(&format!(
-                "--- {name} (last {} lines)\n{}\n",
-                tail.len(),
-                tail.join("\n")
-            ));
+            out.push_str(&format!("--- {name} (last {} lines)\n{}\n", tail.len(), tail.join("\n")));
         }
     }
     out

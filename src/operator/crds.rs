@@ -20,11 +20,7 @@ pub enum CrdError {
     )]
     Missing { missing: String },
     #[error("cannot {op} CRD {name}: {source}")]
-    Api {
-        op: &'static str,
-        name: String,
-        source: kube::Error,
-    },
+    Api { op: &'static str, name: String, source: kube::Error },
     #[error("CRD {0} did not become Established within 60s")]
     NotEstablished(String),
 }
@@ -37,10 +33,7 @@ fn is_established(crd: &CustomResourceDefinition) -> bool {
     crd.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-        })
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
 }
 
 /// Applies every CRD with server-side apply and waits until each is Established.
@@ -48,17 +41,9 @@ pub async fn install(client: kube::Client) -> Result<(), CrdError> {
     let crds: Api<CustomResourceDefinition> = Api::all(client);
     for (_, crd) in api::crds() {
         let name = crd_name(&crd);
-        crds.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .map_err(|source| CrdError::Api {
-            op: "apply",
-            name: name.clone(),
-            source,
-        })?;
+        crds.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&crd))
+            .await
+            .map_err(|source| CrdError::Api { op: "apply", name: name.clone(), source })?;
     }
     for (_, crd) in api::crds() {
         let name = crd_name(&crd);
@@ -66,11 +51,7 @@ pub async fn install(client: kube::Client) -> Result<(), CrdError> {
         match tokio::time::timeout(Duration::from_secs(60), established).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                return Err(CrdError::Api {
-                    op: "watch",
-                    name,
-                    source: kube::Error::Service(Box::new(e)),
-                });
+                return Err(CrdError::Api { op: "watch", name, source: kube::Error::Service(Box::new(e)) });
             }
             Err(_) => return Err(CrdError::NotEstablished(name)),
         }
@@ -84,20 +65,11 @@ pub async fn check(client: kube::Client) -> Result<(), CrdError> {
     let mut missing = Vec::new();
     for (_, crd) in api::crds() {
         let name = crd_name(&crd);
-        let found = crds.get_opt(&name).await.map_err(|source| CrdError::Api {
-            op: "read",
-            name: name.clone(),
-            source,
-        })?;
+        let found =
+            crds.get_opt(&name).await.map_err(|source| CrdError::Api { op: "read", name: name.clone(), source })?;
         if !found.as_ref().is_some_and(is_established) {
             missing.push(name);
         }
     }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(CrdError::Missing {
-            missing: missing.join(", "),
-        })
-    }
+    if missing.is_empty() { Ok(()) } else { Err(CrdError::Missing { missing: missing.join(", ") }) }
 }

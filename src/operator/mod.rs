@@ -16,18 +16,13 @@ pub enum RunError {
 /// Runs the operator until `shutdown` completes: checks the CRDs are installed (failing with a message that says
 /// how to install them), then runs the controllers.
 pub async fn run(client: kube::Client, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    let version = client
-        .apiserver_version()
-        .await
-        .map_err(RunError::Connect)?;
+    let version = client.apiserver_version().await.map_err(RunError::Connect)?;
     tracing::info!(server = %version.git_version, "connected to Kubernetes");
     crds::check(client.clone()).await?;
     tracing::info!("Keyward CRDs are installed and established");
     // NB: the ApiKey and RateLimitPolicy controllers are added by their own issues; until then the operator only
     // proves it can reach the cluster and find its API, and waits for shutdown.
-    tracing::warn!(
-        "this build has no controllers yet: ApiKeys and RateLimitPolicies are not reconciled"
-    );
+    tracing::warn!("this build has no controllers yet: ApiKeys and RateLimitPolicies are not reconciled");
     shutdown.await;
     tracing::info!("shutting down");
     Ok(())

@@ -33,9 +33,7 @@ pub async fn control_plane_with_crds() -> &'static ControlPlane {
     INSTALLED
         .get_or_init(|| async {
             let client = cp.client().await.expect("client");
-            keyward::operator::crds::install(client)
-                .await
-                .expect("install CRDs");
+            keyward::operator::crds::install(client).await.expect("install CRDs");
         })
         .await;
     cp
@@ -49,12 +47,7 @@ pub fn kubectl(args: &[&str]) -> Output {
 /// Runs kubectl and panics with its stderr unless it succeeds; returns stdout.
 pub fn kubectl_ok(args: &[&str]) -> String {
     let out = kubectl(args);
-    assert!(
-        out.status.success(),
-        "kubectl {} failed:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "kubectl {} failed:\n{}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -70,12 +63,7 @@ pub fn kubectl_stdin(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn kubectl");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
     child.wait_with_output().expect("kubectl output")
 }
 
