@@ -5,5 +5,10 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod apikey;
+pub mod cli;
+pub mod conditions;
 pub mod devenv;
+pub mod keys;
 pub mod operator;
+pub mod schedule;

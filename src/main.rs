@@ -24,6 +24,15 @@ enum Cmd {
     },
     /// Run the operator against the current kubeconfig or the in-cluster configuration.
     Run {
+        /// Watch only this namespace (default: all namespaces).
+        #[arg(long, short = 'n', env = "KEYWARD_NAMESPACE")]
+        namespace: Option<String>,
+        /// Reconciles running at once per controller.
+        #[arg(long, env = "KEYWARD_CONCURRENCY", default_value_t = 16)]
+        concurrency: u16,
+        /// Stop when standard input closes (used by the test harness so no operator outlives its tests).
+        #[arg(long, hide = true)]
+        exit_on_stdin_close: bool,
         /// Log format.
         #[arg(long, env = "KEYWARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -31,8 +40,26 @@ enum Cmd {
         #[arg(long, env = "KEYWARD_LOG", default_value = "info")]
         log: String,
     },
+    /// Rotate an ApiKey now (sets the keyward.dev/rotate annotation to a new value, like `cmctl renew`).
+    Rotate {
+        /// Name of the ApiKey.
+        name: String,
+        /// Namespace of the ApiKey (default: the kubeconfig's namespace).
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+    },
+    /// Check a key's format and checksum offline (reads the key from standard input, so it stays out of shell
+    /// history and process lists). Exits 0 when the checksum is valid.
+    VerifyFormat {
+        /// Also require this prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
     /// Start a local control plane under ./.keyward-dev/, install the CRDs, apply examples/ and run the operator.
     Dev {
+        /// Only build (or find) the control plane binary and print its path.
+        #[arg(long)]
+        build_only: bool,
         /// State directory of the local control plane.
         #[arg(long, default_value = ".keyward-dev")]
         dir: PathBuf,
@@ -61,6 +88,10 @@ fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default().await.context("no Kubernetes configuration found (kubeconfig or in-cluster)")
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -76,14 +107,47 @@ async fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
         }
-        Cmd::Run { log_format, log } => {
+        Cmd::Run { namespace, concurrency, exit_on_stdin_close, log_format, log } => {
             init_logging(log_format, &log)?;
-            let client = kube::Client::try_default()
-                .await
-                .context("no Kubernetes configuration found (kubeconfig or in-cluster)")?;
-            keyward::operator::run(client, keyward::operator::shutdown_signal()).await?;
+            let client = client().await?;
+            let options = keyward::operator::Options { namespace, concurrency };
+            if exit_on_stdin_close {
+                let stdin_closed = async {
+                    let mut sink = tokio::io::sink();
+                    let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut sink).await;
+                };
+                let shutdown = async move {
+                    tokio::select! {
+                        () = keyward::operator::shutdown_signal() => {},
+                        () = stdin_closed => {},
+                    }
+                };
+                keyward::operator::run(client, options, shutdown).await?;
+            } else {
+                keyward::operator::run(client, options, keyward::operator::shutdown_signal()).await?;
+            }
         }
-        Cmd::Dev { dir, examples, log } => {
+        Cmd::Rotate { name, namespace } => {
+            let client = client().await?;
+            let ns = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+            let value = keyward::cli::rotate(client, &ns, &name).await?;
+            println!("apikey.keyward.dev/{name} rotation requested ({value})");
+        }
+        Cmd::VerifyFormat { prefix } => {
+            let mut key = String::new();
+            std::io::stdin().read_line(&mut key).context("reading the key from standard input")?;
+            match keyward::cli::verify_format(key.trim(), prefix.as_deref()) {
+                Ok(()) => println!("valid: checksum matches"),
+                Err(reason) => {
+                    println!("invalid: {reason}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Cmd::Dev { build_only: true, .. } => {
+            println!("{}", keyward::devenv::binary()?.display());
+        }
+        Cmd::Dev { build_only: false, dir, examples, log } => {
             init_logging(LogFormat::Text, &log)?;
             keyward::devenv::dev(&dir, &examples).await?;
         }

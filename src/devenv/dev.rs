@@ -61,7 +61,7 @@ pub async fn dev(dir: &Path, examples: &Path) -> Result<(), DevError> {
         kc = cp.kubeconfig().display(),
         bin = bin_dir.display(),
     );
-    let result = crate::operator::run(client, crate::operator::shutdown_signal()).await;
+    let result = crate::operator::run(client, Default::default(), crate::operator::shutdown_signal()).await;
     eprintln!("keyward dev: stopping the control plane");
     drop(cp);
     Ok(result?)

@@ -13,18 +13,36 @@ pub enum RunError {
     Crds(#[from] crds::CrdError),
 }
 
+/// How the operator runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Watch one namespace only; `None` watches all.
+    pub namespace: Option<String>,
+    /// Reconciles running at once per controller.
+    pub concurrency: u16,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { namespace: None, concurrency: 16 }
+    }
+}
+
 /// Runs the operator until `shutdown` completes: checks the CRDs are installed (failing with a message that says
-/// how to install them), then runs the controllers.
-pub async fn run(client: kube::Client, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+/// how to install them), then runs the controllers; in-flight reconciles finish before it returns.
+pub async fn run(
+    client: kube::Client,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     let version = client.apiserver_version().await.map_err(RunError::Connect)?;
     tracing::info!(server = %version.git_version, "connected to Kubernetes");
     crds::check(client.clone()).await?;
     tracing::info!("Keyward CRDs are installed and established");
-    // NB: the ApiKey and RateLimitPolicy controllers are added by their own issues; until then the operator only
-    // proves it can reach the cluster and find its API, and waits for shutdown.
-    tracing::warn!("this build has no controllers yet: ApiKeys and RateLimitPolicies are not reconciled");
-    shutdown.await;
-    tracing::info!("shutting down");
+    let ctx = std::sync::Arc::new(crate::apikey::Context::new(client));
+    tracing::info!(namespace = options.namespace.as_deref().unwrap_or("<all>"), "starting the ApiKey controller");
+    crate::apikey::run(ctx, options.namespace, options.concurrency, shutdown).await;
+    tracing::info!("shut down");
     Ok(())
 }
 

@@ -2,6 +2,8 @@
 //! namespace per test, and kubectl as a user runs it.
 #![allow(dead_code)]
 
+pub mod operator;
+
 use std::path::PathBuf;
 use std::process::Output;
 use std::sync::OnceLock;

@@ -1,0 +1,431 @@
+//! The ApiKey controller: read what exists (the ApiKey, its Secret's metadata) → decide (pure, `plan`) → apply
+//! (the only writes: the Secret, rollout restarts, status) → requeue at the next due moment.
+//!
+//! Secrets are watched metadata-only and filtered by Keyward's label; Secret data is read only when a write needs
+//! it (rotation, grace end) or once per Secret version to check that nobody edited the key material.
+
+pub mod book;
+pub mod plan;
+pub mod restart;
+pub mod secret;
+pub mod status;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+
+use self::book::Book;
+use self::plan::{Action, Decision, Inputs, IssueKind, Revocation, SecretState};
+use crate::api::ApiKey;
+use crate::api::apikey::ROTATE_ANNOTATION;
+use crate::keys::{self, KeyMaterial, OsRandom};
+use crate::schedule::RotationPlan;
+
+/// Field manager of this controller's server-side applies.
+pub const MANAGER: &str = "keyward/apikey";
+
+/// Errors of one reconcile. Messages name objects and operations, never key material.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op} Secret {ns}/{name}: {source}")]
+    Secret { op: &'static str, ns: String, name: String, source: kube::Error },
+    #[error("write status of ApiKey {ns}/{name}: {source}")]
+    Status { ns: String, name: String, source: kube::Error },
+    #[error("restart {kind:?} {ns}/{name}: {source}")]
+    Restart { kind: crate::api::apikey::RolloutKind, ns: String, name: String, source: kube::Error },
+    #[error("key material: {0}")]
+    Key(#[from] keys::KeyError),
+    #[error("ApiKey has no namespace or uid")]
+    MissingMetadata,
+}
+
+impl Error {
+    /// PascalCase category, for events, conditions and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Secret { source, .. } if is_conflict(source) => "SecretWriteConflict",
+            Error::Secret { .. } => "SecretWriteFailed",
+            Error::Status { .. } => "StatusWriteFailed",
+            Error::Restart { .. } => "RolloutRestartFailed",
+            Error::Key(e) => e.reason(),
+            Error::MissingMetadata => "InvalidObject",
+        }
+    }
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+/// Shared by all reconciles.
+pub struct Context {
+    pub client: kube::Client,
+    pub reporter: Reporter,
+    /// The clock; injected so tests and benchmarks can move time.
+    pub now: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+    /// Secret resourceVersions whose key material was checked against their `key-id`.
+    verified: Mutex<HashMap<(String, String), String>>,
+    /// Consecutive failures per ApiKey, for exponential backoff.
+    failures: Mutex<HashMap<ObjectRef<ApiKey>, u32>>,
+}
+
+impl Context {
+    /// A context with the system clock.
+    pub fn new(client: kube::Client) -> Self {
+        Context {
+            client,
+            reporter: Reporter { controller: "keyward".into(), instance: std::env::var("POD_NAME").ok() },
+            now: Arc::new(Timestamp::now),
+            verified: Mutex::default(),
+            failures: Mutex::default(),
+        }
+    }
+
+    fn verified(&self, ns: &str, name: &str, rv: &str) -> bool {
+        self.verified
+            .lock()
+            .map(|m| m.get(&(ns.to_string(), name.to_string())).is_some_and(|v| v == rv))
+            .unwrap_or(false)
+    }
+
+    fn mark_verified(&self, ns: &str, name: &str, rv: Option<&str>) {
+        if let (Ok(mut m), Some(rv)) = (self.verified.lock(), rv) {
+            m.insert((ns.to_string(), name.to_string()), rv.to_string());
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` completes. `namespace` limits it to one namespace.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    concurrency: u16,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let client = ctx.client.clone();
+    let (apikeys, secrets): (Api<ApiKey>, Api<PartialObjectMeta<Secret>>) = match &namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    // NB: metadata-only and label-filtered: Secret data never enters the watch cache.
+    let secret_cfg = watcher::Config::default().labels(&format!("{}={}", book::MANAGED_BY_LABEL, book::MANAGED_BY));
+    let secret_stream = watcher(secrets, secret_cfg).default_backoff().touched_objects();
+    // The controller wants a Sync future; a oneshot fired by the caller's future is one.
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(());
+    });
+    Controller::new(apikeys, watcher::Config::default().any_semantic())
+        .owns_stream(secret_stream)
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(async move {
+            let _ = rx.await;
+        })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(namespace = obj.namespace.as_deref(), name = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+/// Exponential backoff per object: 1 s doubling to 5 minutes, reset by a success.
+fn error_policy(obj: Arc<ApiKey>, err: &Error, ctx: Arc<Context>) -> Requeue {
+    let n = ctx
+        .failures
+        .lock()
+        .map(|mut m| {
+            let n = m.entry(ObjectRef::from_obj(obj.as_ref())).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        })
+        .unwrap_or(1);
+    let delay = Duration::from_secs(1u64 << n.saturating_sub(1).min(9)).min(Duration::from_secs(300));
+    tracing::warn!(namespace = obj.namespace().as_deref(), name = %obj.name_any(), reason = err.reason(), error = %err, retry_in = ?delay, "reconcile failed");
+    Requeue::requeue(delay)
+}
+
+#[tracing::instrument(skip_all, fields(namespace = obj.namespace().as_deref(), name = %obj.name_any()))]
+async fn reconcile(obj: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let result = reconcile_inner(&obj, &ctx).await;
+    if result.is_ok()
+        && let Ok(mut m) = ctx.failures.lock()
+    {
+        m.remove(&ObjectRef::from_obj(obj.as_ref()));
+    }
+    result
+}
+
+async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Error> {
+    let now = (ctx.now)();
+    let ns = apikey.namespace().ok_or(Error::MissingMetadata)?;
+    let uid = apikey.uid().ok_or(Error::MissingMetadata)?;
+    let name = apikey.name_any();
+    if apikey.meta().deletion_timestamp.is_some() {
+        // Garbage collection removes the Secret with its owner.
+        return Ok(Requeue::await_change());
+    }
+    let secret_name = plan::secret_name(&apikey.spec, &name).to_string();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let serr = |op: &'static str| {
+        let (ns, name) = (ns.clone(), secret_name.clone());
+        move |source| Error::Secret { op, ns, name, source }
+    };
+
+    // Dereference: what exists.
+    let meta = secrets.get_metadata_opt(&secret_name).await.map_err(serr("read"))?;
+    let state = match &meta {
+        None => SecretState::Missing,
+        Some(m) if !secret::controlled_by(m.metadata.owner_references.as_ref(), apikey) => SecretState::Foreign,
+        Some(m) => {
+            let book = Book::from_annotations(m.metadata.annotations.as_ref().unwrap_or(&Default::default()));
+            let rv = m.metadata.resource_version.clone().unwrap_or_default();
+            let tampered = if book.has_key() && !ctx.verified(&ns, &secret_name, &rv) {
+                let full = secrets.get(&secret_name).await.map_err(serr("read"))?;
+                let ok = current_key(&full).is_some_and(|k| Some(keys::key_id(&k)) == book.key_id);
+                if ok {
+                    ctx.mark_verified(&ns, &secret_name, Some(&rv));
+                }
+                !ok
+            } else {
+                false
+            };
+            SecretState::Managed { book, tampered }
+        }
+    };
+    let rotate_request = apikey.annotations().get(ROTATE_ANNOTATION).map(String::as_str);
+    let had_key = apikey.status.as_ref().is_some_and(|s| s.key_id.is_some() || s.rotation_count.unwrap_or(0) > 0);
+    let jitter_key = format!("{ns}/{name}/{uid}");
+    let rotation = RotationPlan::from_spec(apikey.spec.rotation.as_ref());
+
+    // Decide.
+    let decision: Decision = plan::decide(
+        &Inputs { spec: &apikey.spec, rotate_request, secret: &state, had_key, jitter_key: &jitter_key, now },
+        rotation.as_ref().map_err(ToString::to_string),
+    );
+
+    // Apply: the Secret first, so that everything after it is derived from what was persisted.
+    let old_book = match &state {
+        SecretState::Managed { book, .. } => Some(book.clone()),
+        _ => None,
+    };
+    let book_after = match &decision.action {
+        Action::Nothing => old_book.clone(),
+        action => {
+            let old = old_book.clone().unwrap_or_default();
+            let grace = rotation.as_ref().map(RotationPlan::grace_period).unwrap_or_default();
+            let (new_key, new_id) = match action {
+                Action::Issue(_) | Action::Rotate { .. } => {
+                    let k = keys::generate(&apikey.spec.format.clone().unwrap_or_default(), &mut OsRandom)?;
+                    let id = keys::key_id(&k);
+                    (Some(k), Some(id))
+                }
+                _ => (None, None),
+            };
+            let next = plan::next_book(&old, action, new_id, rotate_request, grace, now);
+            // Data is read only for the writes that keep existing material.
+            let (current, previous, rv): (Option<KeyMaterial>, Option<KeyMaterial>, Option<String>) = match action {
+                Action::Rotate { .. } | Action::DropPrevious => {
+                    let full = secrets.get(&secret_name).await.map_err(serr("read"))?;
+                    let rv = full.metadata.resource_version.clone();
+                    let cur = current_key(&full);
+                    match action {
+                        Action::Rotate { .. } => (new_key, if next.has_previous() { cur } else { None }, rv),
+                        _ => (cur, None, rv),
+                    }
+                }
+                _ => (new_key, None, meta.as_ref().and_then(|m| m.metadata.resource_version.clone())),
+            };
+            let desired = secret::build(
+                apikey,
+                &secret_name,
+                &next,
+                &secret::Material { current: current.as_ref(), previous: previous.as_ref() },
+                rv,
+            );
+            let written = if matches!(state, SecretState::Missing) {
+                secrets
+                    .create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &desired)
+                    .await
+                    .map_err(serr("create"))?
+            } else {
+                // NB: replace carries the resourceVersion read above: if another writer (a second operator
+                // instance, a user) changed the Secret since, this fails with 409 and the next reconcile re-reads.
+                secrets
+                    .replace(
+                        &secret_name,
+                        &PostParams { field_manager: Some(MANAGER.into()), ..Default::default() },
+                        &desired,
+                    )
+                    .await
+                    .map_err(serr("update"))?
+            };
+            ctx.mark_verified(&ns, &secret_name, written.metadata.resource_version.as_deref());
+            publish(ctx, apikey, event_for(action, &next, &secret_name)).await;
+            Some(next)
+        }
+    };
+
+    // Rollout restarts for the key now in the Secret.
+    let mut requeue_restart = None;
+    if let Some(b) = &book_after
+        && let (Some(at), true) = (b.rotated_at, b.has_key())
+    {
+        for t in &apikey.spec.rollout_restart {
+            let rerr = |source| Error::Restart { kind: t.kind, ns: ns.clone(), name: t.name.clone(), source };
+            match restart::current(&ctx.client, &ns, t).await.map_err(rerr)? {
+                None => {
+                    publish(
+                        ctx,
+                        apikey,
+                        Event {
+                            type_: EventType::Warning,
+                            reason: "RolloutTargetMissing".into(),
+                            note: Some(format!("{:?} {} does not exist; nothing to restart", t.kind, t.name)),
+                            action: "RolloutRestart".into(),
+                            secondary: None,
+                        },
+                    )
+                    .await;
+                }
+                Some(cur) => match restart::plan(cur.as_deref(), at, b.rotation_count, now) {
+                    restart::RestartPlan::UpToDate => {}
+                    restart::RestartPlan::WaitUntil(t) => {
+                        requeue_restart = Some(requeue_restart.map_or(t, |r: Timestamp| r.min(t)))
+                    }
+                    restart::RestartPlan::Restart => {
+                        restart::restart(&ctx.client, &ns, t, &at.to_string()).await.map_err(rerr)?;
+                        publish(
+                            ctx,
+                            apikey,
+                            Event {
+                                type_: EventType::Normal,
+                                reason: "RolloutRestarted".into(),
+                                note: Some(format!("restarted {:?} {} for the key issued at {at}", t.kind, t.name)),
+                                action: "RolloutRestart".into(),
+                                secondary: None,
+                            },
+                        )
+                        .await;
+                    }
+                },
+            }
+        }
+    }
+
+    // Status, derived from the persisted bookkeeping; written only when it changes.
+    let (next_rotation, requeue_at) = plan::next_due(
+        book_after.as_ref().unwrap_or(&Book::default()),
+        rotation.as_ref().ok(),
+        &apikey.spec,
+        &jitter_key,
+        now,
+    );
+    let ready = match (&decision.action, &decision.ready.reason) {
+        (_, r) if *r == plan::reason::KEY_ISSUED => {
+            plan::issued_condition(book_after.as_ref().and_then(|b| b.key_id.as_deref()))
+        }
+        _ => decision.ready.clone(),
+    };
+    let requeue_at = [requeue_at, decision.requeue_at, requeue_restart].into_iter().flatten().min();
+    let status = status::desired(apikey, book_after.as_ref(), &ready, next_rotation, now);
+    if apikey.status.as_ref() != Some(&status) {
+        let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &ns);
+        let body = serde_json::json!({
+            "apiVersion": "keyward.dev/v1alpha1",
+            "kind": "ApiKey",
+            "status": status,
+        });
+        api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
+            .await
+            .map_err(|source| Error::Status { ns: ns.clone(), name: name.clone(), source })?;
+    }
+
+    Ok(match requeue_at {
+        Some(t) => {
+            let d = t.duration_since(now);
+            Requeue::requeue(Duration::try_from(d).unwrap_or_default().max(Duration::from_millis(50)))
+        }
+        None => Requeue::await_change(),
+    })
+}
+
+/// The current key in a Secret's data, if it is readable.
+fn current_key(s: &Secret) -> Option<KeyMaterial> {
+    let bytes = s.data.as_ref()?.get(book::DATA_KEY)?;
+    KeyMaterial::from_secret_bytes(bytes.0.clone()).ok()
+}
+
+fn event_for(action: &Action, b: &Book, secret: &str) -> Event {
+    let id = b.key_id.as_deref().unwrap_or("-");
+    let (type_, reason, note) = match action {
+        Action::Issue(IssueKind::First) => {
+            (EventType::Normal, "Issued", format!("issued key {id} into Secret {secret}"))
+        }
+        Action::Issue(IssueKind::Resumed) => {
+            (EventType::Normal, "Issued", format!("issued a fresh key {id} into Secret {secret}"))
+        }
+        Action::Issue(IssueKind::Regenerated) => (
+            EventType::Warning,
+            "KeyRegenerated",
+            format!("Secret {secret} was deleted; issued a NEW key {id} (the old key is gone)"),
+        ),
+        Action::Issue(IssueKind::Tampered) => (
+            EventType::Warning,
+            "KeyTampered",
+            format!(
+                "the key material in Secret {secret} no longer matched its key-id; treated as compromised and replaced by key {id}"
+            ),
+        ),
+        Action::Rotate { manual } => (
+            EventType::Normal,
+            "Rotated",
+            format!(
+                "rotated to key {id}{}{}",
+                if *manual { " on request" } else { "" },
+                b.previous_key_id
+                    .as_deref()
+                    .map(|p| format!(
+                        "; previous key {p} stays valid until {}",
+                        b.previous_expires_at.map(|t| t.to_string()).unwrap_or_default()
+                    ))
+                    .unwrap_or_default()
+            ),
+        ),
+        Action::DropPrevious => (
+            EventType::Normal,
+            "PreviousKeyRemoved",
+            "the grace period ended; the previous key was removed".to_string(),
+        ),
+        Action::Remove(Revocation::Suspended) => {
+            (EventType::Normal, "Suspended", "the key is suspended; key material removed".to_string())
+        }
+        Action::Remove(Revocation::Expired) => {
+            (EventType::Normal, "Expired", "the key expired; key material removed".to_string())
+        }
+        Action::Nothing => (EventType::Normal, "Reconciled", String::new()),
+    };
+    Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None }
+}
+
+/// Publishes an event; a failure to publish is logged, never fatal.
+async fn publish(ctx: &Context, apikey: &ApiKey, ev: Event) {
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    if let Err(e) = recorder.publish(&ev, &apikey.object_ref(&())).await {
+        tracing::warn!(error = %e, reason = %ev.reason, "could not publish event");
+    }
+}

@@ -1,0 +1,312 @@
+//! When the next rotation of an API key is due.
+//!
+//! This module owns the reading of `spec.rotation` into a [`RotationPlan`] (interval or 5-field cron schedule in an
+//! IANA time zone, grace period, jitter) and the arithmetic that turns the time of the last rotation into the time of
+//! the next one. It is pure: the clock is never read here, every instant comes in as an argument, so the same inputs
+//! always give the same answer and a repeated reconcile is idempotent.
+//!
+//! Every value in the spec is checked again here, because objects stored before a schema change may hold values the
+//! schema now refuses; a bad value is a [`ScheduleError`] naming the field, with [`ScheduleError::reason`]
+//! `InvalidSpec`.
+
+use std::time::Duration;
+
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+use sha2::{Digest as _, Sha256};
+
+use crate::api::apikey::Rotation;
+use crate::api::common::GoDuration;
+use crate::api::duration::DurationError;
+
+#[cfg(test)]
+mod tests;
+
+/// How long the previous key stays valid after a rotation when `rotation.gracePeriod` is not set.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(24 * 3600);
+
+/// The time zone a schedule is read in when `rotation.timeZone` is not set.
+pub const DEFAULT_TIME_ZONE: &str = "UTC";
+
+/// Why `spec.rotation` cannot be turned into a [`RotationPlan`]. Every message starts with the field at fault.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ScheduleError {
+    /// A duration field does not parse.
+    #[error("{field}: {source}")]
+    InvalidDuration {
+        /// The field, e.g. `rotation.interval`.
+        field: &'static str,
+        /// What the duration parser refused.
+        source: DurationError,
+    },
+    /// A duration parses but is too large to add to a time.
+    #[error("{field}: duration {value:?} is too large")]
+    DurationTooLarge {
+        /// The field, e.g. `rotation.jitter`.
+        field: &'static str,
+        /// The value as written.
+        value: String,
+    },
+    /// `rotation.interval` is zero, which would rotate the key in a hot loop.
+    #[error("rotation.interval: must be greater than 0s, got {0:?}")]
+    ZeroInterval(String),
+    /// Both `rotation.interval` and `rotation.schedule` are set.
+    #[error("rotation: set at most one of rotation.interval and rotation.schedule")]
+    IntervalAndSchedule,
+    /// `rotation.timeZone` is set without `rotation.schedule`.
+    #[error("rotation.timeZone: only allowed together with rotation.schedule")]
+    TimeZoneWithoutSchedule,
+    /// `rotation.timeZone` is not a known IANA time zone.
+    #[error("rotation.timeZone: unknown IANA time zone {value:?}: {detail}")]
+    InvalidTimeZone {
+        /// The value as written.
+        value: String,
+        /// Why the time zone database refused it.
+        detail: String,
+    },
+    /// `rotation.schedule` does not have exactly five fields.
+    #[error(
+        "rotation.schedule: cron expression {value:?} has {fields} field(s); expected exactly 5: \
+         minute hour day-of-month month day-of-week"
+    )]
+    CronFieldCount {
+        /// The value as written.
+        value: String,
+        /// How many whitespace-separated fields it has.
+        fields: usize,
+    },
+    /// `rotation.schedule` has five fields but does not parse.
+    #[error("rotation.schedule: invalid cron expression {value:?}: {detail}")]
+    InvalidCron {
+        /// The value as written.
+        value: String,
+        /// What the cron parser refused.
+        detail: String,
+    },
+    /// `rotation.schedule` parses but names no time that ever occurs, e.g. `0 0 30 2 *`.
+    #[error("rotation.schedule: cron expression {0:?} never matches any date")]
+    CronNeverMatches(String),
+}
+
+impl ScheduleError {
+    /// The condition reason for every schedule error: the spec is at fault, not the cluster.
+    pub fn reason(&self) -> &'static str {
+        "InvalidSpec"
+    }
+}
+
+/// What starts a rotation without a request.
+#[derive(Debug, Clone)]
+enum Trigger {
+    /// Neither an interval nor a schedule: the key rotates only on request.
+    Never,
+    /// This long after the last rotation; always > 0.
+    Interval(SignedDuration),
+    /// The first schedule time strictly after the last rotation.
+    Schedule(Box<CronSchedule>),
+}
+
+/// A parsed 5-field cron expression and the time zone its wall-clock times are read in.
+#[derive(Debug, Clone)]
+struct CronSchedule {
+    cron: Cron,
+    time_zone: TimeZone,
+}
+
+/// `spec.rotation`, parsed and checked once; answers when the next rotation is due.
+#[derive(Debug, Clone)]
+pub struct RotationPlan {
+    trigger: Trigger,
+    grace_period: Duration,
+    jitter: Duration,
+}
+
+impl RotationPlan {
+    /// Parses `spec.rotation`. `None`, or a rotation with neither `interval` nor `schedule`, gives a plan that never
+    /// rotates on its own (but still has a grace period for rotations on request).
+    pub fn from_spec(rotation: Option<&Rotation>) -> Result<RotationPlan, ScheduleError> {
+        let Some(rotation) = rotation else {
+            return Ok(RotationPlan {
+                trigger: Trigger::Never,
+                grace_period: DEFAULT_GRACE_PERIOD,
+                jitter: Duration::ZERO,
+            });
+        };
+        let grace_period = match &rotation.grace_period {
+            Some(d) => parse_duration("rotation.gracePeriod", d)?,
+            None => DEFAULT_GRACE_PERIOD,
+        };
+        let jitter = match &rotation.jitter {
+            Some(d) => parse_duration("rotation.jitter", d)?,
+            None => Duration::ZERO,
+        };
+        // The jitter offset is added to a time, so it must fit a signed duration.
+        to_signed("rotation.jitter", rotation.jitter.as_ref(), jitter)?;
+
+        let trigger = match (&rotation.interval, &rotation.schedule) {
+            (Some(_), Some(_)) => return Err(ScheduleError::IntervalAndSchedule),
+            (Some(interval), None) => {
+                if rotation.time_zone.is_some() {
+                    return Err(ScheduleError::TimeZoneWithoutSchedule);
+                }
+                let parsed = parse_duration("rotation.interval", interval)?;
+                if parsed.is_zero() {
+                    return Err(ScheduleError::ZeroInterval(interval.0.clone()));
+                }
+                Trigger::Interval(to_signed("rotation.interval", Some(interval), parsed)?)
+            }
+            (None, Some(schedule)) => {
+                let time_zone = parse_time_zone(rotation.time_zone.as_deref())?;
+                Trigger::Schedule(Box::new(CronSchedule::parse(schedule, time_zone)?))
+            }
+            (None, None) => {
+                if rotation.time_zone.is_some() {
+                    return Err(ScheduleError::TimeZoneWithoutSchedule);
+                }
+                Trigger::Never
+            }
+        };
+        Ok(RotationPlan { trigger, grace_period, jitter })
+    }
+
+    /// Whether the key rotates on its own (an interval or a schedule is set).
+    pub fn rotates_on_its_own(&self) -> bool {
+        !matches!(self.trigger, Trigger::Never)
+    }
+
+    /// How long the previous key stays valid after a rotation: `rotation.gracePeriod`, default 24h; may be zero.
+    pub fn grace_period(&self) -> Duration {
+        self.grace_period
+    }
+
+    /// The upper bound (exclusive) of the delay added to each due time: `rotation.jitter`, default zero.
+    pub fn jitter(&self) -> Duration {
+        self.jitter
+    }
+
+    /// When the rotation after the one at `last_rotation` is due, or `None` if the key never rotates on its own.
+    ///
+    /// The un-jittered due time is `last_rotation + interval`, or the first schedule time strictly after
+    /// `last_rotation`. To it is added a deterministic offset in `[0, jitter)` derived from SHA-256 of `jitter_key`
+    /// and the un-jittered due time, so a repeated call gives the same answer while keys with different
+    /// `jitter_key`s (use the ApiKey's namespace/name/uid) sharing a schedule spread out. The offset is a whole
+    /// number of seconds when the jitter is at least 1s, else a number of nanoseconds.
+    ///
+    /// The result is always strictly after `last_rotation`. `None` is also returned when the due time lies beyond
+    /// the range of times this module can represent (the year 5000 for schedules, 9999 for intervals), which for a
+    /// key is the same as never.
+    pub fn next_rotation(&self, last_rotation: Timestamp, jitter_key: &str) -> Option<Timestamp> {
+        let due = match &self.trigger {
+            Trigger::Never => return None,
+            Trigger::Interval(interval) => last_rotation.checked_add(*interval).ok()?,
+            Trigger::Schedule(schedule) => schedule.next_after(last_rotation)?,
+        };
+        due.checked_add(jitter_offset(self.jitter, jitter_key, due)).ok()
+    }
+}
+
+impl CronSchedule {
+    /// Parses a standard 5-field cron expression, read in `time_zone`.
+    ///
+    /// Fields: minute (0-59), hour (0-23), day of month (1-31), month (1-12 or JAN-DEC), day of week (0-7 or
+    /// SUN-SAT, 0 and 7 are Sunday), each `*`, a number, a range `a-b`, a step `*/n` or `a-b/n`, or a list of those.
+    /// When both day of month and day of week are restricted (neither is `*`), a day matches if either matches, as
+    /// in Vixie cron. Croner's extensions (`?`, `L`, `W`, `#`) are accepted too; `@daily`-style nicknames, seconds
+    /// and years are not (they do not have five fields).
+    fn parse(expression: &str, time_zone: TimeZone) -> Result<CronSchedule, ScheduleError> {
+        let fields = expression.split_whitespace().count();
+        if fields != 5 {
+            return Err(ScheduleError::CronFieldCount { value: expression.to_string(), fields });
+        }
+        let parser = CronParser::builder().seconds(Seconds::Disallowed).year(Year::Disallowed).build();
+        let cron = parser
+            .parse(expression)
+            .map_err(|e| ScheduleError::InvalidCron { value: expression.to_string(), detail: e.to_string() })?;
+        let schedule = CronSchedule { cron, time_zone };
+        // A 5-field expression repeats with the 400-year Gregorian cycle (weekdays included), so one that matches
+        // some time after 1970 matches after any time; one that does not (`0 0 30 2 *`) would otherwise make every
+        // reconcile search up to croner's limit and then report "never", silently.
+        if schedule.next_after(Timestamp::UNIX_EPOCH).is_none() {
+            return Err(ScheduleError::CronNeverMatches(expression.to_string()));
+        }
+        Ok(schedule)
+    }
+
+    /// The first schedule time strictly after `after`.
+    ///
+    /// NB: daylight saving time. Croner (4.x, OCPS rules) walks the wall clock of the zone and treats two kinds of
+    /// expression differently:
+    /// - fixed-time (a single minute and a single hour, e.g. `30 2 * * *`): a time the clock skips (spring forward,
+    ///   Europe/Berlin 2026-03-29 02:30) fires at the first instant after the gap (03:00 CEST = 01:00 UTC), once; a
+    ///   time the clock repeats (fall back, 2026-10-25 02:30) fires once, at the earlier instant (02:30 CEST =
+    ///   00:30 UTC), and not again an hour later.
+    /// - everything else (a wildcard, range, list or step in the minute or hour, e.g. `30 * * * *` or
+    ///   `30 1-3 * * *`): skipped wall-clock times do not fire and repeated ones fire at both instants, so an hourly
+    ///   schedule stays hourly in real time.
+    ///
+    /// Croner compares instants, not wall-clock times, and searches from `after` exclusively; the loop below still
+    /// re-checks that the answer is strictly after `after` so that a time <= the last rotation can never come out.
+    fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
+        let mut from = after.to_zoned(self.time_zone.clone());
+        // Croner's own search is bounded (it gives up past the year 5000), and each turn of this loop starts
+        // strictly later than the one before, so the loop ends; in practice the first turn returns.
+        for _ in 0..4 {
+            let next = self.cron.find_next_occurrence(&from, false).ok()?;
+            if next.timestamp() > after {
+                return Some(next.timestamp());
+            }
+            from = from.checked_add(SignedDuration::from_secs(1)).ok()?;
+        }
+        None
+    }
+}
+
+/// Parses one duration field, naming the field in the error.
+fn parse_duration(field: &'static str, value: &GoDuration) -> Result<Duration, ScheduleError> {
+    value.parse().map_err(|source| ScheduleError::InvalidDuration { field, source })
+}
+
+/// Converts a parsed duration to a signed one, which times can be shifted by.
+fn to_signed(field: &'static str, written: Option<&GoDuration>, d: Duration) -> Result<SignedDuration, ScheduleError> {
+    SignedDuration::try_from(d)
+        .map_err(|_| ScheduleError::DurationTooLarge { field, value: written.map(|w| w.0.clone()).unwrap_or_default() })
+}
+
+/// Looks up `rotation.timeZone` in the bundled IANA database; `None` is UTC.
+fn parse_time_zone(name: Option<&str>) -> Result<TimeZone, ScheduleError> {
+    match name {
+        None => Ok(TimeZone::UTC),
+        Some(name) => TimeZone::get(name)
+            .map_err(|e| ScheduleError::InvalidTimeZone { value: name.to_string(), detail: e.to_string() }),
+    }
+}
+
+/// The deterministic delay in `[0, jitter)` added to the un-jittered due time `due` for the key `jitter_key`:
+/// SHA-256 of `jitter_key`, a 0 byte and the due time in nanoseconds since the Unix epoch (16 bytes, big-endian),
+/// first 8 bytes read as a big-endian integer, modulo the jitter in whole seconds (or in nanoseconds when the jitter
+/// is under 1s). The modulo bias is below 2^-30 for any jitter under 100 years.
+fn jitter_offset(jitter: Duration, jitter_key: &str, due: Timestamp) -> SignedDuration {
+    let (units, unit_nanos) = if jitter.as_secs() >= 1 {
+        (jitter.as_secs(), 1_000_000_000)
+    } else {
+        // Under a second, so the nanoseconds fit in u64.
+        (u64::from(jitter.subsec_nanos()), 1)
+    };
+    if units == 0 {
+        return SignedDuration::ZERO;
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(jitter_key.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(due.as_nanosecond().to_be_bytes());
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    let offset_units = u64::from_be_bytes(first) % units;
+    // `offset_units < units`, and `units` is either the whole seconds of a jitter that fits a SignedDuration
+    // (checked in from_spec) or under 1e9 nanoseconds, so the product fits an i128 and the result a SignedDuration.
+    let nanos = i128::from(offset_units) * unit_nanos;
+    SignedDuration::try_from_nanos_i128(nanos).unwrap_or(SignedDuration::ZERO)
+}

@@ -1,0 +1,338 @@
+//! The ApiKey lifecycle against the real control plane, driven the way a user would (kubectl apply, annotate,
+//! delete), with the real `keyward run` binary as the operator.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{control_plane_with_crds, kubectl, kubectl_ok, kubectl_stdin, namespace};
+use serde_json::Value;
+
+async fn setup(test: &str) -> String {
+    control_plane_with_crds().await;
+    let _ = common::operator::shared();
+    namespace(test)
+}
+
+fn apply(ns: &str, yaml: &str) {
+    let out = kubectl_stdin(&["apply", "--server-side", "-n", ns, "-f", "-"], yaml);
+    assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn get_json(ns: &str, what: &str) -> Option<Value> {
+    let out = kubectl(&["get", what, "-n", ns, "-o", "json"]);
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("json"))
+}
+
+/// Polls `f` every 200 ms until it returns Some, or panics after `secs` with `what`.
+async fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn decode(secret: &Value, key: &str) -> Option<String> {
+    use base64::Engine;
+    let b64 = secret["data"][key].as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).expect("base64");
+    Some(String::from_utf8(bytes).expect("utf8"))
+}
+
+fn sha_prefix(key: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+fn ready_reason(ak: &Value) -> Option<(String, String)> {
+    let c = ak["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?;
+    Some((c["status"].as_str()?.to_string(), c["reason"].as_str()?.to_string()))
+}
+
+fn apikey(name: &str, spec: &str) -> String {
+    format!("apiVersion: keyward.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\nspec:\n{spec}\n")
+}
+
+#[tokio::test]
+async fn issues_a_key_into_an_owned_secret() {
+    let ns = setup("issues_a_key").await;
+    apply(
+        &ns,
+        &apikey(
+            "svc",
+            "  secretName: svc-key\n  format: {prefix: kw_test_, encoding: base62}\n  secretTemplate:\n    labels: {gw: \"yes\"}\n    annotations: {owner: team}",
+        ),
+    );
+    kubectl_ok(&["wait", "--for=condition=Ready", "apikey/svc", "-n", &ns, "--timeout=60s"]);
+    let s = get_json(&ns, "secret/svc-key").expect("secret exists");
+    let key = decode(&s, "api-key").expect("api-key");
+    assert!(key.starts_with("kw_test_"));
+    assert!(keyward::keys::verify_checksum(&key), "checksum of the issued key");
+    let key_id = sha_prefix(&key);
+    assert_eq!(decode(&s, "key-id").as_deref(), Some(key_id.as_str()));
+    assert!(decode(&s, "previous-api-key").is_none());
+    assert_eq!(s["type"], "Opaque");
+    assert_eq!(s["metadata"]["labels"]["app.kubernetes.io/managed-by"], "keyward");
+    assert_eq!(s["metadata"]["labels"]["keyward.dev/apikey"], "svc");
+    assert_eq!(s["metadata"]["labels"]["gw"], "yes");
+    assert_eq!(s["metadata"]["annotations"]["owner"], "team");
+    assert_eq!(s["metadata"]["annotations"]["keyward.dev/key-id"], key_id.as_str());
+    assert!(s["metadata"]["annotations"]["keyward.dev/rotated-at"].is_string());
+    let owner = &s["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "ApiKey");
+    assert_eq!(owner["controller"], true);
+    let ak = get_json(&ns, "apikey/svc").expect("apikey");
+    assert_eq!(ak["status"]["keyId"], key_id.as_str());
+    assert_eq!(ready_reason(&ak), Some(("True".into(), "KeyIssued".into())));
+    assert_eq!(ak["status"]["observedGeneration"], ak["metadata"]["generation"]);
+    // Printer columns show the key id.
+    let table = kubectl_ok(&["get", "apikey", "svc", "-n", &ns]);
+    assert!(table.contains(&key_id), "{table}");
+}
+
+#[tokio::test]
+async fn rotates_on_interval_with_grace_then_drops_previous() {
+    let ns = setup("interval_rotation").await;
+    apply(&ns, &apikey("fast", "  rotation: {interval: 4s, gracePeriod: 3s}"));
+    kubectl_ok(&["wait", "--for=condition=Ready", "apikey/fast", "-n", &ns, "--timeout=60s"]);
+    let first = decode(&get_json(&ns, "secret/fast").expect("secret"), "api-key").expect("key");
+    // After the first rotation the old key is the previous one, valid for the grace period.
+    let (cur, prev) = eventually(30, "a rotation with a previous key", || {
+        let s = get_json(&ns, "secret/fast")?;
+        let cur = decode(&s, "api-key")?;
+        let prev = decode(&s, "previous-api-key")?;
+        (cur != first).then_some((cur, prev))
+    })
+    .await;
+    assert_eq!(prev, first, "the previous key is the old current key");
+    let ak = get_json(&ns, "apikey/fast").expect("apikey");
+    assert!(ak["status"]["rotationCount"].as_i64().unwrap_or(0) >= 1);
+    assert_eq!(ak["status"]["previousKeyId"].as_str(), Some(sha_prefix(&first).as_str()));
+    assert!(ak["status"]["nextRotationTime"].is_string());
+    // The grace period ends before the next rotation: the previous key disappears on its own.
+    eventually(10, "the previous key to be removed", || {
+        let s = get_json(&ns, "secret/fast")?;
+        (decode(&s, "previous-api-key").is_none() && decode(&s, "api-key")? == cur).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn manual_rotation_once_per_request() {
+    let ns = setup("manual_rotation").await;
+    apply(&ns, &apikey("m", "  rotation: {gracePeriod: 0s}"));
+    kubectl_ok(&["wait", "--for=condition=Ready", "apikey/m", "-n", &ns, "--timeout=60s"]);
+    let first = decode(&get_json(&ns, "secret/m").expect("secret"), "api-key").expect("key");
+    kubectl_ok(&["annotate", "apikey/m", "-n", &ns, "keyward.dev/rotate=one"]);
+    let second = eventually(30, "rotation on request", || {
+        let s = get_json(&ns, "secret/m")?;
+        decode(&s, "api-key").filter(|k| *k != first)
+    })
+    .await;
+    let ak = eventually(10, "status to record the request", || {
+        get_json(&ns, "apikey/m").filter(|a| a["status"]["lastRotateRequest"] == "one")
+    })
+    .await;
+    assert_eq!(ak["status"]["rotationCount"], 1);
+    // gracePeriod 0s: the previous key is dropped at once.
+    assert!(decode(&get_json(&ns, "secret/m").expect("secret"), "previous-api-key").is_none());
+    // The same request value again does nothing; `keyward rotate` makes a new one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(decode(&get_json(&ns, "secret/m").expect("secret"), "api-key").as_deref(), Some(second.as_str()));
+    let cp = common::control_plane();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["rotate", "m", "-n", &ns])
+        .env("KUBECONFIG", cp.kubeconfig())
+        .output()
+        .expect("keyward rotate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually(30, "rotation by keyward rotate", || {
+        get_json(&ns, "apikey/m").filter(|a| a["status"]["rotationCount"] == 2)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn suspend_revokes_and_resume_issues_a_fresh_key() {
+    let ns = setup("suspend").await;
+    apply(&ns, &apikey("s", "  suspended: false"));
+    kubectl_ok(&["wait", "--for=condition=Ready", "apikey/s", "-n", &ns, "--timeout=60s"]);
+    let first = decode(&get_json(&ns, "secret/s").expect("secret"), "api-key").expect("key");
+    kubectl_ok(&["patch", "apikey/s", "-n", &ns, "--type=merge", "-p", r#"{"spec":{"suspended":true}}"#]);
+    eventually(30, "suspension to remove the key", || {
+        let s = get_json(&ns, "secret/s")?;
+        let ak = get_json(&ns, "apikey/s")?;
+        (decode(&s, "api-key").is_none() && ready_reason(&ak) == Some(("False".into(), "Suspended".into())))
+            .then_some(())
+    })
+    .await;
+    kubectl_ok(&["patch", "apikey/s", "-n", &ns, "--type=merge", "-p", r#"{"spec":{"suspended":false}}"#]);
+    let fresh = eventually(30, "a fresh key after resuming", || decode(&get_json(&ns, "secret/s")?, "api-key")).await;
+    assert_ne!(fresh, first, "resuming must not bring back the revoked key");
+}
+
+#[tokio::test]
+async fn expired_key_has_no_material() {
+    let ns = setup("expired").await;
+    apply(&ns, &apikey("e", "  expiresAt: \"2020-01-01T00:00:00Z\""));
+    eventually(30, "Expired", || {
+        let ak = get_json(&ns, "apikey/e")?;
+        (ready_reason(&ak) == Some(("False".into(), "Expired".into()))).then_some(())
+    })
+    .await;
+    if let Some(s) = get_json(&ns, "secret/e") {
+        assert!(decode(&s, "api-key").is_none(), "an expired key holds no material");
+    }
+}
+
+#[tokio::test]
+async fn foreign_secret_is_left_untouched() {
+    let ns = setup("foreign_secret").await;
+    kubectl_ok(&["create", "secret", "generic", "taken", "-n", &ns, "--from-literal=api-key=not-ours"]);
+    let before = get_json(&ns, "secret/taken").expect("secret");
+    apply(&ns, &apikey("taken", ""));
+    eventually(30, "SecretConflict", || {
+        let ak = get_json(&ns, "apikey/taken")?;
+        (ready_reason(&ak) == Some(("False".into(), "SecretConflict".into()))).then_some(())
+    })
+    .await;
+    let after = get_json(&ns, "secret/taken").expect("secret");
+    assert_eq!(before["metadata"]["resourceVersion"], after["metadata"]["resourceVersion"]);
+    assert_eq!(decode(&after, "api-key").as_deref(), Some("not-ours"));
+}
+
+#[tokio::test]
+async fn deleted_secret_is_recreated_with_a_new_key() {
+    let ns = setup("deleted_secret").await;
+    apply(&ns, &apikey("d", ""));
+    kubectl_ok(&["wait", "--for=condition=Ready", "apikey/d", "-n", &ns, "--timeout=60s"]);
+    let first = decode(&get_json(&ns, "secret/d").expect("secret"), "api-key").expect("key");
+    kubectl_ok(&["delete", "secret", "d", "-n", &ns]);
+    let second = eventually(30, "the Secret to come back", || decode(&get_json(&ns, "secret/d")?, "api-key")).await;
+    assert_ne!(first, second);
+    eventually(30, "a KeyRegenerated event", || {
+        let ev = kubectl_ok(&["get", "events", "-n", &ns, "-o", "json"]);
+        ev.contains("KeyRegenerated").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn edited_key_material_is_replaced() {
+    let ns = setup("tampered").await;
+    apply(&ns, &apikey("t", ""));
+    kubectl_ok(&["wait", "--for=condition=Ready", "apikey/t", "-n", &ns, "--timeout=60s"]);
+    kubectl_ok(&[
+        "patch",
+        "secret/t",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        r#"{"stringData":{"api-key":"planted-by-someone"}}"#,
+    ]);
+    let key = eventually(30, "the planted key to be replaced", || {
+        decode(&get_json(&ns, "secret/t")?, "api-key").filter(|k| k != "planted-by-someone")
+    })
+    .await;
+    assert!(keyward::keys::verify_checksum(&key));
+    let s = get_json(&ns, "secret/t").expect("secret");
+    assert!(decode(&s, "previous-api-key").is_none(), "a tampered key is not kept as previous");
+    eventually(30, "a KeyTampered event", || {
+        kubectl_ok(&["get", "events", "-n", &ns, "-o", "json"]).contains("KeyTampered").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn secret_is_garbage_collected_with_its_apikey() {
+    let ns = setup("garbage_collected").await;
+    apply(&ns, &apikey("g", ""));
+    kubectl_ok(&["wait", "--for=condition=Ready", "apikey/g", "-n", &ns, "--timeout=60s"]);
+    kubectl_ok(&["delete", "apikey", "g", "-n", &ns]);
+    // NB: the garbage collector re-reads discovery every 30 s, so a CRD's dependents can take that long.
+    eventually(90, "the Secret to be garbage-collected", || get_json(&ns, "secret/g").is_none().then_some(())).await;
+}
+
+#[tokio::test]
+async fn rollout_restart_after_rotation() {
+    let ns = setup("rollout_restart").await;
+    apply(
+        &ns,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: c, image: example.invalid/web:1}]}\n",
+    );
+    apply(
+        &ns,
+        &apikey(
+            "r",
+            "  rotation: {gracePeriod: 1m}\n  rolloutRestart:\n  - {kind: Deployment, name: web}\n  - {kind: StatefulSet, name: missing}",
+        ),
+    );
+    kubectl_ok(&["wait", "--for=condition=Ready", "apikey/r", "-n", &ns, "--timeout=60s"]);
+    // The first key needs no restart.
+    let tpl = |ns: &str| {
+        get_json(ns, "deployment/web").and_then(|d| {
+            d["spec"]["template"]["metadata"]["annotations"]["keyward.dev/restartedAt"].as_str().map(str::to_string)
+        })
+    };
+    assert_eq!(tpl(&ns), None);
+    // Two quick rotations collapse into one restart for the latest key.
+    kubectl_ok(&["annotate", "apikey/r", "-n", &ns, "keyward.dev/rotate=a"]);
+    eventually(20, "first rotation", || get_json(&ns, "apikey/r").filter(|a| a["status"]["rotationCount"] == 1)).await;
+    kubectl_ok(&["annotate", "--overwrite", "apikey/r", "-n", &ns, "keyward.dev/rotate=b"]);
+    let ak =
+        eventually(20, "second rotation", || get_json(&ns, "apikey/r").filter(|a| a["status"]["rotationCount"] == 2))
+            .await;
+    let rotated_at = ak["status"]["lastRotationTime"].as_str().expect("lastRotationTime").to_string();
+    let stamped = eventually(30, "the Deployment to be restarted", || tpl(&ns)).await;
+    let parse = |s: &str| s.parse::<jiff::Timestamp>().expect("timestamp");
+    assert_eq!(parse(&stamped), parse(&rotated_at), "restarted for the latest key");
+    let d = get_json(&ns, "deployment/web").expect("deployment");
+    assert_eq!(d["metadata"]["generation"], 2, "exactly one restart (one template change)");
+    eventually(20, "a RolloutTargetMissing event", || {
+        kubectl_ok(&["get", "events", "-n", &ns, "-o", "json"]).contains("RolloutTargetMissing").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn idle_means_no_writes() {
+    let ns = setup("idle").await;
+    apply(&ns, &apikey("i", "  rotation: {interval: 720h}"));
+    kubectl_ok(&["wait", "--for=condition=Ready", "apikey/i", "-n", &ns, "--timeout=60s"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rv = |what: &str| {
+        get_json(&ns, what).expect("object")["metadata"]["resourceVersion"].as_str().expect("rv").to_string()
+    };
+    let (ak, s) = (rv("apikey/i"), rv("secret/i"));
+    let events_before = kubectl_ok(&["get", "events", "-n", &ns, "-o", "name"]).lines().count();
+    // Touch the ApiKey (a label, not the spec) to force a reconcile: it must write nothing.
+    kubectl_ok(&["label", "apikey/i", "-n", &ns, "poke=1"]);
+    let ak_after_label = rv("apikey/i");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(rv("secret/i"), s, "the Secret was rewritten while nothing was due");
+    assert_eq!(rv("apikey/i"), ak_after_label, "the status was rewritten while nothing was due");
+    assert_ne!(ak, ak_after_label);
+    assert_eq!(kubectl_ok(&["get", "events", "-n", &ns, "-o", "name"]).lines().count(), events_before, "event spam");
+}
+
+#[tokio::test]
+async fn bad_spec_the_schema_cannot_catch_reports_invalid_spec() {
+    let ns = setup("invalid_spec").await;
+    // Five fields pass the schema, but 61 is not a minute.
+    apply(&ns, &apikey("bad", "  rotation: {schedule: \"61 * * * *\"}"));
+    let ak = eventually(30, "InvalidSpec", || {
+        let ak = get_json(&ns, "apikey/bad")?;
+        (ready_reason(&ak) == Some(("False".into(), "InvalidSpec".into()))).then_some(ak)
+    })
+    .await;
+    let message = ak["status"]["conditions"].to_string();
+    assert!(message.contains("rotation.schedule"), "{message}");
+    // Others keep working meanwhile.
+    apply(&ns, &apikey("good", ""));
+    kubectl_ok(&["wait", "--for=condition=Ready", "apikey/good", "-n", &ns, "--timeout=60s"]);
+}

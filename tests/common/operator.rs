@@ -1,0 +1,36 @@
+//! The real `keyward run` binary as a child process against the test control plane, its logs in a file that the
+//! leak scan reads. It stops when the test process exits (its standard input closes).
+
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+pub struct Operator {
+    pub child: Child,
+    _stdin: ChildStdin,
+    pub log: PathBuf,
+}
+
+/// Starts an operator with debug logging; `tag` names its log file.
+pub fn start(tag: &str) -> Operator {
+    let cp = super::control_plane();
+    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{tag}.log"));
+    let file = std::fs::File::create(&log).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["run", "--exit-on-stdin-close", "--log", "debug,hyper=info,tower=info,rustls=info,kube_client=info"])
+        .env("KUBECONFIG", cp.kubeconfig())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(file.try_clone().expect("clone"))
+        .stderr(file)
+        .spawn()
+        .expect("spawn keyward run");
+    let stdin = child.stdin.take().expect("stdin");
+    Operator { child, _stdin: stdin, log }
+}
+
+/// The operator shared by the tests of one binary.
+pub fn shared() -> &'static Mutex<Operator> {
+    static OP: OnceLock<Mutex<Operator>> = OnceLock::new();
+    OP.get_or_init(|| Mutex::new(start("shared")))
+}
