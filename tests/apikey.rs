@@ -54,6 +54,7 @@ fn ready_reason(ak: &Value) -> Option<(String, String)> {
 }
 
 fn apikey(name: &str, spec: &str) -> String {
+    let spec = if spec.is_empty() { "  {}" } else { spec };
     format!("apiVersion: keyward.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\nspec:\n{spec}\n")
 }
 

@@ -171,7 +171,9 @@ async fn reconcile(obj: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Requeue, Error
 }
 
 async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Error> {
+    // NB: whole seconds, the precision of metav1.Time: the rotation time in the Secret and in status must agree.
     let now = (ctx.now)();
+    let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
     let ns = apikey.namespace().ok_or(Error::MissingMetadata)?;
     let uid = apikey.uid().ok_or(Error::MissingMetadata)?;
     let name = apikey.name_any();
