@@ -3,59 +3,15 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{control_plane_with_crds, kubectl, kubectl_ok, kubectl_stdin, namespace};
-use serde_json::Value;
+use common::kube::{apikey, apply, decode, eventually, get_json, key_id as sha_prefix, ready_reason};
+use common::{control_plane_with_crds, kubectl_ok, namespace};
 
 async fn setup(test: &str) -> String {
     control_plane_with_crds().await;
     let _ = common::operator::shared();
     namespace(test)
-}
-
-fn apply(ns: &str, yaml: &str) {
-    let out = kubectl_stdin(&["apply", "--server-side", "-n", ns, "-f", "-"], yaml);
-    assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn get_json(ns: &str, what: &str) -> Option<Value> {
-    let out = kubectl(&["get", what, "-n", ns, "-o", "json"]);
-    out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("json"))
-}
-
-/// Polls `f` every 200 ms until it returns Some, or panics after `secs` with `what`.
-async fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn decode(secret: &Value, key: &str) -> Option<String> {
-    use base64::Engine;
-    let b64 = secret["data"][key].as_str()?;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).expect("base64");
-    Some(String::from_utf8(bytes).expect("utf8"))
-}
-
-fn sha_prefix(key: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(key.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect()
-}
-
-fn ready_reason(ak: &Value) -> Option<(String, String)> {
-    let c = ak["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?;
-    Some((c["status"].as_str()?.to_string(), c["reason"].as_str()?.to_string()))
-}
-
-fn apikey(name: &str, spec: &str) -> String {
-    let spec = if spec.is_empty() { "  {}" } else { spec };
-    format!("apiVersion: keyward.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\nspec:\n{spec}\n")
 }
 
 #[tokio::test]

@@ -11,13 +11,18 @@ pub struct Operator {
     pub log: PathBuf,
 }
 
-/// Starts an operator with debug logging; `tag` names its log file.
+/// Starts an operator with debug logging for Keyward; `tag` names its log file.
 pub fn start(tag: &str) -> Operator {
+    start_with_log(tag, "debug,hyper=info,tower=info,rustls=info,kube_client=info")
+}
+
+/// Starts an operator with the given log filter.
+pub fn start_with_log(tag: &str, filter: &str) -> Operator {
     let cp = super::control_plane();
     let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{tag}.log"));
     let file = std::fs::File::create(&log).expect("log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(["run", "--exit-on-stdin-close", "--log", "debug,hyper=info,tower=info,rustls=info,kube_client=info"])
+        .args(["run", "--exit-on-stdin-close", "--log", filter])
         .env("KUBECONFIG", cp.kubeconfig())
         .env("NO_COLOR", "1")
         .stdin(Stdio::piped())
@@ -27,6 +32,14 @@ pub fn start(tag: &str) -> Operator {
         .expect("spawn keyward run");
     let stdin = child.stdin.take().expect("stdin");
     Operator { child, _stdin: stdin, log }
+}
+
+impl Operator {
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The operator shared by the tests of one binary.

@@ -1,0 +1,55 @@
+//! Small kubectl-based readers shared by the lifecycle tests.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// `kubectl get WHAT -n NS -o json`, or None if it does not exist.
+pub fn get_json(ns: &str, what: &str) -> Option<Value> {
+    let out = super::kubectl(&["get", what, "-n", ns, "-o", "json"]);
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("json"))
+}
+
+/// Polls `f` every 200 ms until it returns Some, or panics after `secs` with `what`.
+pub async fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A data entry of a Secret, decoded.
+pub fn decode(secret: &Value, key: &str) -> Option<String> {
+    use base64::Engine;
+    let b64 = secret["data"][key].as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).expect("base64");
+    Some(String::from_utf8(bytes).expect("utf8"))
+}
+
+/// The keyId of a key: the first 12 hex characters of its SHA-256.
+pub fn key_id(key: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Status and reason of the Ready condition.
+pub fn ready_reason(ak: &Value) -> Option<(String, String)> {
+    let c = ak["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?;
+    Some((c["status"].as_str()?.to_string(), c["reason"].as_str()?.to_string()))
+}
+
+/// An ApiKey manifest with the given (indented) spec lines.
+pub fn apikey(name: &str, spec: &str) -> String {
+    let spec = if spec.is_empty() { "  {}" } else { spec };
+    format!("apiVersion: keyward.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\nspec:\n{spec}\n")
+}
+
+/// `kubectl apply --server-side` of a manifest into a namespace.
+pub fn apply(ns: &str, yaml: &str) {
+    let out = super::kubectl_stdin(&["apply", "--server-side", "-n", ns, "-f", "-"], yaml);
+    assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
+}
