@@ -242,3 +242,7 @@ pub fn next_due(
     let requeue = candidates.into_iter().flatten().filter(|t| *t > now).min();
     (next_rotation, requeue)
 }
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;
