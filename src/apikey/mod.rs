@@ -283,51 +283,11 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Erro
     };
 
     // Rollout restarts for the key now in the Secret.
-    let mut requeue_restart = None;
-    if let Some(b) = &book_after
-        && let (Some(at), true) = (b.rotated_at, b.has_key())
-    {
-        for t in &apikey.spec.rollout_restart {
-            let rerr = |source| Error::Restart { kind: t.kind, ns: ns.clone(), name: t.name.clone(), source };
-            match restart::current(&ctx.client, &ns, t).await.map_err(rerr)? {
-                None => {
-                    publish(
-                        ctx,
-                        apikey,
-                        Event {
-                            type_: EventType::Warning,
-                            reason: "RolloutTargetMissing".into(),
-                            note: Some(format!("{:?} {} does not exist; nothing to restart", t.kind, t.name)),
-                            action: "RolloutRestart".into(),
-                            secondary: None,
-                        },
-                    )
-                    .await;
-                }
-                Some(cur) => match restart::plan(cur.as_deref(), at, b.rotation_count, now) {
-                    restart::RestartPlan::UpToDate => {}
-                    restart::RestartPlan::WaitUntil(t) => {
-                        requeue_restart = Some(requeue_restart.map_or(t, |r: Timestamp| r.min(t)))
-                    }
-                    restart::RestartPlan::Restart => {
-                        restart::restart(&ctx.client, &ns, t, &at.to_string()).await.map_err(rerr)?;
-                        publish(
-                            ctx,
-                            apikey,
-                            Event {
-                                type_: EventType::Normal,
-                                reason: "RolloutRestarted".into(),
-                                note: Some(format!("restarted {:?} {} for the key issued at {at}", t.kind, t.name)),
-                                action: "RolloutRestart".into(),
-                                secondary: None,
-                            },
-                        )
-                        .await;
-                    }
-                },
-            }
-        }
-    }
+    let just_rotated = matches!(decision.action, Action::Rotate { .. });
+    let requeue_restart = match &book_after {
+        Some(b) => restart_consumers(ctx, apikey, &ns, b, just_rotated, now).await?,
+        None => None,
+    };
 
     // Status, derived from the persisted bookkeeping; written only when it changes.
     let (next_rotation, requeue_at) = plan::next_due(
@@ -364,6 +324,51 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Erro
         }
         None => Requeue::await_change(),
     })
+}
+
+/// Restarts the workloads listed in `rolloutRestart` that have not been restarted for the key in `book`; returns
+/// when to look again if a restart waits for the debounce window. A missing target is reported only right after a
+/// rotation, so an idle reconcile publishes nothing.
+async fn restart_consumers(
+    ctx: &Context,
+    apikey: &ApiKey,
+    ns: &str,
+    book: &Book,
+    just_rotated: bool,
+    now: Timestamp,
+) -> Result<Option<Timestamp>, Error> {
+    let Some(at) = book.rotated_at.filter(|_| book.has_key()) else { return Ok(None) };
+    let mut wait: Option<Timestamp> = None;
+    for t in &apikey.spec.rollout_restart {
+        let rerr = |source| Error::Restart { kind: t.kind, ns: ns.to_string(), name: t.name.clone(), source };
+        let (type_, reason, note) = match restart::current(&ctx.client, ns, t).await.map_err(rerr)? {
+            None if just_rotated => (
+                EventType::Warning,
+                "RolloutTargetMissing",
+                format!("{:?} {} does not exist; nothing to restart", t.kind, t.name),
+            ),
+            None => continue,
+            Some(cur) => match restart::plan(cur.as_deref(), at, book.rotation_count, now) {
+                restart::RestartPlan::UpToDate => continue,
+                restart::RestartPlan::WaitUntil(w) => {
+                    wait = Some(wait.map_or(w, |x| x.min(w)));
+                    continue;
+                }
+                restart::RestartPlan::Restart => {
+                    restart::restart(&ctx.client, ns, t, &at.to_string()).await.map_err(rerr)?;
+                    (
+                        EventType::Normal,
+                        "RolloutRestarted",
+                        format!("restarted {:?} {} for the key issued at {at}", t.kind, t.name),
+                    )
+                }
+            },
+        };
+        let ev =
+            Event { type_, reason: reason.into(), note: Some(note), action: "RolloutRestart".into(), secondary: None };
+        publish(ctx, apikey, ev).await;
+    }
+    Ok(wait)
 }
 
 /// The current key in a Secret's data, if it is readable.
