@@ -48,6 +48,8 @@ pub enum Error {
     Key(#[from] keys::KeyError),
     #[error("ApiKey has no namespace or uid")]
     MissingMetadata,
+    #[error("Secret {ns}/{name} changed while being reconciled; deciding again")]
+    Stale { ns: String, name: String },
 }
 
 impl Error {
@@ -60,6 +62,7 @@ impl Error {
             Error::Restart { .. } => "RolloutRestartFailed",
             Error::Key(e) => e.reason(),
             Error::MissingMetadata => "InvalidObject",
+            Error::Stale { .. } => "SecretWriteConflict",
         }
     }
 }
@@ -198,6 +201,10 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Erro
             let rv = m.metadata.resource_version.clone().unwrap_or_default();
             let tampered = if book.has_key() && !ctx.verified(&ns, &secret_name, &rv) {
                 let full = secrets.get(&secret_name).await.map_err(serr("read"))?;
+                if full.metadata.resource_version.as_deref() != Some(rv.as_str()) {
+                    // Changed since the metadata read (e.g. another instance rotated): compare like with like.
+                    return Err(Error::Stale { ns: ns.clone(), name: secret_name.clone() });
+                }
                 let ok = current_key(&full).is_some_and(|k| Some(keys::key_id(&k)) == book.key_id);
                 if ok {
                     ctx.mark_verified(&ns, &secret_name, Some(&rv));
@@ -239,18 +246,25 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Erro
                 _ => (None, None),
             };
             let next = plan::next_book(&old, action, new_id, rotate_request, grace, now);
+            // NB: every write is conditional on the resourceVersion the DECISION was based on, not on a later
+            // read: if the Secret changed in between (another instance rotated), the write fails with 409 and the
+            // next reconcile decides again. Conditioning on the later read would let a stale decision rotate a
+            // second time and push the legitimate previous key out of its grace period.
+            let rv = meta.as_ref().and_then(|m| m.metadata.resource_version.clone());
             // Data is read only for the writes that keep existing material.
-            let (current, previous, rv): (Option<KeyMaterial>, Option<KeyMaterial>, Option<String>) = match action {
+            let (current, previous): (Option<KeyMaterial>, Option<KeyMaterial>) = match action {
                 Action::Rotate { .. } | Action::DropPrevious => {
                     let full = secrets.get(&secret_name).await.map_err(serr("read"))?;
-                    let rv = full.metadata.resource_version.clone();
+                    if full.metadata.resource_version != rv {
+                        return Err(Error::Stale { ns: ns.clone(), name: secret_name.clone() });
+                    }
                     let cur = current_key(&full);
                     match action {
-                        Action::Rotate { .. } => (new_key, if next.has_previous() { cur } else { None }, rv),
-                        _ => (cur, None, rv),
+                        Action::Rotate { .. } => (new_key, if next.has_previous() { cur } else { None }),
+                        _ => (cur, None),
                     }
                 }
-                _ => (new_key, None, meta.as_ref().and_then(|m| m.metadata.resource_version.clone())),
+                _ => (new_key, None),
             };
             let desired = secret::build(
                 apikey,

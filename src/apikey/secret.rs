@@ -68,3 +68,71 @@ pub fn build(
         ..Secret::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ApiKeySpec;
+    use crate::api::apikey::SecretTemplate;
+    use crate::keys::{OsRandom, generate, key_id};
+
+    fn apikey() -> ApiKey {
+        let mut a = ApiKey::new(
+            "svc",
+            ApiKeySpec {
+                secret_template: Some(SecretTemplate {
+                    labels: [
+                        ("gw".to_string(), "yes".to_string()),
+                        (book::MANAGED_BY_LABEL.to_string(), "someone".to_string()),
+                    ]
+                    .into(),
+                    annotations: [(book::KEY_ID.to_string(), "forged".to_string())].into(),
+                }),
+                ..ApiKeySpec::default()
+            },
+        );
+        a.metadata.namespace = Some("ns".into());
+        a.metadata.uid = Some("uid-1".into());
+        a
+    }
+
+    #[test]
+    fn secret_holds_exactly_what_the_design_says() {
+        let a = apikey();
+        let key = generate(&Default::default(), &mut OsRandom).expect("key");
+        let prev = generate(&Default::default(), &mut OsRandom).expect("key");
+        let book = Book { key_id: Some(key_id(&key)), rotation_count: 2, ..Book::default() };
+        let s = build(&a, "svc-key", &book, &Material { current: Some(&key), previous: Some(&prev) }, Some("7".into()));
+        let labels = s.metadata.labels.as_ref().expect("labels");
+        assert_eq!(labels.get("gw").map(String::as_str), Some("yes"), "template labels are copied");
+        assert_eq!(labels.get(book::MANAGED_BY_LABEL).map(String::as_str), Some("keyward"), "ours win");
+        assert_eq!(labels.get(book::APIKEY_LABEL).map(String::as_str), Some("svc"));
+        let ann = s.metadata.annotations.as_ref().expect("annotations");
+        assert_eq!(ann.get(book::KEY_ID), book.key_id.as_ref(), "the template cannot forge the fingerprint");
+        let data = s.data.as_ref().expect("data");
+        assert_eq!(data.get(book::DATA_KEY).map(|b| b.0.as_slice()), Some(key.as_bytes()));
+        assert_eq!(data.get(book::DATA_PREVIOUS_KEY).map(|b| b.0.as_slice()), Some(prev.as_bytes()));
+        assert_eq!(data.get(book::DATA_KEY_ID).map(|b| b.0.clone()), book.key_id.map(String::into_bytes));
+        assert_eq!(s.type_.as_deref(), Some("Opaque"));
+        assert_eq!(s.metadata.resource_version.as_deref(), Some("7"));
+        let owner = &s.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("ApiKey", "uid-1", Some(true)));
+        assert!(controlled_by(s.metadata.owner_references.as_ref(), &a));
+    }
+
+    #[test]
+    fn removed_material_leaves_no_data() {
+        let s = build(&apikey(), "svc", &Book::default(), &Material { current: None, previous: None }, None);
+        assert!(s.data.as_ref().is_some_and(BTreeMap::is_empty));
+    }
+
+    #[test]
+    fn another_owner_is_not_us() {
+        let a = apikey();
+        let other = OwnerReference { controller: Some(true), uid: "uid-2".into(), ..OwnerReference::default() };
+        assert!(!controlled_by(Some(&vec![other]), &a));
+        let not_controller = OwnerReference { controller: None, uid: "uid-1".into(), ..OwnerReference::default() };
+        assert!(!controlled_by(Some(&vec![not_controller]), &a));
+        assert!(!controlled_by(None, &a));
+    }
+}
