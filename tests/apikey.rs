@@ -55,7 +55,9 @@ async fn issues_a_key_into_an_owned_secret() {
 #[tokio::test]
 async fn rotates_on_interval_with_grace_then_drops_previous() {
     let ns = setup("interval_rotation").await;
-    apply(&ns, &apikey("fast", "  rotation: {interval: 4s, gracePeriod: 3s}"));
+    // A wide window between the end of the grace period (2 s) and the next rotation (8 s), so a busy machine
+    // still sees it.
+    apply(&ns, &apikey("fast", "  rotation: {interval: 8s, gracePeriod: 2s}"));
     kubectl_ok(&["wait", "--for=condition=Ready", "apikey/fast", "-n", &ns, "--timeout=60s"]);
     let first = decode(&get_json(&ns, "secret/fast").expect("secret"), "api-key").expect("key");
     // After the first rotation the old key is the previous one, valid for the grace period.
@@ -72,7 +74,7 @@ async fn rotates_on_interval_with_grace_then_drops_previous() {
     assert_eq!(ak["status"]["previousKeyId"].as_str(), Some(sha_prefix(&first).as_str()));
     assert!(ak["status"]["nextRotationTime"].is_string());
     // The grace period ends before the next rotation: the previous key disappears on its own.
-    eventually(10, "the previous key to be removed", || {
+    eventually(20, "the previous key to be removed", || {
         let s = get_json(&ns, "secret/fast")?;
         (decode(&s, "previous-api-key").is_none() && decode(&s, "api-key")? == cur).then_some(())
     })

@@ -15,7 +15,7 @@ use crate::api::apikey::{RolloutKind, RolloutTarget};
 pub const RESTARTED_AT: &str = "keyward.dev/restartedAt";
 
 /// Quiet time after a rotation before consumers are restarted.
-pub const DEBOUNCE: Duration = Duration::from_secs(5);
+pub const DEBOUNCE: Duration = Duration::from_secs(10);
 
 /// What to do about one target, pure.
 #[derive(Debug, PartialEq, Eq)]
@@ -98,7 +98,8 @@ mod tests {
         let at = ts("2026-01-01T00:00:00Z");
         assert_eq!(plan(None, at, 0, at), RestartPlan::UpToDate, "the first key needs no restart");
         assert_eq!(plan(Some(&at.to_string()), at, 3, ts("2026-01-01T01:00:00Z")), RestartPlan::UpToDate);
-        assert_eq!(plan(Some("2025-12-01T00:00:00Z"), at, 3, at), RestartPlan::WaitUntil(ts("2026-01-01T00:00:05Z")));
-        assert_eq!(plan(None, at, 1, ts("2026-01-01T00:00:05Z")), RestartPlan::Restart);
+        assert_eq!(plan(Some("2025-12-01T00:00:00Z"), at, 3, at), RestartPlan::WaitUntil(ts("2026-01-01T00:00:10Z")));
+        assert_eq!(plan(None, at, 1, ts("2026-01-01T00:00:09Z")), RestartPlan::WaitUntil(ts("2026-01-01T00:00:10Z")));
+        assert_eq!(plan(None, at, 1, ts("2026-01-01T00:00:10Z")), RestartPlan::Restart);
     }
 }
