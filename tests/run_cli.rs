@@ -67,7 +67,12 @@ async fn run_without_then_with_crds() {
     // 3. SIGTERM stops it cleanly with exit status 0.
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.expect("join").expect("wait");
+    // Bounded: a hang here is a failure, not a stuck CI run.
+    let status = tokio::time::timeout(Duration::from_secs(60), tokio::task::spawn_blocking(move || child.wait()))
+        .await
+        .expect("keyward run did not stop within 60s of SIGTERM")
+        .expect("join")
+        .expect("wait");
     assert!(status.success(), "keyward run exited with {status} on SIGTERM");
     let _ = cp;
 }

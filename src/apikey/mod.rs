@@ -126,11 +126,13 @@ pub async fn run(
     let secret_stream = watcher(secrets, secret_cfg).default_backoff().touched_objects();
     // The controller wants a Sync future; a oneshot fired by the caller's future is one.
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(());
+        let _ = drain_tx.send(());
     });
-    Controller::new(apikeys, watcher::Config::default().any_semantic())
+    let controller = Controller::new(apikeys, watcher::Config::default().any_semantic())
         .owns_stream(secret_stream)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(async move {
@@ -142,9 +144,25 @@ pub async fn run(
                 Ok((obj, _)) => tracing::debug!(namespace = obj.namespace.as_deref(), name = %obj.name, "reconciled"),
                 Err(e) => tracing::debug!(error = %e, "reconcile failed"),
             }
-        })
-        .await;
+        });
+    // NB: a shutdown that arrives before the controller's watches have started can leave the graceful drain
+    // waiting forever; bound it. Stopping mid-reconcile is safe: every write is conditional and the next
+    // reconcile finishes the job.
+    let drain_deadline = async {
+        if drain_rx.await.is_ok() {
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = controller => {}
+        () = drain_deadline => tracing::warn!(timeout = ?DRAIN_TIMEOUT, "in-flight reconciles did not finish in time; stopping anyway"),
+    }
 }
+
+/// How long a shutdown waits for in-flight reconciles.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Exponential backoff per object: 1 s doubling to 5 minutes, reset by a success.
 fn error_policy(obj: Arc<ApiKey>, err: &Error, ctx: Arc<Context>) -> Requeue {
