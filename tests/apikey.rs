@@ -73,6 +73,10 @@ async fn rotates_on_interval_with_grace_then_drops_previous() {
     assert!(ak["status"]["rotationCount"].as_i64().unwrap_or(0) >= 1);
     assert_eq!(ak["status"]["previousKeyId"].as_str(), Some(sha_prefix(&first).as_str()));
     assert!(ak["status"]["nextRotationTime"].is_string());
+    // The printer column shows when, not kubectl's "<invalid>" for a future date.
+    let table = kubectl_ok(&["get", "apikey", "fast", "-n", &ns]);
+    let next = ak["status"]["nextRotationTime"].as_str().expect("nextRotationTime");
+    assert!(!table.contains("<invalid>") && table.contains(&next[..10]), "{table}");
     // The grace period ends before the next rotation: the previous key disappears on its own.
     eventually(20, "the previous key to be removed", || {
         let s = get_json(&ns, "secret/fast")?;

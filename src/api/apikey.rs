@@ -25,7 +25,8 @@ pub const ROTATE_ANNOTATION: &str = "keyward.dev/rotate";
     status = "ApiKeyStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Key ID","type":"string","jsonPath":".status.keyId"}"#,
-    printcolumn = r#"{"name":"Next Rotation","type":"date","jsonPath":".status.nextRotationTime"}"#,
+    // NB: a "date" column renders future times as <invalid> in kubectl, so the next rotation is shown as text.
+    printcolumn = r#"{"name":"Next Rotation","type":"string","jsonPath":".status.nextRotationTime"}"#,
     printcolumn = r#"{"name":"Utilization","type":"number","jsonPath":".status.usage.utilization"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
