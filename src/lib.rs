@@ -11,4 +11,6 @@ pub mod conditions;
 pub mod devenv;
 pub mod keys;
 pub mod operator;
+pub mod scaling;
 pub mod schedule;
+pub mod usage;

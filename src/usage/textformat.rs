@@ -1,0 +1,480 @@
+//! Per-key request counters from the Prometheus text exposition format, and rates between polls.
+//!
+//! A gateway exposes a counter such as `gateway_requests_total{key="team-a",code="200"} 42`. [`counters_by_key`]
+//! sums the samples of one counter grouped by the value of one label, [`merge`] adds the maps of several gateway
+//! replicas together, and [`RateTracker`] turns successive polls into requests per second per key, handling counter
+//! resets like Prometheus `rate()`.
+//!
+//! The parser is small and hand-written (no external crate): it reads only what is needed, i.e. `# ...` lines
+//! (HELP, TYPE and comments) are skipped and every other non-blank line must be `name{labels} value [timestamp]`.
+//! Label values may use the escapes `\\`, `\"` and `\n`; values accept `NaN`, `+Inf`, `-Inf` and ordinary floats.
+//! Every line is checked, not only the lines of the requested metric, so a corrupt exposition is reported rather than
+//! half read. The parser never panics, and its errors carry only a short excerpt of the offending line.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+
+/// Maximum number of characters of an offending line quoted in a [`ParseError`].
+const EXCERPT_CHARS: usize = 40;
+
+/// Why a line of the exposition could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseErrorKind {
+    /// The line does not start with a valid metric name.
+    MetricName,
+    /// A label name is missing or invalid.
+    LabelName,
+    /// A label is not followed by `=`.
+    MissingEquals,
+    /// A label value does not start with `"`.
+    MissingQuote,
+    /// A label value uses an escape other than `\\`, `\"` or `\n`.
+    InvalidEscape,
+    /// A label value or the label set is not closed before the end of the line.
+    Unterminated,
+    /// Labels are not separated by `,` or closed by `}`.
+    LabelSeparator,
+    /// The same label name appears twice in one sample.
+    DuplicateLabel,
+    /// The sample has no value.
+    MissingValue,
+    /// The sample value is not a number.
+    InvalidValue,
+    /// The timestamp is not an integer number of milliseconds.
+    InvalidTimestamp,
+    /// Something follows the timestamp.
+    TrailingText,
+}
+
+impl ParseErrorKind {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::MetricName => "invalid metric name",
+            Self::LabelName => "invalid label name",
+            Self::MissingEquals => "expected '=' after label name",
+            Self::MissingQuote => "expected '\"' to open label value",
+            Self::InvalidEscape => "invalid escape in label value",
+            Self::Unterminated => "unterminated label set",
+            Self::LabelSeparator => "expected ',' or '}' after label value",
+            Self::DuplicateLabel => "duplicate label name",
+            Self::MissingValue => "missing sample value",
+            Self::InvalidValue => "invalid sample value",
+            Self::InvalidTimestamp => "invalid timestamp",
+            Self::TrailingText => "unexpected text after sample",
+        }
+    }
+}
+
+impl std::fmt::Display for ParseErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+/// A line of the exposition that is not valid text format.
+///
+/// The message holds the 1-based line number, the reason and at most a short, debug-escaped excerpt of the line, so a
+/// huge or hostile line never floods the logs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("metrics line {line}: {kind} (near {excerpt:?})")]
+pub struct ParseError {
+    /// 1-based number of the offending line.
+    pub line: usize,
+    /// What is wrong with it.
+    pub kind: ParseErrorKind,
+    /// The first characters of the line (at most 40), with `...` appended when cut.
+    pub excerpt: String,
+}
+
+impl ParseError {
+    fn new(line: usize, text: &str, kind: ParseErrorKind) -> Self {
+        let mut excerpt: String = text.chars().take(EXCERPT_CHARS).collect();
+        if excerpt.len() < text.len() {
+            excerpt.push_str("...");
+        }
+        Self { line, kind, excerpt }
+    }
+}
+
+/// One parsed sample line.
+#[derive(Debug, PartialEq)]
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+/// Sums the samples of counter `metric` in `text`, grouped by the value of label `key_label`.
+///
+/// `metric` is matched exactly: pass the full exposed name, e.g. `gateway_requests_total`. Samples of the metric that
+/// lack `key_label` (or have it empty, which Prometheus treats as absent) are ignored, as are samples whose value is
+/// not a finite, non-negative number (a counter cannot be NaN, infinite or negative). Samples of the same key with
+/// other differing labels (say `code`) are added together.
+///
+/// # Errors
+///
+/// Returns [`ParseError`] for the first line, of any metric, that is not valid text format.
+pub fn counters_by_key(text: &str, metric: &str, key_label: &str) -> Result<BTreeMap<String, f64>, ParseError> {
+    let mut sums = BTreeMap::new();
+    for (index, raw) in text.split('\n').enumerate() {
+        let line = raw.strip_suffix('\r').unwrap_or(raw).trim_start_matches([' ', '\t']);
+        if line.trim_end_matches([' ', '\t']).is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let sample = parse_sample(line).map_err(|kind| ParseError::new(index + 1, line, kind))?;
+        if sample.name != metric || !sample.value.is_finite() || sample.value < 0.0 {
+            continue;
+        }
+        let Some((_, key)) = sample.labels.into_iter().find(|(name, _)| name == key_label) else {
+            continue;
+        };
+        if key.is_empty() {
+            continue;
+        }
+        *sums.entry(key).or_insert(0.0) += sample.value;
+    }
+    Ok(sums)
+}
+
+/// Adds every counter of `other` to the same key of `into` (e.g. to sum the replicas of a gateway).
+pub fn merge(into: &mut BTreeMap<String, f64>, other: &BTreeMap<String, f64>) {
+    for (key, value) in other {
+        *into.entry(key.clone()).or_insert(0.0) += value;
+    }
+}
+
+/// Parses one non-blank, non-comment line (leading whitespace already removed).
+fn parse_sample(line: &str) -> Result<Sample, ParseErrorKind> {
+    let name_len = line
+        .char_indices()
+        .find(|&(i, c)| !(c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())))
+        .map_or(line.len(), |(i, _)| i);
+    if name_len == 0 {
+        return Err(ParseErrorKind::MetricName);
+    }
+    let name = line[..name_len].to_owned();
+    let mut rest = &line[name_len..];
+
+    let mut labels: Vec<(String, String)> = Vec::new();
+    if let Some(after_brace) = rest.strip_prefix('{') {
+        rest = parse_labels(after_brace, &mut labels)?;
+    }
+
+    // At least one blank must separate the name or labels from the value.
+    if !rest.starts_with([' ', '\t']) {
+        return Err(if rest.is_empty() { ParseErrorKind::MissingValue } else { ParseErrorKind::MetricName });
+    }
+    let mut fields = rest.split([' ', '\t']).filter(|field| !field.is_empty());
+    let value = fields.next().ok_or(ParseErrorKind::MissingValue)?;
+    let value = parse_value(value).ok_or(ParseErrorKind::InvalidValue)?;
+    if let Some(timestamp) = fields.next() {
+        timestamp.parse::<i64>().map_err(|_| ParseErrorKind::InvalidTimestamp)?;
+    }
+    if fields.next().is_some() {
+        return Err(ParseErrorKind::TrailingText);
+    }
+    Ok(Sample { name, labels, value })
+}
+
+/// Parses the labels after `{` up to and including `}`; returns the text after `}`.
+fn parse_labels<'a>(mut rest: &'a str, labels: &mut Vec<(String, String)>) -> Result<&'a str, ParseErrorKind> {
+    loop {
+        rest = rest.trim_start_matches([' ', '\t']);
+        if let Some(after) = rest.strip_prefix('}') {
+            return Ok(after);
+        }
+        if rest.is_empty() {
+            return Err(ParseErrorKind::Unterminated);
+        }
+        let name_len = rest
+            .char_indices()
+            .find(|&(i, c)| !(c.is_ascii_alphabetic() || c == '_' || (i > 0 && c.is_ascii_digit())))
+            .map_or(rest.len(), |(i, _)| i);
+        if name_len == 0 {
+            return Err(ParseErrorKind::LabelName);
+        }
+        let label = &rest[..name_len];
+        rest = rest[name_len..].trim_start_matches([' ', '\t']);
+        rest = rest.strip_prefix('=').ok_or(ParseErrorKind::MissingEquals)?.trim_start_matches([' ', '\t']);
+        rest = rest.strip_prefix('"').ok_or(ParseErrorKind::MissingQuote)?;
+
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let closing = loop {
+            match chars.next() {
+                None => return Err(ParseErrorKind::Unterminated),
+                Some((i, '"')) => break i,
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, '\\')) => value.push('\\'),
+                    Some((_, '"')) => value.push('"'),
+                    Some((_, 'n')) => value.push('\n'),
+                    Some(_) => return Err(ParseErrorKind::InvalidEscape),
+                    None => return Err(ParseErrorKind::Unterminated),
+                },
+                Some((_, c)) => value.push(c),
+            }
+        };
+        // `closing` indexes the ASCII '"', so `closing + 1` is a char boundary within `rest`.
+        rest = rest.get(closing + 1..).unwrap_or_default();
+
+        if labels.iter().any(|(existing, _)| existing == label) {
+            return Err(ParseErrorKind::DuplicateLabel);
+        }
+        labels.push((label.to_owned(), value));
+
+        rest = rest.trim_start_matches([' ', '\t']);
+        if let Some(after) = rest.strip_prefix(',') {
+            rest = after;
+        } else if !rest.starts_with('}') {
+            return Err(if rest.is_empty() { ParseErrorKind::Unterminated } else { ParseErrorKind::LabelSeparator });
+        }
+    }
+}
+
+/// Parses a sample value: a float, `NaN`, `+Inf` or `-Inf` (case-insensitive, as Go's `ParseFloat`).
+fn parse_value(text: &str) -> Option<f64> {
+    // Rust's parser also accepts "infinity" and "inf", like Go's; it rejects "0x..", "_" and empty strings.
+    text.parse::<f64>().ok()
+}
+
+/// Turns successive polls of per-key counters into requests per second per key.
+///
+/// It remembers only the previous poll. Choices, mirroring Prometheus `rate()` where it has one:
+/// - a counter lower than at the previous poll was reset, and its increase is its new value;
+/// - a key seen for the first time has an unknown increase (it may have counted for long before it was first
+///   scraped), so it is reported only from the next poll on, never guessed;
+/// - a key absent from the new poll is dropped from the result and from the remembered state.
+#[derive(Debug, Clone, Default)]
+pub struct RateTracker {
+    previous: Option<(Timestamp, BTreeMap<String, f64>)>,
+}
+
+impl RateTracker {
+    /// A tracker that has not seen any poll yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records the counters polled at `now` and returns requests per second per key since the previous poll.
+    ///
+    /// Returns `None` on the first poll and when `now` is not after the previous poll (a repeated or backwards clock);
+    /// in every case the new counters become the baseline for the next poll. Non-finite counters are skipped.
+    pub fn observe(&mut self, now: Timestamp, counters: BTreeMap<String, f64>) -> Option<BTreeMap<String, f64>> {
+        let previous = self.previous.replace((now, counters));
+        let (then, old) = previous?;
+        let (_, new) = self.previous.as_ref()?;
+        let elapsed = now.duration_since(then).as_secs_f64();
+        if elapsed <= 0.0 || !elapsed.is_finite() {
+            return None;
+        }
+        let rates = new
+            .iter()
+            .filter_map(|(key, &value)| {
+                let &before = old.get(key)?;
+                if !value.is_finite() || !before.is_finite() {
+                    return None;
+                }
+                let increase = if value < before { value } else { value - before };
+                Some((key.clone(), increase / elapsed))
+            })
+            .collect();
+        Some(rates)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXPOSITION: &str = "\
+# HELP gateway_requests_total Requests served, by API key.
+# TYPE gateway_requests_total counter
+gateway_requests_total{key=\"team-a\",code=\"200\"} 100
+gateway_requests_total{code=\"429\",key=\"team-a\"} 5 1700000000000
+gateway_requests_total{key=\"we\\\"ird\\\\name\\n\",code=\"200\"} 7
+gateway_requests_total{key=\"team-b\",code=\"200\",} 1.5e3
+gateway_requests_total{code=\"500\"} 9
+gateway_requests_total{key=\"team-c\",code=\"200\"} NaN
+gateway_requests_total{key=\"\",code=\"200\"} 11
+# HELP gateway_request_bytes_total Bytes served, by API key.
+# TYPE gateway_request_bytes_total counter
+gateway_request_bytes_total{key=\"team-a\"} 123456
+gateway_up 1
+gateway_latency_seconds{key=\"team-a\",quantile=\"0.99\"} +Inf
+";
+
+    fn map(entries: &[(&str, f64)]) -> BTreeMap<String, f64> {
+        entries.iter().map(|&(k, v)| (k.to_owned(), v)).collect()
+    }
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + seconds).unwrap()
+    }
+
+    #[test]
+    fn parses_realistic_exposition() {
+        let counters = counters_by_key(EXPOSITION, "gateway_requests_total", "key").unwrap();
+        // team-a sums its 200 and 429 samples (one with a timestamp); the escaped key is unescaped; team-c's NaN,
+        // the empty key and the sample without a key are ignored; the bytes metric is not mixed in.
+        assert_eq!(counters, map(&[("team-a", 105.0), ("team-b", 1500.0), ("we\"ird\\name\n", 7.0)]));
+    }
+
+    #[test]
+    fn other_metric_with_same_label_is_separate() {
+        let bytes = counters_by_key(EXPOSITION, "gateway_request_bytes_total", "key").unwrap();
+        assert_eq!(bytes, map(&[("team-a", 123456.0)]));
+        // Exact names only: the prefix without `_total` matches nothing.
+        assert!(counters_by_key(EXPOSITION, "gateway_requests", "key").unwrap().is_empty());
+    }
+
+    #[test]
+    fn missing_key_label_is_ignored() {
+        assert!(counters_by_key(EXPOSITION, "gateway_requests_total", "tenant").unwrap().is_empty());
+        let text = "m{code=\"200\"} 3\nm{tenant=\"x\",code=\"200\"} 4\nm 2\n";
+        assert_eq!(counters_by_key(text, "m", "tenant").unwrap(), map(&[("x", 4.0)]));
+    }
+
+    #[test]
+    fn sums_label_sets_with_the_same_key() {
+        let text = "req{key=\"a\",code=\"200\"} 10\nreq{key=\"a\",code=\"404\"} 2\r\n  req{key=\"a\",code=\"500\"}\t1\n\
+                    req{key=\"b\",code=\"200\"} 4\n";
+        assert_eq!(counters_by_key(text, "req", "key").unwrap(), map(&[("a", 13.0), ("b", 4.0)]));
+    }
+
+    #[test]
+    fn malformed_lines_are_errors() {
+        let cases: &[(&str, ParseErrorKind)] = &[
+            ("{key=\"a\"} 1", ParseErrorKind::MetricName),
+            ("1req 1", ParseErrorKind::MetricName),
+            ("req-total 1", ParseErrorKind::MetricName),
+            ("req", ParseErrorKind::MissingValue),
+            ("req{key=\"a\"}", ParseErrorKind::MissingValue),
+            ("req{key=\"a\"} one", ParseErrorKind::InvalidValue),
+            ("req{key=\"a\"} 1 12.5", ParseErrorKind::InvalidTimestamp),
+            ("req{key=\"a\"} 1 12 extra", ParseErrorKind::TrailingText),
+            ("req{key=\"a} 1", ParseErrorKind::Unterminated),
+            ("req{key=\"a\" 1", ParseErrorKind::LabelSeparator),
+            ("req{key=\"a\"", ParseErrorKind::Unterminated),
+            ("req{key=a} 1", ParseErrorKind::MissingQuote),
+            ("req{key} 1", ParseErrorKind::MissingEquals),
+            ("req{=\"a\"} 1", ParseErrorKind::LabelName),
+            ("req{key=\"a\\t\"} 1", ParseErrorKind::InvalidEscape),
+            ("req{key=\"a\",key=\"b\"} 1", ParseErrorKind::DuplicateLabel),
+        ];
+        for &(line, kind) in cases {
+            let text = format!("# TYPE req counter\nok 1\n{line}\n");
+            let err = counters_by_key(&text, "req", "key").unwrap_err();
+            assert_eq!((err.line, err.kind), (3, kind), "for {line:?}");
+        }
+    }
+
+    #[test]
+    fn error_quotes_only_a_short_excerpt() {
+        let secret = "s".repeat(10_000);
+        let text = format!("req{{key=\"{secret}\"}} oops\n");
+        let err = counters_by_key(&text, "req", "key").unwrap_err();
+        assert_eq!(err.kind, ParseErrorKind::InvalidValue);
+        assert!(err.excerpt.ends_with("..."));
+        assert!(err.to_string().len() < 120, "{err}");
+    }
+
+    #[test]
+    fn garbage_never_panics_and_errors_stay_short() {
+        const ALPHABET: &[char] = &[
+            'a', 'z', '_', ':', '0', '9', '.', 'e', '+', '-', '{', '}', '"', '\\', '=', ',', ' ', '\t', '\n', '\r',
+            '#', 'N', 'I', 'n', 'é', '€', '\u{0}',
+        ];
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut errors = 0;
+        for round in 0..500 {
+            let len = (next() % 60) as usize;
+            let mut text: String = (0..len).map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize]).collect();
+            if round % 2 == 0 {
+                // Half the inputs start like a real sample so the label and value paths get exercised.
+                text.insert_str(0, "req{key=\"");
+            }
+            match counters_by_key(&text, "req", "key") {
+                Ok(counters) => assert!(counters.values().all(|v| v.is_finite() && *v >= 0.0)),
+                Err(err) => {
+                    errors += 1;
+                    assert!(err.excerpt.chars().count() <= EXCERPT_CHARS + 3);
+                    assert!(err.to_string().len() < 300, "{err}");
+                }
+            }
+        }
+        assert!(errors > 250, "only {errors} of 500 garbage inputs were rejected");
+    }
+
+    #[test]
+    fn every_truncation_of_a_labelled_sample_is_handled() {
+        let line = "req{key=\"a\\\"é\",code=\"200\"} 12 1700000000000";
+        let value_start = line.find("} ").unwrap() + 1;
+        for (cut, _) in line.char_indices().skip(1) {
+            let result = counters_by_key(&line[..cut], "req", "key");
+            if cut <= value_start {
+                assert!(result.is_err(), "prefix {:?} accepted", &line[..cut]);
+            }
+        }
+        assert_eq!(counters_by_key(line, "req", "key").unwrap(), map(&[("a\"é", 12.0)]));
+    }
+
+    #[test]
+    fn merge_adds_replicas() {
+        let mut total = map(&[("a", 1.0), ("b", 2.0)]);
+        merge(&mut total, &map(&[("b", 3.0), ("c", 4.0)]));
+        assert_eq!(total, map(&[("a", 1.0), ("b", 5.0), ("c", 4.0)]));
+    }
+
+    #[test]
+    fn first_poll_is_none() {
+        let mut tracker = RateTracker::new();
+        assert_eq!(tracker.observe(at(0), map(&[("a", 10.0)])), None);
+        assert_eq!(tracker.observe(at(10), map(&[("a", 30.0)])), Some(map(&[("a", 2.0)])));
+    }
+
+    #[test]
+    fn rates_across_polls() {
+        let mut tracker = RateTracker::new();
+        tracker.observe(at(0), map(&[("a", 100.0), ("b", 0.0)]));
+        assert_eq!(tracker.observe(at(20), map(&[("a", 140.0), ("b", 10.0)])), Some(map(&[("a", 2.0), ("b", 0.5)])));
+        assert_eq!(tracker.observe(at(30), map(&[("a", 140.0), ("b", 15.0)])), Some(map(&[("a", 0.0), ("b", 0.5)])));
+    }
+
+    #[test]
+    fn counter_reset_counts_new_value() {
+        let mut tracker = RateTracker::new();
+        tracker.observe(at(0), map(&[("a", 1000.0)]));
+        assert_eq!(tracker.observe(at(10), map(&[("a", 30.0)])), Some(map(&[("a", 3.0)])));
+        assert_eq!(tracker.observe(at(20), map(&[("a", 50.0)])), Some(map(&[("a", 2.0)])));
+    }
+
+    #[test]
+    fn new_key_reported_from_next_poll_and_gone_key_dropped() {
+        let mut tracker = RateTracker::new();
+        tracker.observe(at(0), map(&[("a", 10.0), ("gone", 5.0)]));
+        assert_eq!(tracker.observe(at(10), map(&[("a", 20.0), ("new", 500.0)])), Some(map(&[("a", 1.0)])));
+        assert_eq!(
+            tracker.observe(at(20), map(&[("a", 30.0), ("new", 600.0)])),
+            Some(map(&[("a", 1.0), ("new", 10.0)]))
+        );
+        // A key that comes back after being absent starts over as new.
+        assert_eq!(tracker.observe(at(30), map(&[("a", 30.0), ("gone", 9.0)])), Some(map(&[("a", 0.0)])));
+    }
+
+    #[test]
+    fn non_positive_elapsed_is_none() {
+        let mut tracker = RateTracker::new();
+        tracker.observe(at(10), map(&[("a", 10.0)]));
+        assert_eq!(tracker.observe(at(10), map(&[("a", 20.0)])), None);
+        assert_eq!(tracker.observe(at(5), map(&[("a", 25.0)])), None);
+        // The latest poll is the baseline: 25 at t=5, 35 at t=10.
+        assert_eq!(tracker.observe(at(10), map(&[("a", 35.0)])), Some(map(&[("a", 2.0)])));
+    }
+}
