@@ -209,8 +209,9 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Erro
         move |source| Error::Secret { op, ns, name, source }
     };
 
-    // Dereference: what exists.
+    // Dereference: what exists. The full Secret, when the fingerprint check reads it, is kept for the write.
     let meta = secrets.get_metadata_opt(&secret_name).await.map_err(serr("read"))?;
+    let mut fetched: Option<Secret> = None;
     let state = match &meta {
         None => SecretState::Missing,
         Some(m) if !secret::controlled_by(m.metadata.owner_references.as_ref(), apikey) => SecretState::Foreign,
@@ -218,15 +219,12 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Erro
             let book = Book::from_annotations(m.metadata.annotations.as_ref().unwrap_or(&Default::default()));
             let rv = m.metadata.resource_version.clone().unwrap_or_default();
             let tampered = if book.has_key() && !ctx.verified(&ns, &secret_name, &rv) {
-                let full = secrets.get(&secret_name).await.map_err(serr("read"))?;
-                if full.metadata.resource_version.as_deref() != Some(rv.as_str()) {
-                    // Changed since the metadata read (e.g. another instance rotated): compare like with like.
-                    return Err(Error::Stale { ns: ns.clone(), name: secret_name.clone() });
-                }
+                let full = read_at_version(&secrets, &ns, &secret_name, m.metadata.resource_version.as_deref()).await?;
                 let ok = current_key(&full).is_some_and(|k| Some(keys::key_id(&k)) == book.key_id);
                 if ok {
                     ctx.mark_verified(&ns, &secret_name, Some(&rv));
                 }
+                fetched = Some(full);
                 !ok
             } else {
                 false
@@ -272,10 +270,10 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Erro
             // Data is read only for the writes that keep existing material.
             let (current, previous): (Option<KeyMaterial>, Option<KeyMaterial>) = match action {
                 Action::Rotate { .. } | Action::DropPrevious => {
-                    let full = secrets.get(&secret_name).await.map_err(serr("read"))?;
-                    if full.metadata.resource_version != rv {
-                        return Err(Error::Stale { ns: ns.clone(), name: secret_name.clone() });
-                    }
+                    let full = match fetched.take() {
+                        Some(full) => full,
+                        None => read_at_version(&secrets, &ns, &secret_name, rv.as_deref()).await?,
+                    };
                     let cur = current_key(&full);
                     match action {
                         Action::Rotate { .. } => (new_key, if next.has_previous() { cur } else { None }),
@@ -291,22 +289,13 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Erro
                 &secret::Material { current: current.as_ref(), previous: previous.as_ref() },
                 rv,
             );
+            let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
             let written = if matches!(state, SecretState::Missing) {
-                secrets
-                    .create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &desired)
-                    .await
-                    .map_err(serr("create"))?
+                secrets.create(&pp, &desired).await.map_err(serr("create"))?
             } else {
                 // NB: replace carries the resourceVersion read above: if another writer (a second operator
                 // instance, a user) changed the Secret since, this fails with 409 and the next reconcile re-reads.
-                secrets
-                    .replace(
-                        &secret_name,
-                        &PostParams { field_manager: Some(MANAGER.into()), ..Default::default() },
-                        &desired,
-                    )
-                    .await
-                    .map_err(serr("update"))?
+                secrets.replace(&secret_name, &pp, &desired).await.map_err(serr("update"))?
             };
             ctx.mark_verified(&ns, &secret_name, written.metadata.resource_version.as_deref());
             publish(ctx, apikey, event_for(action, &next, &secret_name)).await;
@@ -329,11 +318,11 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Erro
         &jitter_key,
         now,
     );
-    let ready = match (&decision.action, &decision.ready.reason) {
-        (_, r) if *r == plan::reason::KEY_ISSUED => {
-            plan::issued_condition(book_after.as_ref().and_then(|b| b.key_id.as_deref()))
-        }
-        _ => decision.ready.clone(),
+    // An issued key's condition names its fingerprint, known only after the write.
+    let ready = if decision.ready.reason == plan::reason::KEY_ISSUED {
+        plan::issued_condition(book_after.as_ref().and_then(|b| b.key_id.as_deref()))
+    } else {
+        decision.ready.clone()
     };
     let requeue_at = [requeue_at, decision.requeue_at, requeue_restart].into_iter().flatten().min();
     let status = status::desired(apikey, book_after.as_ref(), &ready, next_rotation, now);
@@ -401,6 +390,21 @@ async fn restart_consumers(
         publish(ctx, apikey, ev).await;
     }
     Ok(wait)
+}
+
+/// The whole Secret (with data), provided it is still at `version`; otherwise it changed since it was looked at
+/// (e.g. another instance rotated) and the reconcile must decide again.
+async fn read_at_version(secrets: &Api<Secret>, ns: &str, name: &str, version: Option<&str>) -> Result<Secret, Error> {
+    let full = secrets.get(name).await.map_err(|source| Error::Secret {
+        op: "read",
+        ns: ns.to_string(),
+        name: name.to_string(),
+        source,
+    })?;
+    if full.metadata.resource_version.as_deref() != version {
+        return Err(Error::Stale { ns: ns.to_string(), name: name.to_string() });
+    }
+    Ok(full)
 }
 
 /// The current key in a Secret's data, if it is readable.
