@@ -11,6 +11,7 @@ pub mod conditions;
 pub mod devenv;
 pub mod keys;
 pub mod operator;
+pub mod ratelimit;
 pub mod scaling;
 pub mod schedule;
 pub mod usage;

@@ -188,7 +188,10 @@ pub struct ApiKeyStatus {
     pub observed_generation: Option<i64>,
 
     /// Ready (reasons KeyIssued, Suspended, Expired, SecretConflict, InvalidSpec), NearLimit and Exhausted.
+    /// A map keyed by `type`, so the ApiKey controller (Ready) and the RateLimitPolicy controller (NearLimit,
+    /// Exhausted) each own their own entries under server-side apply.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 
     /// Fingerprint of the current key: the first 12 hex characters of its SHA-256.

@@ -176,6 +176,7 @@ pub struct RateLimitPolicyStatus {
     pub observed_generation: Option<i64>,
     /// Ready, UsageAvailable, ScalingActive, ScalingConflict and OverrideActive.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Total requests per second of all keys that reference this policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -21,7 +21,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 
@@ -29,6 +29,7 @@ use self::book::Book;
 use self::plan::{Action, Decision, Inputs, IssueKind, Revocation, SecretState};
 use crate::api::ApiKey;
 use crate::api::apikey::ROTATE_ANNOTATION;
+use crate::api::ratelimit::RateLimitPolicy;
 use crate::keys::{self, KeyMaterial, OsRandom};
 use crate::schedule::RotationPlan;
 
@@ -81,6 +82,8 @@ pub struct Context {
     verified: Mutex<HashMap<(String, String), String>>,
     /// Consecutive failures per ApiKey, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<ApiKey>, u32>>,
+    /// The RateLimitPolicies, to clear the usage of a key whose policy is gone; set by [`run`].
+    policies: std::sync::OnceLock<Store<RateLimitPolicy>>,
 }
 
 impl Context {
@@ -92,6 +95,7 @@ impl Context {
             now: Arc::new(Timestamp::now),
             verified: Mutex::default(),
             failures: Mutex::default(),
+            policies: std::sync::OnceLock::new(),
         }
     }
 
@@ -132,8 +136,38 @@ pub async fn run(
         let _ = tx.send(());
         let _ = drain_tx.send(());
     });
-    let controller = Controller::new(apikeys, watcher::Config::default().any_semantic())
+    // Policies are cached; a deleted one triggers its keys, whose usage (written by the RateLimitPolicy
+    // controller) is then cleared.
+    let policies: Api<RateLimitPolicy> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (policy_reader, policy_writer) = reflector::store();
+    let _ = ctx.policies.set(policy_reader);
+    let deleted_policies = watcher(policies, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(policy_writer)
+        .filter_map(|ev| {
+            futures::future::ready(match ev {
+                Ok(watcher::Event::Delete(p)) => Some(Ok(p)),
+                Err(e) => Some(Err(e)),
+                Ok(_) => None,
+            })
+        });
+    let controller = Controller::new(apikeys, watcher::Config::default().any_semantic());
+    let keys = controller.store();
+    let controller = controller
         .owns_stream(secret_stream)
+        .watches_stream(deleted_policies, move |policy: RateLimitPolicy| {
+            let (ns, name) = (policy.namespace(), policy.name_any());
+            keys.state()
+                .into_iter()
+                .filter(|k| {
+                    k.namespace() == ns && k.spec.rate_limit_policy_ref.as_ref().is_some_and(|r| r.name == name)
+                })
+                .map(|k| ObjectRef::from_obj(k.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(async move {
             let _ = rx.await;
@@ -326,7 +360,7 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Erro
     };
     let requeue_at = [requeue_at, decision.requeue_at, requeue_restart].into_iter().flatten().min();
     let status = status::desired(apikey, book_after.as_ref(), &ready, next_rotation, now);
-    if apikey.status.as_ref() != Some(&status) {
+    if status::owned(apikey.status.as_ref()) != status {
         let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &ns);
         let body = serde_json::json!({
             "apiVersion": "keyward.dev/v1alpha1",
@@ -338,6 +372,8 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Erro
             .map_err(|source| Error::Status { ns: ns.clone(), name: name.clone(), source })?;
     }
 
+    clear_orphaned_usage(ctx, apikey, &ns, &name).await?;
+
     Ok(match requeue_at {
         Some(t) => {
             let d = t.duration_since(now);
@@ -345,6 +381,30 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Erro
         }
         None => Requeue::await_change(),
     })
+}
+
+/// Removes `status.usage`, `NearLimit` and `Exhausted` when the key references no RateLimitPolicy, or one that no
+/// longer exists: an apply, as the RateLimitPolicy controller's field manager, that owns nothing.
+async fn clear_orphaned_usage(ctx: &Context, apikey: &ApiKey, ns: &str, name: &str) -> Result<(), Error> {
+    let Some(status) = apikey.status.as_ref() else { return Ok(()) };
+    let foreign = |c: &&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition| {
+        c.type_ == crate::ratelimit::keys::NEAR_LIMIT || c.type_ == crate::ratelimit::keys::EXHAUSTED
+    };
+    if status.usage.is_none() && !status.conditions.iter().any(|c| foreign(&c)) {
+        return Ok(());
+    }
+    if let Some(policy) = apikey.spec.rate_limit_policy_ref.as_ref() {
+        let Some(store) = ctx.policies.get() else { return Ok(()) };
+        if store.wait_until_ready().await.is_err() || store.get(&ObjectRef::new(&policy.name).within(ns)).is_some() {
+            return Ok(());
+        }
+    }
+    let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), ns);
+    let body = serde_json::json!({ "apiVersion": "keyward.dev/v1alpha1", "kind": "ApiKey", "status": {} });
+    api.patch_status(name, &PatchParams::apply(crate::ratelimit::MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .map_err(|source| Error::Status { ns: ns.to_string(), name: name.to_string(), source })?;
+    Ok(())
 }
 
 /// Restarts the workloads listed in `rolloutRestart` that have not been restarted for the key in `book`; returns

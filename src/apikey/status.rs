@@ -7,8 +7,20 @@ use crate::api::common::Time;
 use crate::api::{ApiKey, ApiKeyStatus};
 use crate::conditions::{self, Desired};
 
-/// The status the ApiKey should have. Fields owned by the RateLimitPolicy controller (`usage`, other conditions)
-/// are carried over unchanged.
+/// The part of the status this controller owns: everything but `usage` and the conditions other than `Ready`,
+/// which belong to the RateLimitPolicy controller. Under server-side apply each controller applies only its own
+/// fields (conditions are a map keyed by `type`), so neither can overwrite the other's with a stale copy.
+pub fn owned(status: Option<&ApiKeyStatus>) -> ApiKeyStatus {
+    let mut s = status.cloned().unwrap_or_default();
+    s.usage = None;
+    s.conditions.retain(|c| c.type_ == READY);
+    s
+}
+
+/// The condition type this controller owns.
+pub const READY: &str = "Ready";
+
+/// The status the ApiKey should have, as this controller owns it (see [`owned`]).
 pub fn desired(
     apikey: &ApiKey,
     book: Option<&Book>,
@@ -16,7 +28,7 @@ pub fn desired(
     next_rotation: Option<Timestamp>,
     now: Timestamp,
 ) -> ApiKeyStatus {
-    let current = apikey.status.clone().unwrap_or_default();
+    let current = owned(apikey.status.as_ref());
     let generation = apikey.metadata.generation;
     let conditions = conditions::merge(&current.conditions, std::slice::from_ref(ready), generation, now);
     let b = book.cloned().unwrap_or_default();
@@ -30,7 +42,7 @@ pub fn desired(
         previous_key_expires_at: b.previous_expires_at.filter(|_| b.has_previous()).map(Time),
         rotation_count: book.map(|b| b.rotation_count).or(current.rotation_count),
         last_rotate_request: b.rotate_request.clone().or(current.last_rotate_request),
-        usage: current.usage,
+        usage: None,
     }
 }
 
@@ -69,9 +81,12 @@ mod tests {
         assert_eq!(s.previous_key_expires_at, Some(Time(ts("2026-01-02T00:00:00Z"))));
         assert_eq!(s.rotation_count, Some(4));
         assert_eq!(s.last_rotate_request.as_deref(), Some("x"));
-        assert!(s.usage.is_some(), "usage belongs to the RateLimitPolicy controller and is carried over");
+        assert!(s.usage.is_none(), "usage belongs to the RateLimitPolicy controller; this one never applies it");
         // Idempotent: with the status written, the same inputs later give the same status (no churn).
-        a.status = Some(s.clone());
+        let mut written = s.clone();
+        written.usage = Some(KeyUsage::default());
+        a.status = Some(written);
+        assert_eq!(owned(a.status.as_ref()), s);
         assert_eq!(desired(&a, Some(&book), &ready, Some(ts("2026-02-01T00:00:00Z")), ts("2026-01-01T05:00:00Z")), s);
     }
 }

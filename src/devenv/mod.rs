@@ -4,6 +4,7 @@
 
 mod build;
 mod dev;
+pub mod traffic;
 
 pub use build::{BuildError, binary};
 pub use dev::{DevError, dev};

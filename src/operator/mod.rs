@@ -39,9 +39,27 @@ pub async fn run(
     tracing::info!(server = %version.git_version, "connected to Kubernetes");
     crds::check(client.clone()).await?;
     tracing::info!("Keyward CRDs are installed and established");
-    let ctx = std::sync::Arc::new(crate::apikey::Context::new(client));
-    tracing::info!(namespace = options.namespace.as_deref().unwrap_or("<all>"), "starting the ApiKey controller");
-    crate::apikey::run(ctx, options.namespace, options.concurrency, shutdown).await;
+    // One shutdown, seen by both controllers.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let ctx = std::sync::Arc::new(crate::apikey::Context::new(client.clone()));
+    tracing::info!(
+        namespace = options.namespace.as_deref().unwrap_or("<all>"),
+        "starting the ApiKey and RateLimitPolicy controllers"
+    );
+    tokio::join!(
+        crate::apikey::run(ctx, options.namespace.clone(), options.concurrency, stopped()),
+        crate::ratelimit::run(client, options.namespace, options.concurrency, stopped()),
+    );
     tracing::info!("shut down");
     Ok(())
 }

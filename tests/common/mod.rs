@@ -4,6 +4,7 @@
 
 pub mod kube;
 pub mod operator;
+pub mod prometheus;
 
 use std::path::PathBuf;
 use std::process::Output;

@@ -1,0 +1,215 @@
+//! Each key's usage against the policy's limit: its `status.usage`, the `NearLimit` and `Exhausted` conditions with
+//! hysteresis, and whether a change is worth a write. Pure.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use crate::api::apikey::KeyUsage;
+use crate::api::common::Time;
+use crate::conditions::{self, Desired};
+use crate::usage::Rates;
+
+/// Condition types this controller owns on an ApiKey.
+pub const NEAR_LIMIT: &str = "NearLimit";
+pub const EXHAUSTED: &str = "Exhausted";
+
+/// Default `nearLimitRatio`.
+pub const DEFAULT_NEAR_LIMIT_RATIO: f64 = 0.8;
+
+/// A condition that is on clears only once utilization falls this far below its threshold, so usage hovering at
+/// the threshold does not flip it every poll.
+pub const HYSTERESIS: f64 = 0.05;
+
+/// A utilization change smaller than this (absolute, 0.05 = 5 points) is not worth a status write.
+pub const MEANINGFUL_UTILIZATION_CHANGE: f64 = 0.05;
+
+/// A key's requests per second: the sum of the series labelled with its name, its current keyId and, during the
+/// grace period, its previous keyId (traffic on the old key is still this key's traffic). Labels are matched
+/// exactly; a label value that is none of these is not this key's.
+pub fn key_rps(rates: &Rates, name: &str, key_id: Option<&str>, previous_key_id: Option<&str>) -> f64 {
+    let mut ids: Vec<&str> = vec![name];
+    ids.extend(key_id);
+    ids.extend(previous_key_id);
+    ids.sort_unstable();
+    ids.dedup();
+    ids.iter().filter_map(|id| rates.get(*id)).sum()
+}
+
+/// Whether a condition should be on: it turns on at `threshold` and, once on, stays on until utilization falls
+/// below `threshold - HYSTERESIS`.
+pub fn with_hysteresis(utilization: f64, threshold: f64, was_on: bool) -> bool {
+    if was_on { utilization >= threshold - HYSTERESIS } else { utilization >= threshold }
+}
+
+/// What this controller wants on an ApiKey.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyStatus {
+    pub usage: KeyUsage,
+    /// `NearLimit` and `Exhausted`, with settled transition times.
+    pub conditions: Vec<Condition>,
+}
+
+impl KeyStatus {
+    pub fn near_limit(&self) -> bool {
+        is_true(&self.conditions, NEAR_LIMIT)
+    }
+    pub fn exhausted(&self) -> bool {
+        is_true(&self.conditions, EXHAUSTED)
+    }
+}
+
+/// Whether condition `type_` is `True` in `conditions`.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// The usage and conditions of a key measured at `rps` against `limit_rps`, given what its status holds now.
+pub fn desired(
+    current: &[Condition],
+    generation: Option<i64>,
+    rps: f64,
+    limit_rps: f64,
+    near_limit_ratio: f64,
+    limit_display: &str,
+    now: Timestamp,
+) -> KeyStatus {
+    let utilization = if limit_rps > 0.0 { rps / limit_rps } else { 0.0 };
+    let near = with_hysteresis(utilization, near_limit_ratio, is_true(current, NEAR_LIMIT));
+    let exhausted = with_hysteresis(utilization, 1.0, is_true(current, EXHAUSTED));
+    let pct = |x: f64| format!("{:.0}%", x * 100.0);
+    let at = format!("{:.2} req/s is {} of its limit {limit_display}", rps, pct(utilization));
+    let near_c = if near {
+        Desired::new(NEAR_LIMIT, true, "AboveThreshold", format!("{at} (threshold {})", pct(near_limit_ratio)))
+    } else {
+        Desired::new(NEAR_LIMIT, false, "BelowThreshold", format!("{at} (threshold {})", pct(near_limit_ratio)))
+    };
+    let exhausted_c = if exhausted {
+        Desired::new(EXHAUSTED, true, "LimitReached", at)
+    } else {
+        Desired::new(EXHAUSTED, false, "WithinLimit", at)
+    };
+    let mut conditions = conditions::merge(current, &[near_c, exhausted_c], generation, now);
+    conditions.retain(|c| c.type_ == NEAR_LIMIT || c.type_ == EXHAUSTED);
+    KeyStatus {
+        usage: KeyUsage {
+            requests_per_second: round(rps),
+            limit: round(limit_rps),
+            utilization: round(utilization),
+            observed_at: Some(Time(now)),
+        },
+        conditions,
+    }
+}
+
+/// Four decimals are plenty for a status and keep tiny float noise out of it.
+fn round(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
+}
+
+/// Whether `new` differs enough from what the key's status holds to be written: a condition's status or reason
+/// changed, the limit changed, utilization moved by at least [`MEANINGFUL_UTILIZATION_CHANGE`], or traffic started
+/// or stopped. Messages and `observedAt` alone never cause a write.
+pub fn worth_writing(current_usage: Option<&KeyUsage>, current_conditions: &[Condition], new: &KeyStatus) -> bool {
+    let Some(old) = current_usage else { return true };
+    let flipped = new.conditions.iter().any(|n| {
+        !current_conditions.iter().any(|c| c.type_ == n.type_ && c.status == n.status && c.reason == n.reason)
+    });
+    flipped
+        || (old.limit - new.usage.limit).abs() > 1e-9 * old.limit.abs().max(1.0)
+        || (old.utilization - new.usage.utilization).abs() >= MEANINGFUL_UTILIZATION_CHANGE
+        || (old.requests_per_second == 0.0) != (new.usage.requests_per_second == 0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().expect("timestamp")
+    }
+
+    fn rates(pairs: &[(&str, f64)]) -> Rates {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn a_key_is_matched_by_name_key_id_and_previous_key_id() {
+        let r = rates(&[("checkout", 1.0), ("aaaaaaaaaaaa", 2.0), ("bbbbbbbbbbbb", 4.0), ("other", 8.0)]);
+        assert_eq!(key_rps(&r, "checkout", Some("aaaaaaaaaaaa"), Some("bbbbbbbbbbbb")), 7.0);
+        assert_eq!(key_rps(&r, "checkout", None, None), 1.0);
+        assert_eq!(key_rps(&r, "search", None, None), 0.0, "a key without series has no traffic");
+        // A name equal to a key id is counted once.
+        assert_eq!(key_rps(&r, "aaaaaaaaaaaa", Some("aaaaaaaaaaaa"), None), 2.0);
+    }
+
+    #[test]
+    fn hysteresis_turns_on_at_the_threshold_and_off_below_it_minus_the_band() {
+        assert!(!with_hysteresis(0.79, 0.8, false));
+        assert!(with_hysteresis(0.8, 0.8, false));
+        assert!(with_hysteresis(0.76, 0.8, true), "stays on inside the band");
+        assert!(!with_hysteresis(0.74, 0.8, true), "clears below the band");
+        assert!(!with_hysteresis(0.76, 0.8, false), "does not turn on inside the band");
+    }
+
+    #[test]
+    fn near_limit_and_exhausted_follow_usage_and_clear_on_their_own() {
+        let t0 = ts("2026-01-01T00:00:00Z");
+        let calm = desired(&[], Some(1), 5.0, 10.0, 0.8, "600/1m", t0);
+        assert!(!calm.near_limit() && !calm.exhausted());
+        assert_eq!(calm.usage.utilization, 0.5);
+
+        let t1 = ts("2026-01-01T00:01:00Z");
+        let near = desired(&calm.conditions, Some(1), 8.5, 10.0, 0.8, "600/1m", t1);
+        assert!(near.near_limit() && !near.exhausted());
+        let c = near.conditions.iter().find(|c| c.type_ == NEAR_LIMIT).expect("NearLimit");
+        assert_eq!(c.last_transition_time, Time(t1));
+        assert!(c.message.contains("85%"), "{}", c.message);
+
+        let t2 = ts("2026-01-01T00:02:00Z");
+        let over = desired(&near.conditions, Some(1), 12.0, 10.0, 0.8, "600/1m", t2);
+        assert!(over.near_limit() && over.exhausted());
+        // NearLimit did not flip, so its transition time stays.
+        let c = over.conditions.iter().find(|c| c.type_ == NEAR_LIMIT).expect("NearLimit");
+        assert_eq!(c.last_transition_time, Time(t1));
+
+        // Hovering just under 1.0 keeps Exhausted (inside the band), then it clears.
+        let hover = desired(&over.conditions, Some(1), 9.8, 10.0, 0.8, "600/1m", t2);
+        assert!(hover.exhausted());
+        let down = desired(&hover.conditions, Some(1), 9.0, 10.0, 0.8, "600/1m", t2);
+        assert!(!down.exhausted() && down.near_limit());
+        let quiet = desired(&down.conditions, Some(1), 0.0, 10.0, 0.8, "600/1m", t2);
+        assert!(!quiet.exhausted() && !quiet.near_limit());
+    }
+
+    #[test]
+    fn other_conditions_are_not_this_controllers() {
+        let ready =
+            conditions::merge(&[], &[Desired::new("Ready", true, "KeyIssued", "")], None, ts("2026-01-01T00:00:00Z"));
+        let s = desired(&ready, None, 1.0, 10.0, 0.8, "600/1m", ts("2026-01-01T00:00:00Z"));
+        assert!(s.conditions.iter().all(|c| c.type_ == NEAR_LIMIT || c.type_ == EXHAUSTED));
+        assert_eq!(s.conditions.len(), 2);
+    }
+
+    #[test]
+    fn only_meaningful_changes_are_written() {
+        let t0 = ts("2026-01-01T00:00:00Z");
+        let first = desired(&[], None, 5.0, 10.0, 0.8, "600/1m", t0);
+        assert!(worth_writing(None, &[], &first), "the first measurement is written");
+        let same = |rps: f64, limit: f64| {
+            desired(&first.conditions, None, rps, limit, 0.8, "600/1m", ts("2026-01-01T00:00:15Z"))
+        };
+        assert!(!worth_writing(Some(&first.usage), &first.conditions, &same(5.2, 10.0)), "2 points: not meaningful");
+        assert!(worth_writing(Some(&first.usage), &first.conditions, &same(5.5, 10.0)), "5 points: meaningful");
+        assert!(worth_writing(Some(&first.usage), &first.conditions, &same(5.0, 20.0)), "the limit changed");
+        assert!(worth_writing(Some(&first.usage), &first.conditions, &same(8.0, 10.0)), "NearLimit flipped");
+        let idle = desired(&[], None, 0.0, 1000.0, 0.8, "600/1m", t0);
+        let trickle = desired(&idle.conditions, None, 0.01, 1000.0, 0.8, "600/1m", t0);
+        assert!(worth_writing(Some(&idle.usage), &idle.conditions, &trickle), "traffic started");
+    }
+
+    #[test]
+    fn a_zero_limit_never_divides_by_zero() {
+        let s = desired(&[], None, 3.0, 0.0, 0.8, "0/1m", ts("2026-01-01T00:00:00Z"));
+        assert!(s.usage.utilization.is_finite());
+    }
+}

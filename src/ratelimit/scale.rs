@@ -1,0 +1,163 @@
+//! The scale target: resolved through discovery, read and written through its scale subresource, and checked for a
+//! HorizontalPodAutoscaler that already scales it.
+
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::Scope;
+
+use crate::api::ratelimit::ScaleTargetRef;
+
+/// Why the target cannot be scaled.
+#[derive(Debug, thiserror::Error)]
+pub enum ScaleError {
+    #[error("scaling.targetRef: the API server does not serve kind {kind} in {api_version}: {detail}")]
+    UnknownKind { api_version: String, kind: String, detail: String },
+    #[error("scaling.targetRef: {kind} ({api_version}) has no scale subresource, so it cannot be scaled")]
+    NoScaleSubresource { api_version: String, kind: String },
+    #[error(
+        "scaling.targetRef: {kind} ({api_version}) is cluster-scoped; the target must be in the policy's namespace"
+    )]
+    ClusterScoped { api_version: String, kind: String },
+    #[error("scaling.targetRef: {kind} {ns}/{name} does not exist")]
+    NotFound { kind: String, ns: String, name: String },
+    #[error("{op} the scale of {kind} {ns}/{name}: {source}")]
+    Api { op: &'static str, kind: String, ns: String, name: String, source: kube::Error },
+}
+
+impl ScaleError {
+    /// PascalCase reason for the `ScalingActive` condition.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ScaleError::UnknownKind { .. }
+            | ScaleError::NoScaleSubresource { .. }
+            | ScaleError::ClusterScoped { .. } => "InvalidTarget",
+            ScaleError::NotFound { .. } => "TargetNotFound",
+            ScaleError::Api { .. } => "ScaleFailed",
+        }
+    }
+
+    /// Whether the cached discovery result may be stale (the kind might appear later, e.g. a CRD installed after).
+    pub fn invalidates_discovery(&self) -> bool {
+        matches!(self, ScaleError::UnknownKind { .. } | ScaleError::NotFound { .. })
+    }
+}
+
+/// Splits `apps/v1` into (`apps`, `v1`) and `v1` into (``, `v1`).
+pub fn group_version(api_version: &str) -> (&str, &str) {
+    api_version.split_once('/').unwrap_or(("", api_version))
+}
+
+/// Finds the resource behind `target` and checks it has a namespaced scale subresource.
+pub async fn resolve(client: &kube::Client, target: &ScaleTargetRef) -> Result<ApiResource, ScaleError> {
+    let (group, version) = group_version(&target.api_version);
+    let gvk = GroupVersionKind::gvk(group, version, &target.kind);
+    let (ar, caps) = kube::discovery::pinned_kind(client, &gvk).await.map_err(|e| ScaleError::UnknownKind {
+        api_version: target.api_version.clone(),
+        kind: target.kind.clone(),
+        detail: e.to_string(),
+    })?;
+    if !caps.subresources.iter().any(|(sub, _)| sub.plural == "scale" || sub.plural.ends_with("/scale")) {
+        return Err(ScaleError::NoScaleSubresource {
+            api_version: target.api_version.clone(),
+            kind: target.kind.clone(),
+        });
+    }
+    if caps.scope != Scope::Namespaced {
+        return Err(ScaleError::ClusterScoped { api_version: target.api_version.clone(), kind: target.kind.clone() });
+    }
+    Ok(ar)
+}
+
+/// The target's desired replicas (`spec.replicas` of its scale; a missing value counts as 0).
+pub async fn read(client: &kube::Client, ar: &ApiResource, ns: &str, name: &str) -> Result<i32, ScaleError> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
+    match api.get_scale(name).await {
+        Ok(scale) => Ok(scale.spec.and_then(|s| s.replicas).unwrap_or(0)),
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            Err(ScaleError::NotFound { kind: ar.kind.clone(), ns: ns.to_string(), name: name.to_string() })
+        }
+        Err(source) => {
+            Err(ScaleError::Api { op: "read", kind: ar.kind.clone(), ns: ns.into(), name: name.into(), source })
+        }
+    }
+}
+
+/// Sets the target's replicas through its scale subresource.
+pub async fn write(
+    client: &kube::Client,
+    ar: &ApiResource,
+    ns: &str,
+    name: &str,
+    replicas: i32,
+) -> Result<(), ScaleError> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
+    let patch = serde_json::json!({ "spec": { "replicas": replicas } });
+    api.patch_scale(name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ()).map_err(|source| {
+        ScaleError::Api { op: "write", kind: ar.kind.clone(), ns: ns.into(), name: name.into(), source }
+    })
+}
+
+/// The name of a HorizontalPodAutoscaler in `ns` that targets the same object, if any.
+pub async fn competing_hpa(
+    client: &kube::Client,
+    ns: &str,
+    target: &ScaleTargetRef,
+) -> Result<Option<String>, kube::Error> {
+    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
+    let list = api.list(&ListParams::default()).await?;
+    Ok(list.items.into_iter().find(|h| targets(h, target)).and_then(|h| h.metadata.name))
+}
+
+/// Whether `hpa` scales `target`: same kind and name, and the same API group when the HPA names one.
+pub fn targets(hpa: &HorizontalPodAutoscaler, target: &ScaleTargetRef) -> bool {
+    let Some(r) = hpa.spec.as_ref().map(|s| &s.scale_target_ref) else { return false };
+    let same_group = match r.api_version.as_deref() {
+        Some(v) => group_version(v).0 == group_version(&target.api_version).0,
+        None => true,
+    };
+    r.kind == target.kind && r.name == target.name && same_group
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::autoscaling::v2::{CrossVersionObjectReference, HorizontalPodAutoscalerSpec};
+
+    fn hpa(api_version: Option<&str>, kind: &str, name: &str) -> HorizontalPodAutoscaler {
+        HorizontalPodAutoscaler {
+            spec: Some(HorizontalPodAutoscalerSpec {
+                scale_target_ref: CrossVersionObjectReference {
+                    api_version: api_version.map(str::to_string),
+                    kind: kind.into(),
+                    name: name.into(),
+                },
+                max_replicas: 3,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn target(api_version: &str, kind: &str, name: &str) -> ScaleTargetRef {
+        ScaleTargetRef { api_version: api_version.into(), kind: kind.into(), name: name.into() }
+    }
+
+    #[test]
+    fn group_and_version_are_split() {
+        assert_eq!(group_version("apps/v1"), ("apps", "v1"));
+        assert_eq!(group_version("v1"), ("", "v1"));
+    }
+
+    #[test]
+    fn an_hpa_on_the_same_object_is_found() {
+        let t = target("apps/v1", "Deployment", "gw");
+        assert!(targets(&hpa(Some("apps/v1"), "Deployment", "gw"), &t));
+        assert!(targets(&hpa(Some("apps/v1beta2"), "Deployment", "gw"), &t), "another version of the group");
+        assert!(targets(&hpa(None, "Deployment", "gw"), &t));
+        assert!(!targets(&hpa(Some("apps/v1"), "Deployment", "other"), &t));
+        assert!(!targets(&hpa(Some("apps/v1"), "StatefulSet", "gw"), &t));
+        assert!(!targets(&hpa(Some("example.com/v1"), "Deployment", "gw"), &t));
+        assert!(!targets(&HorizontalPodAutoscaler::default(), &t));
+    }
+}

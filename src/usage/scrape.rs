@@ -1,0 +1,372 @@
+//! Usage read straight from the gateway's metrics endpoints, for gateways without a Prometheus server.
+//!
+//! Each poll reads the Prometheus text format from every URL at once, sums one counter by the key label per endpoint
+//! ([`counters_by_key`]), turns each endpoint's counters into rates since the previous poll ([`RateTracker`]) and adds
+//! the endpoints' rates together. Rates are computed per endpoint and summed afterwards, like `sum(rate(...))`: a
+//! restart of one replica resets only its own counters, whereas a rate of the summed counters would count the other
+//! replicas' whole totals as new requests.
+//!
+//! A poll succeeds only if every endpoint answers: the sum of the replicas that answered would look like a drop in
+//! usage. A failed poll leaves every baseline as it was, so the next successful poll measures the rate over the longer
+//! span. The first poll only records baselines and reports [`SourceError::WarmingUp`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::future::join_all;
+
+use super::http::{self, redact_url};
+use super::textformat::{RateTracker, counters_by_key, merge};
+use super::{MAX_BODY_BYTES, Rates, Source, SourceError};
+
+/// What we ask the endpoint for: the text format, not OpenMetrics or protobuf.
+const ACCEPT: &str = "text/plain;version=0.0.4;q=1.0,*/*;q=0.1";
+
+/// The metrics endpoints of a gateway and the request counter to read from them.
+#[derive(Clone)]
+pub struct Scrape {
+    urls: Vec<String>,
+    metric: String,
+    key_label: String,
+    client: reqwest::Client,
+    /// One tracker per entry of `urls`, at the same index.
+    trackers: Vec<RateTracker>,
+    max_body_bytes: usize,
+}
+
+impl Scrape {
+    /// A source that reads counter `metric` (e.g. `gateway_requests_total`) from every URL in `urls`.
+    pub fn new(urls: Vec<String>, metric: &str, key_label: &str, client: reqwest::Client) -> Self {
+        let trackers = vec![RateTracker::new(); urls.len()];
+        Self {
+            urls,
+            metric: metric.to_owned(),
+            key_label: key_label.to_owned(),
+            client,
+            trackers,
+            max_body_bytes: MAX_BODY_BYTES,
+        }
+    }
+
+    /// The same source with another limit on each response body than [`MAX_BODY_BYTES`].
+    pub fn with_max_body_bytes(mut self, limit: usize) -> Self {
+        self.max_body_bytes = limit;
+        self
+    }
+
+    /// The label whose value identifies a key.
+    pub fn key_label(&self) -> &str {
+        &self.key_label
+    }
+}
+
+/// Shows the URLs redacted: they may carry credentials.
+impl std::fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|url| redact_url(url)).collect();
+        f.debug_struct("Scrape")
+            .field("urls", &urls)
+            .field("metric", &self.metric)
+            .field("key_label", &self.key_label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Source for Scrape {
+    async fn poll(&mut self, now: jiff::Timestamp, timeout: Duration) -> Result<Rates, SourceError> {
+        if self.urls.is_empty() {
+            return Err(SourceError::InvalidUrl {
+                url: "usage.scrape.urls".to_owned(),
+                detail: "no URL to scrape".to_owned(),
+            });
+        }
+        // Every endpoint is fetched at once, each under the same timeout, so the poll takes about `timeout` at most.
+        let fetches = self
+            .urls
+            .iter()
+            .map(|url| fetch_counters(&self.client, url, &self.metric, &self.key_label, timeout, self.max_body_bytes));
+        let mut counters = Vec::with_capacity(self.urls.len());
+        for result in join_all(fetches).await {
+            // The first failure in the order of `urls` is reported, and no baseline moves.
+            counters.push(result?);
+        }
+
+        let mut rates = Rates::new();
+        let mut warming_up = false;
+        for (tracker, counters) in self.trackers.iter_mut().zip(counters) {
+            // `None` on the first poll; also when `now` did not advance, and then there is no rate to give either.
+            match tracker.observe(now, counters) {
+                Some(endpoint_rates) => merge(&mut rates, &endpoint_rates),
+                None => warming_up = true,
+            }
+        }
+        if warming_up {
+            return Err(SourceError::WarmingUp { endpoints: self.urls.len() });
+        }
+        rates.retain(|_, rate| rate.is_finite() && *rate >= 0.0);
+        Ok(rates)
+    }
+}
+
+/// The counters by key of one endpoint.
+async fn fetch_counters(
+    client: &reqwest::Client,
+    url: &str,
+    metric: &str,
+    key_label: &str,
+    timeout: Duration,
+    limit: usize,
+) -> Result<BTreeMap<String, f64>, SourceError> {
+    let shown = redact_url(url);
+    let parsed = parse_url(url).map_err(|detail| SourceError::InvalidUrl { url: shown.clone(), detail })?;
+    let answer = http::get(client, parsed, &shown, ACCEPT, timeout, limit, 0).await?;
+    if !answer.status.is_success() {
+        return Err(SourceError::HttpStatus { url: shown, status: answer.status.as_u16() });
+    }
+    let text = std::str::from_utf8(&answer.body).map_err(|err| SourceError::InvalidResponse {
+        url: shown.clone(),
+        detail: format!("the metrics are not UTF-8 text ({err})"),
+    })?;
+    // A ParseError quotes the line number and at most 40 characters of the line, never more of the body.
+    counters_by_key(text, metric, key_label)
+        .map_err(|err| SourceError::InvalidResponse { url: shown, detail: err.to_string() })
+}
+
+/// `url` parsed, if it is an http or https URL.
+fn parse_url(url: &str) -> Result<reqwest::Url, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|err| err.to_string())?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("the scheme must be http or https, not {}", parsed.scheme()));
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::extract::{Path, State};
+    use axum::http::StatusCode;
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::get;
+    use jiff::Timestamp;
+
+    use super::*;
+    use crate::usage::test_server::{closed_port, serve};
+
+    /// What a stub endpoint answers.
+    #[derive(Clone)]
+    enum Reply {
+        Text(String),
+        Status(StatusCode),
+        Bytes(Vec<u8>),
+        /// A body of this many bytes, streamed without a Content-Length.
+        Chunked(usize),
+        Hang,
+    }
+
+    /// Endpoints `/{name}` whose answers the test changes between polls.
+    #[derive(Clone, Default)]
+    struct Stub(Arc<Mutex<HashMap<String, Reply>>>);
+
+    impl Stub {
+        fn set(&self, name: &str, reply: Reply) {
+            self.0.lock().unwrap().insert(name.to_owned(), reply);
+        }
+
+        fn counters(&self, name: &str, counters: &[(&str, u64)]) {
+            let mut text = "# HELP req_total Requests.\n# TYPE req_total counter\n".to_owned();
+            for (key, value) in counters {
+                text.push_str(&format!("req_total{{api_key=\"{key}\",code=\"200\"}} {value}\n"));
+            }
+            text.push_str("other_total{api_key=\"a\"} 999999\n");
+            self.set(name, Reply::Text(text));
+        }
+
+        async fn start(&self) -> String {
+            async fn answer(State(stub): State<Stub>, Path(name): Path<String>) -> Response {
+                let reply = stub.0.lock().unwrap().get(&name).cloned();
+                match reply {
+                    Some(Reply::Text(text)) => text.into_response(),
+                    Some(Reply::Status(status)) => (status, "SECRET-BODY").into_response(),
+                    Some(Reply::Bytes(bytes)) => bytes.into_response(),
+                    Some(Reply::Chunked(len)) => {
+                        let chunks = (0..len.div_ceil(1024))
+                            .map(move |i| Ok::<_, std::io::Error>(vec![b'#'; 1024.min(len - i * 1024)]));
+                        Body::from_stream(futures::stream::iter(chunks)).into_response()
+                    }
+                    Some(Reply::Hang) => {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        "late".into_response()
+                    }
+                    None => StatusCode::NOT_FOUND.into_response(),
+                }
+            }
+            let addr = serve(Router::new().route("/{name}", get(answer)).with_state(self.clone())).await;
+            format!("http://{addr}")
+        }
+    }
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + seconds).unwrap()
+    }
+
+    fn rates(entries: &[(&str, f64)]) -> Rates {
+        entries.iter().map(|&(k, v)| (k.to_owned(), v)).collect()
+    }
+
+    fn source(urls: &[String]) -> Scrape {
+        Scrape::new(urls.to_vec(), "req_total", "api_key", crate::usage::http_client())
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn sums_the_rates_of_every_endpoint() {
+        let stub = Stub::default();
+        let base = stub.start().await;
+        let urls = [format!("{base}/one"), format!("{base}/two")];
+        let mut scrape = source(&urls);
+
+        stub.counters("one", &[("a", 100), ("b", 50)]);
+        stub.counters("two", &[("a", 200)]);
+        let err = scrape.poll(at(0), TIMEOUT).await.unwrap_err();
+        assert_eq!(err, SourceError::WarmingUp { endpoints: 2 });
+        assert_eq!(err.reason(), "WarmingUp");
+
+        stub.counters("one", &[("a", 200), ("b", 100)]);
+        stub.counters("two", &[("a", 400), ("c", 5)]);
+        // a: (100 + 200) / 10 s; b: 50 / 10 s; c is new and has no rate yet.
+        assert_eq!(scrape.poll(at(10), TIMEOUT).await.unwrap(), rates(&[("a", 30.0), ("b", 5.0)]));
+    }
+
+    #[tokio::test]
+    async fn a_replica_restart_resets_only_its_own_counters() {
+        let stub = Stub::default();
+        let base = stub.start().await;
+        let mut scrape = source(&[format!("{base}/one"), format!("{base}/two")]);
+
+        stub.counters("one", &[("a", 1_000_000)]);
+        stub.counters("two", &[("a", 1_000_000)]);
+        assert!(scrape.poll(at(0), TIMEOUT).await.is_err());
+
+        stub.counters("one", &[("a", 1_000_100)]);
+        stub.counters("two", &[("a", 10)]);
+        // 100 from the first replica plus 10 since the second restarted, over 10 s; not 1,000,010 / 10.
+        assert_eq!(scrape.poll(at(10), TIMEOUT).await.unwrap(), rates(&[("a", 11.0)]));
+    }
+
+    #[tokio::test]
+    async fn one_failing_endpoint_fails_the_poll_and_keeps_the_baseline() {
+        let stub = Stub::default();
+        let base = stub.start().await;
+        let mut scrape = source(&[format!("{base}/one"), format!("{base}/two")]);
+
+        stub.counters("one", &[("a", 0)]);
+        stub.counters("two", &[("a", 0)]);
+        assert!(scrape.poll(at(0), TIMEOUT).await.is_err());
+
+        stub.counters("one", &[("a", 100)]);
+        stub.set("two", Reply::Status(StatusCode::INTERNAL_SERVER_ERROR));
+        let err = scrape.poll(at(10), TIMEOUT).await.unwrap_err();
+        assert_eq!(err, SourceError::HttpStatus { url: format!("{base}/two"), status: 500 });
+        assert!(!err.to_string().contains("SECRET"), "{err}");
+
+        stub.counters("one", &[("a", 300)]);
+        stub.counters("two", &[("a", 100)]);
+        // Measured from the baseline at 0 s: (300 + 100) / 20 s.
+        assert_eq!(scrape.poll(at(20), TIMEOUT).await.unwrap(), rates(&[("a", 20.0)]));
+    }
+
+    #[tokio::test]
+    async fn unreachable_endpoint_is_named_without_credentials() {
+        let stub = Stub::default();
+        let base = stub.start().await;
+        stub.counters("one", &[("a", 1)]);
+        let down = closed_port().await;
+        let mut scrape = source(&[format!("{base}/one"), format!("http://scraper:s3cret@{down}/metrics")]);
+        let err = scrape.poll(at(0), TIMEOUT).await.unwrap_err();
+        assert_eq!(err.reason(), "SourceUnreachable", "{err}");
+        let text = err.to_string();
+        assert!(text.contains(&format!("http://***@{down}/metrics")), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+        let debug = format!("{scrape:?}");
+        assert!(debug.contains(&format!("http://***@{down}/metrics")) && !debug.contains("s3cret"), "{debug}");
+    }
+
+    #[tokio::test]
+    async fn oversize_bodies_are_refused() {
+        let stub = Stub::default();
+        let base = stub.start().await;
+        let url = format!("{base}/big");
+
+        // With a Content-Length: refused before reading.
+        stub.set("big", Reply::Text("#".repeat(MAX_BODY_BYTES + 1)));
+        let err = source(std::slice::from_ref(&url)).poll(at(0), TIMEOUT).await.unwrap_err();
+        assert_eq!(err, SourceError::TooLarge { url: url.clone(), limit: MAX_BODY_BYTES });
+
+        // Streamed without one: refused once the limit is passed.
+        stub.set("big", Reply::Chunked(10 * 1024));
+        let mut small = source(std::slice::from_ref(&url)).with_max_body_bytes(4096);
+        let err = small.poll(at(0), TIMEOUT).await.unwrap_err();
+        assert_eq!(err, SourceError::TooLarge { url: url.clone(), limit: 4096 });
+        assert_eq!(err.reason(), "ResponseTooLarge");
+
+        // Just under the limit is fine.
+        stub.set("big", Reply::Chunked(4096));
+        assert_eq!(small.poll(at(1), TIMEOUT).await.unwrap_err().reason(), "WarmingUp");
+    }
+
+    #[tokio::test]
+    async fn invalid_text_is_reported_with_its_line() {
+        let stub = Stub::default();
+        let base = stub.start().await;
+        let url = format!("{base}/bad");
+
+        stub.set("bad", Reply::Text("req_total{api_key=\"a\"} 1\nreq_total{api_key=\"b\" 2\n".into()));
+        let err = source(std::slice::from_ref(&url)).poll(at(0), TIMEOUT).await.unwrap_err();
+        assert_eq!(err.reason(), "InvalidResponse");
+        let text = err.to_string();
+        assert!(text.contains(&url) && text.contains("line 2"), "{text}");
+
+        stub.set("bad", Reply::Bytes(b"req_total{api_key=\"\xff\"} 1\n".to_vec()));
+        let err = source(std::slice::from_ref(&url)).poll(at(0), TIMEOUT).await.unwrap_err();
+        assert!(err.to_string().contains("UTF-8"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn enforces_the_timeout_and_checks_urls() {
+        let stub = Stub::default();
+        let base = stub.start().await;
+        stub.set("slow", Reply::Hang);
+        stub.counters("fast", &[("a", 1)]);
+        let slow = format!("{base}/slow");
+        let started = std::time::Instant::now();
+        let timeout = Duration::from_millis(200);
+        let err = source(&[format!("{base}/fast"), slow.clone()]).poll(at(0), timeout).await.unwrap_err();
+        assert_eq!(err, SourceError::Timeout { url: slow, timeout });
+        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+
+        let err = source(&["ftp://user:pw@host/metrics".to_owned()]).poll(at(0), TIMEOUT).await.unwrap_err();
+        assert_eq!(err.reason(), "InvalidSource");
+        assert!(err.to_string().contains("ftp://***@host/metrics"), "{err}");
+        assert_eq!(source(&[]).poll(at(0), TIMEOUT).await.unwrap_err().reason(), "InvalidSource");
+    }
+
+    #[tokio::test]
+    async fn keys_without_traffic_are_zero_and_missing_metric_is_empty() {
+        let stub = Stub::default();
+        let base = stub.start().await;
+        let mut scrape = source(&[format!("{base}/one")]);
+        stub.counters("one", &[("a", 5)]);
+        assert!(scrape.poll(at(0), TIMEOUT).await.is_err());
+        assert_eq!(scrape.poll(at(15), TIMEOUT).await.unwrap(), rates(&[("a", 0.0)]));
+
+        let mut other = Scrape::new(vec![format!("{base}/one")], "nope_total", "api_key", crate::usage::http_client());
+        assert!(other.poll(at(0), TIMEOUT).await.is_err());
+        assert_eq!(other.poll(at(15), TIMEOUT).await.unwrap(), Rates::new());
+    }
+}

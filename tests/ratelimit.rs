@@ -1,0 +1,343 @@
+//! The RateLimitPolicy controller against the real control plane, a real Prometheus server and a simulated gateway
+//! metrics endpoint that the tests drive, with the real `keyward run` binary as the operator. Replicas, statuses and
+//! events are read back with kubectl, the way a user would.
+
+mod common;
+
+use std::time::Duration;
+
+use common::kube::{apikey, apply, eventually, get_json};
+use common::prometheus::Prometheus;
+use common::{control_plane_with_crds, kubectl, kubectl_ok, namespace};
+use keyward::devenv::traffic::TrafficSim;
+use serde_json::Value;
+
+const METRIC: &str = "gateway_requests_total";
+
+async fn setup(test: &str) -> String {
+    control_plane_with_crds().await;
+    let _ = common::operator::shared();
+    namespace(test)
+}
+
+async fn sim() -> TrafficSim {
+    TrafficSim::start("127.0.0.1:0", METRIC, "api_key").await.expect("traffic simulator")
+}
+
+fn deployment(name: &str, replicas: i32) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      containers:\n      - name: gw\n        image: registry.invalid/gateway:1\n"
+    )
+}
+
+fn policy(name: &str, spec: &str) -> String {
+    format!("apiVersion: keyward.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata:\n  name: {name}\nspec:\n{spec}\n")
+}
+
+fn replicas(ns: &str, what: &str) -> Option<i64> {
+    get_json(ns, what)?["spec"]["replicas"].as_i64()
+}
+
+fn condition(obj: &Value, type_: &str) -> Option<(String, String)> {
+    let c = obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?;
+    Some((c["status"].as_str()?.to_string(), c["reason"].as_str()?.to_string()))
+}
+
+fn is(obj: &Value, type_: &str, status: &str) -> bool {
+    condition(obj, type_).is_some_and(|(s, _)| s == status)
+}
+
+/// Reasons of the events on `kind/name`, in order.
+fn events(ns: &str, kind: &str, name: &str) -> Vec<(String, String)> {
+    let out = kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        &format!("involvedObject.kind={kind},involvedObject.name={name}"),
+        "-o",
+        "json",
+    ]);
+    let v: Value = serde_json::from_str(&out).expect("events json");
+    v["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|e| {
+                    (e["reason"].as_str().unwrap_or("").to_string(), e["message"].as_str().unwrap_or("").to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn has_event(ns: &str, kind: &str, name: &str, reason: &str) -> bool {
+    events(ns, kind, name).iter().any(|(r, _)| r == reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrape_source_marks_keys_near_limit_and_exhausted_and_clears_them() {
+    let ns = setup("rlp_scrape_keys").await;
+    let gw = sim().await;
+    apply(
+        &ns,
+        &policy(
+            "standard",
+            &format!(
+                "  limit: {{requests: 600, period: 1m}}\n  usage:\n    interval: 1s\n    scrape: {{urls: [\"{}\"], metric: {METRIC}}}",
+                gw.url()
+            ),
+        ),
+    );
+    apply(&ns, &apikey("checkout", "  rateLimitPolicyRef: {name: standard}"));
+    apply(&ns, &apikey("search", "  rateLimitPolicyRef: {name: standard}"));
+    kubectl_ok(&["wait", "--for=condition=Ready", "apikey/search", "-n", &ns, "--timeout=60s"]);
+    // `checkout` is labelled by name; `search` by its keyId, as a gateway that only sees the key would do.
+    let search_id =
+        get_json(&ns, "apikey/search").expect("search")["status"]["keyId"].as_str().expect("keyId").to_string();
+    gw.set_rate("checkout", 9.0);
+    gw.set_rate(&search_id, 2.0);
+
+    let ak = eventually(60, "checkout NearLimit", || {
+        get_json(&ns, "apikey/checkout").filter(|a| is(a, "NearLimit", "True"))
+    })
+    .await;
+    assert!(is(&ak, "Exhausted", "False"), "{:?}", ak["status"]);
+    let u = &ak["status"]["usage"];
+    assert_eq!(u["limit"].as_f64(), Some(10.0), "600/1m is 10 req/s");
+    let rps = u["requestsPerSecond"].as_f64().expect("rps");
+    assert!((8.0..=10.0).contains(&rps), "about 9 req/s: {rps}");
+    let search = eventually(30, "search usage by keyId", || {
+        get_json(&ns, "apikey/search")
+            .filter(|a| a["status"]["usage"]["requestsPerSecond"].as_f64().is_some_and(|r| r > 1.0))
+    })
+    .await;
+    assert!(is(&search, "NearLimit", "False"));
+    assert!(has_event(&ns, "ApiKey", "checkout", "NearLimit"));
+
+    gw.set_rate("checkout", 15.0);
+    eventually(60, "checkout Exhausted", || get_json(&ns, "apikey/checkout").filter(|a| is(a, "Exhausted", "True")))
+        .await;
+    let p = eventually(30, "policy counts the exhausted key", || {
+        get_json(&ns, "rlp/standard").filter(|p| p["status"]["keysExhausted"] == 1)
+    })
+    .await;
+    assert_eq!(p["status"]["keysNearLimit"], 1);
+    assert_eq!(p["status"]["effectiveLimit"], "600/1m");
+    assert!(is(&p, "UsageAvailable", "True") && is(&p, "Ready", "True"), "{:?}", p["status"]);
+    assert!(has_event(&ns, "ApiKey", "checkout", "Exhausted"));
+
+    // Usage falls: both conditions clear on their own.
+    gw.set_rate("checkout", 1.0);
+    eventually(60, "checkout back to normal", || {
+        get_json(&ns, "apikey/checkout").filter(|a| is(a, "Exhausted", "False") && is(a, "NearLimit", "False"))
+    })
+    .await;
+    // The Ready condition of the ApiKey controller is untouched by the usage writes.
+    let ak = get_json(&ns, "apikey/checkout").expect("checkout");
+    assert!(is(&ak, "Ready", "True"), "{:?}", ak["status"]);
+
+    // Unlinking the key clears what the policy wrote.
+    kubectl_ok(&[
+        "patch",
+        "apikey",
+        "checkout",
+        "-n",
+        &ns,
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/rateLimitPolicyRef"}]"#,
+    ]);
+    eventually(60, "usage cleared", || {
+        get_json(&ns, "apikey/checkout")
+            .filter(|a| a["status"]["usage"].is_null() && condition(a, "NearLimit").is_none())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_usage_scales_the_gateway_up_then_down_after_the_window_and_holds_without_data() {
+    let ns = setup("rlp_prometheus_scaling").await;
+    let gw = sim().await;
+    let mut prom = Prometheus::start(&[gw.addr().to_string()]);
+    apply(&ns, &deployment("gateway", 1));
+    apply(
+        &ns,
+        &policy(
+            "gw",
+            &format!(
+                "  limit: {{requests: 1000, period: 1s}}\n  usage:\n    interval: 1s\n    prometheus:\n      address: {}\n      query: sum by (api_key) (rate({METRIC}[5s]))\n  scaling:\n    targetRef: {{apiVersion: apps/v1, kind: Deployment, name: gateway}}\n    minReplicas: 1\n    maxReplicas: 10\n    capacityPerReplica: {{requests: 100, period: 1s}}\n    targetUtilization: 80\n    scaleDown: {{stabilizationWindow: 8s}}",
+                prom.address()
+            ),
+        ),
+    );
+    apply(&ns, &apikey("checkout", "  rateLimitPolicyRef: {name: gw}"));
+    // 400 req/s at 80 per replica: 5 replicas.
+    gw.set_rate("checkout", 400.0);
+    eventually(90, "5 replicas", || replicas(&ns, "deployment/gateway").filter(|&r| r == 5)).await;
+    let p = get_json(&ns, "rlp/gw").expect("policy");
+    assert_eq!(p["status"]["currentReplicas"], 5);
+    assert!(is(&p, "ScalingActive", "True") && is(&p, "ScalingConflict", "False"), "{:?}", p["status"]);
+    assert!(has_event(&ns, "RateLimitPolicy", "gw", "ScaledUp"));
+    let up_at: jiff::Timestamp = p["status"]["lastScaleTime"].as_str().expect("lastScaleTime").parse().expect("time");
+    let table = kubectl_ok(&["get", "rlp", "gw", "-n", &ns]);
+    assert!(table.contains("gateway") && table.contains("1000/1s"), "{table}");
+
+    // 100 req/s needs 2 replicas, but only after the 8 s scale-down window.
+    gw.set_rate("checkout", 100.0);
+    let p =
+        eventually(90, "scaled down to 2", || get_json(&ns, "rlp/gw").filter(|p| p["status"]["currentReplicas"] == 2))
+            .await;
+    assert_eq!(replicas(&ns, "deployment/gateway"), Some(2));
+    let down_at: jiff::Timestamp = p["status"]["lastScaleTime"].as_str().expect("lastScaleTime").parse().expect("time");
+    // The stabilizer recorded 5 at `up_at`; a scale-down needs every recommendation in the window below 5.
+    assert!(down_at.duration_since(up_at) >= jiff::SignedDuration::from_secs(8), "down {down_at} vs up {up_at}");
+    assert!(has_event(&ns, "RateLimitPolicy", "gw", "ScaledDown"));
+
+    // Prometheus goes away while traffic is zero: no data is not zero traffic, replicas hold.
+    gw.set_rate("checkout", 0.0);
+    prom.stop();
+    let p =
+        eventually(60, "UsageAvailable=False", || get_json(&ns, "rlp/gw").filter(|p| is(p, "UsageAvailable", "False")))
+            .await;
+    assert_eq!(condition(&p, "UsageAvailable").map(|c| c.1).as_deref(), Some("SourceUnreachable"), "{:?}", p["status"]);
+    assert!(is(&p, "Ready", "False"));
+    // Well past the scale-down window, replicas are still 2.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(replicas(&ns, "deployment/gateway"), Some(2));
+    let p = get_json(&ns, "rlp/gw").expect("policy");
+    assert_eq!(condition(&p, "ScalingActive").map(|c| c.1).as_deref(), Some("UsageUnavailable"), "{:?}", p["status"]);
+
+    // Deleting the policy leaves the replicas as they are.
+    kubectl_ok(&["delete", "rlp", "gw", "-n", &ns]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(replicas(&ns, "deployment/gateway"), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_override_raises_the_limit_and_reverts_on_its_own() {
+    let ns = setup("rlp_override").await;
+    let gw = sim().await;
+    let until = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(20);
+    let until = jiff::Timestamp::from_second(until.as_second()).expect("until");
+    apply(
+        &ns,
+        &policy(
+            "boosted",
+            &format!(
+                "  limit: {{requests: 600, period: 1m}}\n  temporaryOverrides:\n  - {{requests: 6000, period: 1m, until: \"{until}\", reason: launch day}}\n  usage:\n    interval: 1s\n    scrape: {{urls: [\"{}\"], metric: {METRIC}}}",
+                gw.url()
+            ),
+        ),
+    );
+    apply(&ns, &apikey("checkout", "  rateLimitPolicyRef: {name: boosted}"));
+    gw.set_rate("checkout", 20.0);
+    let p = eventually(60, "override active", || {
+        get_json(&ns, "rlp/boosted").filter(|p| p["status"]["effectiveLimit"] == "6000/1m")
+    })
+    .await;
+    assert!(is(&p, "OverrideActive", "True"), "{:?}", p["status"]);
+    let ak = eventually(30, "key sees the boosted limit", || {
+        get_json(&ns, "apikey/checkout").filter(|a| a["status"]["usage"]["limit"].as_f64() == Some(100.0))
+    })
+    .await;
+    assert!(is(&ak, "Exhausted", "False"), "20 req/s is within 100 req/s");
+    assert!(has_event(&ns, "RateLimitPolicy", "boosted", "OverrideStarted"));
+
+    let p = eventually(60, "override expired", || {
+        get_json(&ns, "rlp/boosted").filter(|p| p["status"]["effectiveLimit"] == "600/1m")
+    })
+    .await;
+    assert!(jiff::Timestamp::now() >= until, "reverted no earlier than `until`");
+    assert!(is(&p, "OverrideActive", "False"));
+    assert!(has_event(&ns, "RateLimitPolicy", "boosted", "OverrideExpired"));
+    eventually(30, "key exhausted at the normal limit", || {
+        get_json(&ns, "apikey/checkout")
+            .filter(|a| a["status"]["usage"]["limit"].as_f64() == Some(10.0) && is(a, "Exhausted", "True"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hpa_on_the_target_is_a_conflict_and_nothing_is_written() {
+    let ns = setup("rlp_hpa_conflict").await;
+    let gw = sim().await;
+    apply(&ns, &deployment("gateway", 2));
+    apply(
+        &ns,
+        "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata:\n  name: gateway\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: gateway}\n  minReplicas: 2\n  maxReplicas: 4\n  metrics:\n  - type: Resource\n    resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}\n",
+    );
+    apply(
+        &ns,
+        &policy(
+            "gw",
+            &format!(
+                "  limit: {{requests: 100, period: 1s}}\n  usage:\n    interval: 1s\n    scrape: {{urls: [\"{}\"], metric: {METRIC}}}\n  scaling:\n    targetRef: {{apiVersion: apps/v1, kind: Deployment, name: gateway}}\n    maxReplicas: 10\n    capacityPerReplica: {{requests: 10, period: 1s}}",
+                gw.url()
+            ),
+        ),
+    );
+    gw.set_rate("a", 500.0);
+    let p = eventually(60, "ScalingConflict", || get_json(&ns, "rlp/gw").filter(|p| is(p, "ScalingConflict", "True")))
+        .await;
+    assert!(is(&p, "ScalingActive", "False") && is(&p, "Ready", "False"), "{:?}", p["status"]);
+    assert!(has_event(&ns, "RateLimitPolicy", "gw", "ScalingConflict"));
+    eventually(30, "usage is read", || {
+        get_json(&ns, "rlp/gw").filter(|p| p["status"]["observedUsage"].as_f64().is_some_and(|u| u > 100.0))
+    })
+    .await;
+    assert_eq!(replicas(&ns, "deployment/gateway"), Some(2), "no write while the HPA exists");
+
+    // Remove the HPA: Keyward takes over.
+    kubectl_ok(&["delete", "hpa", "gateway", "-n", &ns]);
+    eventually(60, "scaled to the maximum", || replicas(&ns, "deployment/gateway").filter(|&r| r == 10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statefulset_target_missing_at_first_is_a_condition_then_scales() {
+    let ns = setup("rlp_statefulset").await;
+    let gw = sim().await;
+    apply(
+        &ns,
+        &policy(
+            "gw",
+            &format!(
+                "  limit: {{requests: 100, period: 1s}}\n  usage:\n    interval: 1s\n    scrape: {{urls: [\"{}\"], metric: {METRIC}}}\n  scaling:\n    targetRef: {{apiVersion: apps/v1, kind: StatefulSet, name: gateway}}\n    minReplicas: 1\n    maxReplicas: 6\n    capacityPerReplica: {{requests: 60, period: 1m}}\n    targetUtilization: 100",
+                gw.url()
+            ),
+        ),
+    );
+    gw.set_rate("a", 3.0);
+    let p = eventually(60, "TargetNotFound", || {
+        get_json(&ns, "rlp/gw").filter(|p| condition(p, "ScalingActive").is_some_and(|c| c.1 == "TargetNotFound"))
+    })
+    .await;
+    assert!(is(&p, "Ready", "False"));
+    apply(
+        &ns,
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: gateway\nspec:\n  replicas: 1\n  serviceName: gateway\n  selector:\n    matchLabels: {app: gw}\n  template:\n    metadata:\n      labels: {app: gw}\n    spec:\n      containers:\n      - name: gw\n        image: registry.invalid/gateway:1\n",
+    );
+    // 3 req/s at 1 req/s per replica: 3 replicas.
+    eventually(60, "3 replicas", || replicas(&ns, "statefulset/gateway").filter(|&r| r == 3)).await;
+    let p = get_json(&ns, "rlp/gw").expect("policy");
+    assert!(is(&p, "Ready", "True"), "{:?}", p["status"]);
+
+    // An unknown kind is a clear condition, and the operator carries on.
+    let out = kubectl(&[
+        "patch",
+        "rlp",
+        "gw",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"scaling":{"targetRef":{"apiVersion":"example.com/v1","kind":"Gateway","name":"x"}}}}"#,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually(60, "InvalidTarget", || {
+        get_json(&ns, "rlp/gw").filter(|p| condition(p, "ScalingActive").is_some_and(|c| c.1 == "InvalidTarget"))
+    })
+    .await;
+}
