@@ -5,13 +5,14 @@
 //!
 //! ```text
 //! cargo run --example traffic -- --rps 500
-//! cargo run --example traffic -- --rps 500 --keys checkout,search --listen 127.0.0.1:9100
+//! cargo run --example traffic -- --rps 500 --keys demo,search --listen 127.0.0.1:9100
 //! ```
 //!
-//! Then type `2000` + Enter for 2000 requests a second in total, split evenly over the keys, or `checkout=800` to set
-//! one key (a new key name adds it). The defaults match `examples/ratelimitpolicy-scrape.yaml`: counter
-//! `gateway_requests_total`, key label `key_id`, port 9100, path `/metrics`; and the key `checkout` is the ApiKey of
-//! `examples/apikey-checkout.yaml`, which Keyward matches by name or by keyId.
+//! Then type `2000` + Enter for 2000 requests a second in total, split evenly over the keys, or `demo=800` to set
+//! one key (a new key name adds it). The defaults match `examples/ratelimitpolicy-demo.yaml`, the policy that
+//! `cargo run -- dev` applies: counter `gateway_requests_total`, key label `api_key`, port 9100, path `/metrics`; and
+//! the key `demo` is the ApiKey of `examples/apikey-demo-fast-rotation.yaml`, which Keyward matches by name (or by
+//! keyId).
 
 use std::collections::BTreeMap;
 
@@ -26,7 +27,7 @@ struct Args {
     #[arg(long)]
     rps: f64,
     /// API keys (ApiKey names or keyIds) that send traffic, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "checkout")]
+    #[arg(long, value_delimiter = ',', default_value = "demo")]
     keys: Vec<String>,
     /// Address to serve /metrics on.
     #[arg(long, default_value = "127.0.0.1:9100")]
@@ -35,7 +36,7 @@ struct Args {
     #[arg(long, default_value = "gateway_requests_total")]
     metric: String,
     /// Label that carries the key (the policy's usage.keyLabel).
-    #[arg(long, default_value = "key_id")]
+    #[arg(long, default_value = "api_key")]
     key_label: String,
 }
 

@@ -57,7 +57,12 @@ pub async fn dev(dir: &Path, examples: &Path) -> Result<(), DevError> {
          kubectl get apikeys,ratelimitpolicies -A\n  \
          kubectl get apikeys -A -w\n  \
          kubectl describe apikey -n payments checkout\n  \
-         kubectl explain apikey.spec.rotation\n\nCtrl-C stops the operator and the control plane.\n",
+         kubectl explain apikey.spec.rotation\n\n\
+         Watch the gateway follow load: start the simulated gateway (type a new rate + Enter to change it)\n\n  \
+         cargo run --example traffic -- --rps 500\n  \
+         kubectl get ratelimitpolicy,deployment -n payments -w\n  \
+         kubectl describe ratelimitpolicy -n payments demo-tier\n\n\
+         Ctrl-C stops the operator and the control plane.\n",
         kc = cp.kubeconfig().display(),
         bin = bin_dir.display(),
     );
