@@ -212,7 +212,12 @@ async fn prometheus_usage_scales_the_gateway_up_then_down_after_the_window_and_h
 
     // Deleting the policy leaves the replicas as they are.
     kubectl_ok(&["delete", "rlp", "gw", "-n", &ns]);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // ... and the key's usage, written by the policy, goes with it.
+    eventually(60, "usage cleared with the policy", || {
+        get_json(&ns, "apikey/checkout")
+            .filter(|a| a["status"]["usage"].is_null() && condition(a, "Exhausted").is_none())
+    })
+    .await;
     assert_eq!(replicas(&ns, "deployment/gateway"), Some(2));
 }
 
@@ -340,4 +345,38 @@ async fn a_statefulset_target_missing_at_first_is_a_condition_then_scales() {
         get_json(&ns, "rlp/gw").filter(|p| condition(p, "ScalingActive").is_some_and(|c| c.1 == "InvalidTarget"))
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_source_does_not_stall_other_policies_or_keys() {
+    let ns = setup("rlp_hanging_source").await;
+    // Accepts connections (the kernel's backlog) and never answers.
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hole = format!("http://{}/metrics", black_hole.local_addr().expect("addr"));
+    let gw = sim().await;
+    let scrape = |url: &str| {
+        format!(
+            "  limit: {{requests: 100, period: 1s}}\n  usage:\n    interval: 2s\n    scrape: {{urls: [\"{url}\"], metric: {METRIC}}}"
+        )
+    };
+    apply(&ns, &policy("stuck", &scrape(&hole)));
+    apply(&ns, &policy("fine", &scrape(&gw.url())));
+    apply(&ns, &apikey("a", "  rateLimitPolicyRef: {name: fine}"));
+    apply(&ns, &apikey("b", "  rateLimitPolicyRef: {name: stuck}"));
+    gw.set_rate("a", 50.0);
+    eventually(60, "the working policy measures its key", || {
+        get_json(&ns, "apikey/a")
+            .filter(|a| a["status"]["usage"]["requestsPerSecond"].as_f64().is_some_and(|r| r > 20.0))
+    })
+    .await;
+    // The stuck one times out and says so; its key is still issued.
+    let p = eventually(60, "SourceTimeout", || {
+        get_json(&ns, "rlp/stuck").filter(|p| condition(p, "UsageAvailable").is_some_and(|c| c.1 == "SourceTimeout"))
+    })
+    .await;
+    assert!(is(&p, "Ready", "False"));
+    kubectl_ok(&["wait", "--for=condition=Ready", "apikey/b", "-n", &ns, "--timeout=60s"]);
+    let b = get_json(&ns, "apikey/b").expect("b");
+    assert!(b["status"]["usage"].is_null(), "no usage is invented without data: {:?}", b["status"]);
+    drop(black_hole);
 }

@@ -99,6 +99,8 @@ pub struct Context {
     targets: Mutex<HashMap<(String, String), ApiResource>>,
     failures: Mutex<HashMap<ObjectRef<RateLimitPolicy>, u32>>,
     apikeys: Store<ApiKey>,
+    /// The controller's cache of policies, to forget the state of deleted ones; set by [`run`].
+    policies: std::sync::OnceLock<Store<RateLimitPolicy>>,
 }
 
 /// Runs the controller until `shutdown` completes. `namespace` limits it to one namespace.
@@ -129,6 +131,7 @@ pub async fn run(
         targets: Mutex::default(),
         failures: Mutex::default(),
         apikeys: reader,
+        policies: std::sync::OnceLock::new(),
     });
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
@@ -137,7 +140,9 @@ pub async fn run(
         let _ = tx.send(());
         let _ = drain_tx.send(());
     });
-    let controller = Controller::new(policies, watcher::Config::default().any_semantic())
+    let controller = Controller::new(policies, watcher::Config::default().any_semantic());
+    let _ = ctx.policies.set(controller.store());
+    let controller = controller
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(async move {
             let _ = rx.await;
@@ -182,6 +187,7 @@ fn error_policy(obj: Arc<RateLimitPolicy>, err: &Error, ctx: Arc<Context>) -> Re
 #[tracing::instrument(skip_all, fields(namespace = obj.namespace().as_deref(), name = %obj.name_any()))]
 async fn reconcile(obj: Arc<RateLimitPolicy>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let result = reconcile_inner(&obj, &ctx).await;
+    ctx.forget_deleted();
     if result.is_ok()
         && let Ok(mut m) = ctx.failures.lock()
     {
@@ -354,11 +360,19 @@ async fn reconcile_inner(policy: &RateLimitPolicy, ctx: &Context) -> Result<Requ
         Ok(rates) => {
             let total: f64 = rates.values().sum();
             cycle.observed_usage = Some(status::round2(total));
+            let from = match policy.spec.usage.as_ref() {
+                Some(UsageSource { prometheus: Some(p), .. }) => {
+                    format!("Prometheus at {}", crate::usage::redact_url(&p.address))
+                }
+                Some(UsageSource { scrape: Some(s), .. }) => format!("{} metrics endpoint(s)", s.urls.len()),
+                _ => "the usage source".to_string(),
+            };
+            // NB: no figures in the message: it is kept while the reason stays, and figures would go stale.
             cycle.conditions.push(Desired::new(
                 condition::USAGE_AVAILABLE,
                 true,
                 "UsageRead",
-                format!("{} series, {:.2} req/s in total", rates.len(), total),
+                format!("usage is read from {from}"),
             ));
         }
         Err(e) => {
@@ -692,6 +706,14 @@ impl Context {
             m.insert(key, ar.clone());
         }
         Ok(ar)
+    }
+
+    /// Drops the state (usage source, scaling history) of policies that no longer exist.
+    fn forget_deleted(&self) {
+        let Some(store) = self.policies.get() else { return };
+        if let Ok(mut states) = self.states.lock() {
+            states.retain(|r, _| store.get(r).is_some());
+        }
     }
 
     fn forget(&self, target: &crate::api::ratelimit::ScaleTargetRef) {
