@@ -10,6 +10,7 @@ pub mod cli;
 pub mod conditions;
 pub mod devenv;
 pub mod keys;
+pub mod metrics;
 pub mod operator;
 pub mod ratelimit;
 pub mod scaling;

@@ -24,12 +24,32 @@ enum Cmd {
     },
     /// Run the operator against the current kubeconfig or the in-cluster configuration.
     Run {
-        /// Watch only this namespace (default: all namespaces).
-        #[arg(long, short = 'n', env = "KEYWARD_NAMESPACE")]
-        namespace: Option<String>,
+        /// Watch only these namespaces, comma-separated (default: all namespaces). With several, the RBAC can be
+        /// one Role per namespace.
+        #[arg(long = "namespace", short = 'n', env = "KEYWARD_NAMESPACE", value_delimiter = ',')]
+        namespaces: Vec<String>,
         /// Reconciles running at once per controller.
         #[arg(long, env = "KEYWARD_CONCURRENCY", default_value_t = 16)]
         concurrency: u16,
+        /// Address for GET /healthz, /readyz and /metrics (OpenMetrics). Port 0 picks a free port (logged).
+        #[arg(long, env = "KEYWARD_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+        http_addr: String,
+        /// Elect a leader through a Lease, so that several replicas can run and only one reconciles.
+        #[arg(long, env = "KEYWARD_LEADER_ELECT")]
+        leader_elect: bool,
+        /// Name of the leader Lease.
+        #[arg(long, env = "KEYWARD_LEASE_NAME", default_value = "keyward-leader")]
+        lease_name: String,
+        /// Namespace of the leader Lease (default: $POD_NAMESPACE, else the kubeconfig's namespace).
+        #[arg(long, env = "KEYWARD_LEASE_NAMESPACE")]
+        lease_namespace: Option<String>,
+        /// How long the Lease is valid without renewal: a standby takes over at most this long after the leader
+        /// dies (at once when it shuts down cleanly). Whole seconds.
+        #[arg(long, env = "KEYWARD_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+        lease_duration: std::time::Duration,
+        /// How long before expiry the leader renews the Lease. Whole seconds, less than --lease-duration.
+        #[arg(long, env = "KEYWARD_LEASE_GRACE", default_value = "5s", value_parser = parse_duration)]
+        lease_grace: std::time::Duration,
         /// Stop when standard input closes (used by the test harness so no operator outlives its tests).
         #[arg(long, hide = true)]
         exit_on_stdin_close: bool,
@@ -69,6 +89,9 @@ enum Cmd {
         /// Log filter for the operator.
         #[arg(long, env = "KEYWARD_LOG", default_value = "info")]
         log: String,
+        /// Address for the operator's /healthz, /readyz and /metrics.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_addr: String,
     },
 }
 
@@ -76,6 +99,10 @@ enum Cmd {
 enum LogFormat {
     Text,
     Json,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    keyward::api::duration::parse(s).map_err(|e| e.to_string())
 }
 
 fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
@@ -107,10 +134,33 @@ async fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
         }
-        Cmd::Run { namespace, concurrency, exit_on_stdin_close, log_format, log } => {
+        Cmd::Run {
+            namespaces,
+            concurrency,
+            http_addr,
+            leader_elect,
+            lease_name,
+            lease_namespace,
+            lease_duration,
+            lease_grace,
+            exit_on_stdin_close,
+            log_format,
+            log,
+        } => {
             init_logging(log_format, &log)?;
             let client = client().await?;
-            let options = keyward::operator::Options { namespace, concurrency };
+            let leader_election = leader_elect.then(|| keyward::operator::leader::LeaderConfig {
+                lease_name,
+                lease_namespace: lease_namespace
+                    .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
+                    .unwrap_or_else(|| client.default_namespace().to_string()),
+                duration: lease_duration,
+                grace: lease_grace,
+                identity: keyward::operator::leader::identity(),
+            });
+            let namespaces = namespaces.into_iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
+            let options =
+                keyward::operator::Options { namespaces, concurrency, http_addr: Some(http_addr), leader_election };
             if exit_on_stdin_close {
                 let stdin_closed = async {
                     let mut sink = tokio::io::sink();
@@ -147,9 +197,9 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Dev { build_only: true, .. } => {
             println!("{}", keyward::devenv::binary()?.display());
         }
-        Cmd::Dev { build_only: false, dir, examples, log } => {
+        Cmd::Dev { build_only: false, dir, examples, log, http_addr } => {
             init_logging(LogFormat::Text, &log)?;
-            keyward::devenv::dev(&dir, &examples).await?;
+            keyward::devenv::dev(&dir, &examples, &http_addr).await?;
         }
     }
     Ok(())

@@ -11,7 +11,7 @@ use std::time::Duration;
 fn keyward_run() -> Command {
     let cp = common::control_plane();
     let mut c = Command::new(env!("CARGO_BIN_EXE_keyward"));
-    c.arg("run").env("KUBECONFIG", cp.kubeconfig()).env("NO_COLOR", "1");
+    c.args(["run", "--http-addr", "127.0.0.1:0"]).env("KUBECONFIG", cp.kubeconfig()).env("NO_COLOR", "1");
     c
 }
 

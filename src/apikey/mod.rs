@@ -31,6 +31,7 @@ use crate::api::ApiKey;
 use crate::api::apikey::ROTATE_ANNOTATION;
 use crate::api::ratelimit::RateLimitPolicy;
 use crate::keys::{self, KeyMaterial, OsRandom};
+use crate::metrics::Metrics;
 use crate::schedule::RotationPlan;
 
 /// Field manager of this controller's server-side applies.
@@ -84,11 +85,17 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<ApiKey>, u32>>,
     /// The RateLimitPolicies, to clear the usage of a key whose policy is gone; set by [`run`].
     policies: std::sync::OnceLock<Store<RateLimitPolicy>>,
+    pub metrics: Arc<Metrics>,
+    /// Keys whose state is in the metrics, to drop deleted ones.
+    reported: Mutex<std::collections::HashSet<ObjectRef<ApiKey>>>,
 }
+
+/// Name of this controller in metrics.
+pub const CONTROLLER: &str = "apikey";
 
 impl Context {
     /// A context with the system clock.
-    pub fn new(client: kube::Client) -> Self {
+    pub fn new(client: kube::Client, metrics: Arc<Metrics>) -> Self {
         Context {
             client,
             reporter: Reporter { controller: "keyward".into(), instance: std::env::var("POD_NAME").ok() },
@@ -96,6 +103,8 @@ impl Context {
             verified: Mutex::default(),
             failures: Mutex::default(),
             policies: std::sync::OnceLock::new(),
+            metrics,
+            reported: Mutex::default(),
         }
     }
 
@@ -118,6 +127,7 @@ pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
     concurrency: u16,
+    synced: tokio::sync::oneshot::Sender<()>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let client = ctx.client.clone();
@@ -156,6 +166,33 @@ pub async fn run(
         });
     let controller = Controller::new(apikeys, watcher::Config::default().any_semantic());
     let keys = controller.store();
+    // Ready once both caches are in; then, every 30 s, deleted keys leave the metrics.
+    let housekeeping = tokio::spawn({
+        let (keys, ctx) = (keys.clone(), ctx.clone());
+        async move {
+            if keys.wait_until_ready().await.is_ok()
+                && let Some(p) = ctx.policies.get()
+            {
+                let _ = p.wait_until_ready().await;
+            }
+            let _ = synced.send(());
+            loop {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                let gone: Vec<ObjectRef<ApiKey>> = ctx
+                    .reported
+                    .lock()
+                    .map(|r| r.iter().filter(|k| keys.get(k).is_none()).cloned().collect())
+                    .unwrap_or_default();
+                for k in gone {
+                    ctx.metrics.forget_key(k.namespace.as_deref().unwrap_or_default(), &k.name);
+                    if let Ok(mut r) = ctx.reported.lock() {
+                        r.remove(&k);
+                    }
+                }
+            }
+        }
+    });
+    let keys = controller.store();
     let controller = controller
         .owns_stream(secret_stream)
         .watches_stream(deleted_policies, move |policy: RateLimitPolicy| {
@@ -193,6 +230,7 @@ pub async fn run(
         () = controller => {}
         () = drain_deadline => tracing::warn!(timeout = ?DRAIN_TIMEOUT, "in-flight reconciles did not finish in time; stopping anyway"),
     }
+    housekeeping.abort();
 }
 
 /// How long a shutdown waits for in-flight reconciles.
@@ -216,7 +254,9 @@ fn error_policy(obj: Arc<ApiKey>, err: &Error, ctx: Arc<Context>) -> Requeue {
 
 #[tracing::instrument(skip_all, fields(namespace = obj.namespace().as_deref(), name = %obj.name_any()))]
 async fn reconcile(obj: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let started = std::time::Instant::now();
     let result = reconcile_inner(&obj, &ctx).await;
+    ctx.metrics.reconcile(CONTROLLER, started.elapsed(), result.as_ref().err().map(Error::reason));
     if result.is_ok()
         && let Ok(mut m) = ctx.failures.lock()
     {
@@ -324,6 +364,7 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Erro
                 rv,
             );
             let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+            ctx.metrics.api_write(CONTROLLER, "Secret");
             let written = if matches!(state, SecretState::Missing) {
                 secrets.create(&pp, &desired).await.map_err(serr("create"))?
             } else {
@@ -332,6 +373,13 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Erro
                 secrets.replace(&secret_name, &pp, &desired).await.map_err(serr("update"))?
             };
             ctx.mark_verified(&ns, &secret_name, written.metadata.resource_version.as_deref());
+            match action {
+                Action::Rotate { manual: true } => ctx.metrics.rotation("manual"),
+                Action::Rotate { manual: false } => ctx.metrics.rotation("scheduled"),
+                Action::Issue(IssueKind::Regenerated) => ctx.metrics.rotation("regenerated"),
+                Action::Issue(IssueKind::Tampered) => ctx.metrics.rotation("tampered"),
+                _ => {}
+            }
             publish(ctx, apikey, event_for(action, &next, &secret_name)).await;
             Some(next)
         }
@@ -360,7 +408,12 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Erro
     };
     let requeue_at = [requeue_at, decision.requeue_at, requeue_restart].into_iter().flatten().min();
     let status = status::desired(apikey, book_after.as_ref(), &ready, next_rotation, now);
+    ctx.metrics.set_key(&ns, &name, if ready.status { "Ready" } else { ready.reason }, next_rotation);
+    if let Ok(mut r) = ctx.reported.lock() {
+        r.insert(ObjectRef::from_obj(apikey));
+    }
     if status::owned(apikey.status.as_ref()) != status {
+        ctx.metrics.api_write(CONTROLLER, "ApiKeyStatus");
         let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &ns);
         let body = serde_json::json!({
             "apiVersion": "keyward.dev/v1alpha1",
@@ -400,6 +453,7 @@ async fn clear_orphaned_usage(ctx: &Context, apikey: &ApiKey, ns: &str, name: &s
         }
     }
     let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), ns);
+    ctx.metrics.api_write(CONTROLLER, "ApiKeyStatus");
     let body = serde_json::json!({ "apiVersion": "keyward.dev/v1alpha1", "kind": "ApiKey", "status": {} });
     api.patch_status(name, &PatchParams::apply(crate::ratelimit::MANAGER).force(), &Patch::Apply(&body))
         .await
@@ -436,6 +490,7 @@ async fn restart_consumers(
                     continue;
                 }
                 restart::RestartPlan::Restart => {
+                    ctx.metrics.api_write(CONTROLLER, "RolloutRestart");
                     restart::restart(&ctx.client, ns, t, &at.to_string()).await.map_err(rerr)?;
                     (
                         EventType::Normal,
@@ -528,6 +583,7 @@ fn event_for(action: &Action, b: &Book, secret: &str) -> Event {
 /// Publishes an event; a failure to publish is logged, never fatal.
 async fn publish(ctx: &Context, apikey: &ApiKey, ev: Event) {
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    ctx.metrics.api_write(CONTROLLER, "Event");
     if let Err(e) = recorder.publish(&ev, &apikey.object_ref(&())).await {
         tracing::warn!(error = %e, reason = %ev.reason, "could not publish event");
     }

@@ -25,7 +25,7 @@ pub enum DevError {
 }
 
 /// Runs the quickstart until Ctrl-C.
-pub async fn dev(dir: &Path, examples: &Path) -> Result<(), DevError> {
+pub async fn dev(dir: &Path, examples: &Path, http_addr: &str) -> Result<(), DevError> {
     let dir = std::path::absolute(dir).map_err(DevError::Wrapper)?;
     eprintln!("keyward dev: starting a local control plane in {}", dir.display());
     let cp = tokio::task::spawn_blocking({
@@ -62,11 +62,14 @@ pub async fn dev(dir: &Path, examples: &Path) -> Result<(), DevError> {
          cargo run --example traffic -- --rps 500\n  \
          kubectl get ratelimitpolicy,deployment -n payments -w\n  \
          kubectl describe ratelimitpolicy -n payments demo-tier\n\n\
+         The operator's metrics: curl -s http://{http_addr}/metrics | grep ^keyward_\n\n\
          Ctrl-C stops the operator and the control plane.\n",
         kc = cp.kubeconfig().display(),
         bin = bin_dir.display(),
     );
-    let result = crate::operator::run(client, Default::default(), crate::operator::shutdown_signal()).await;
+    // Leader election off: one local operator.
+    let options = crate::operator::Options { http_addr: Some(http_addr.to_string()), ..Default::default() };
+    let result = crate::operator::run(client, options, crate::operator::shutdown_signal()).await;
     eprintln!("keyward dev: stopping the control plane");
     drop(cp);
     Ok(result?)

@@ -4,6 +4,7 @@
 
 mod build;
 mod dev;
+pub mod helm;
 pub mod traffic;
 
 pub use build::{BuildError, binary};

@@ -1,6 +1,9 @@
-//! Wiring of the operator process: the client, the CRD check and, as they land, the controllers.
+//! Wiring of the operator process: the client, the CRD check, probes and metrics, leader election and the
+//! controllers.
 
 pub mod crds;
+pub mod http;
+pub mod leader;
 
 use std::future::Future;
 
@@ -11,25 +14,37 @@ pub enum RunError {
     Connect(#[source] kube::Error),
     #[error(transparent)]
     Crds(#[from] crds::CrdError),
+    #[error(transparent)]
+    Leader(#[from] leader::LeaderError),
+    #[error("cannot serve probes and metrics on {addr}: {source}")]
+    Http { addr: String, source: std::io::Error },
+    #[error("lost the leader Lease; stopped writing at once (the process exits so a fresh one can stand by)")]
+    LostLease,
 }
 
 /// How the operator runs.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Watch one namespace only; `None` watches all.
-    pub namespace: Option<String>,
+    /// Namespaces to watch; empty watches all.
+    pub namespaces: Vec<String>,
     /// Reconciles running at once per controller.
     pub concurrency: u16,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics`; `None` serves nothing.
+    pub http_addr: Option<String>,
+    /// Leader election; `None` reconciles without it.
+    pub leader_election: Option<leader::LeaderConfig>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { namespace: None, concurrency: 16 }
+        Options { namespaces: Vec::new(), concurrency: 16, http_addr: None, leader_election: None }
     }
 }
 
 /// Runs the operator until `shutdown` completes: checks the CRDs are installed (failing with a message that says
-/// how to install them), then runs the controllers; in-flight reconciles finish before it returns.
+/// how to install them), serves probes and metrics, waits for the Lease when leader election is on, then runs both
+/// controllers for each watched namespace. On shutdown in-flight reconciles finish (bounded) and the Lease is
+/// released; if the Lease is lost, the controllers are dropped at once and [`RunError::LostLease`] is returned.
 pub async fn run(
     client: kube::Client,
     options: Options,
@@ -39,7 +54,8 @@ pub async fn run(
     tracing::info!(server = %version.git_version, "connected to Kubernetes");
     crds::check(client.clone()).await?;
     tracing::info!("Keyward CRDs are installed and established");
-    // One shutdown, seen by both controllers.
+
+    // One shutdown, seen by every part.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -51,17 +67,134 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let ctx = std::sync::Arc::new(crate::apikey::Context::new(client.clone()));
+
+    let metrics = crate::metrics::Metrics::new();
+    metrics.init_controller(crate::apikey::CONTROLLER);
+    metrics.init_controller(crate::ratelimit::CONTROLLER);
+    let health = http::Health::new();
+    let server = match &options.http_addr {
+        Some(addr) => {
+            let listener = http::bind(addr).await.map_err(|source| RunError::Http { addr: addr.clone(), source })?;
+            tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /healthz, /readyz and /metrics");
+            Some(tokio::spawn(http::serve(listener, metrics.clone(), health.clone(), stopped())))
+        }
+        None => None,
+    };
+
+    let result = match options.leader_election.clone() {
+        None => {
+            health.set_role(http::Role::Disabled);
+            metrics.set_leader(true);
+            controllers(&client, &options, &metrics, &health, &stopped).await;
+            Ok(())
+        }
+        Some(cfg) => lead(&client, &options, cfg, &metrics, &health, &stopped).await,
+    };
+    if let Some(server) = server {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
+    }
+    if result.is_ok() {
+        tracing::info!("shut down");
+    }
+    result
+}
+
+/// Waits for the Lease (or shutdown), then runs the controllers while leading.
+async fn lead<F: Future<Output = ()> + Send + 'static>(
+    client: &kube::Client,
+    options: &Options,
+    cfg: leader::LeaderConfig,
+    metrics: &std::sync::Arc<crate::metrics::Metrics>,
+    health: &std::sync::Arc<http::Health>,
+    stopped: &(impl Fn() -> F + Clone + Send + 'static),
+) -> Result<(), RunError> {
+    health.set_role(http::Role::Standby);
+    metrics.set_leader(false);
+    tracing::info!(lease = %cfg.lease_name, namespace = %cfg.lease_namespace, identity = %cfg.identity, "standing by for the leader Lease");
+    let election = leader::Election::start(client.clone(), cfg).await?;
+    let mut leading = election.leadership();
+    tokio::select! {
+        _ = leading.wait_for(|l| *l) => {}
+        () = stopped() => {
+            election.release().await;
+            return Ok(());
+        }
+    }
+    health.set_role(http::Role::Leader);
+    metrics.set_leader(true);
+    let lost = async move {
+        let _ = leading.wait_for(|l| !*l).await;
+    };
+    tokio::select! {
+        () = controllers(client, options, metrics, health, stopped) => {
+            // Drained: hand the Lease over at once.
+            election.release().await;
+            Ok(())
+        }
+        () = lost => {
+            // NB: dropping the controllers' future cancels every reconcile at its next await: no new writes.
+            metrics.set_leader(false);
+            tracing::error!("lost the leader Lease: stopped reconciling");
+            Err(RunError::LostLease)
+        }
+    }
+}
+
+/// Both controllers for each watched namespace (or all), until `stopped`; marks the health synced when every
+/// controller's cache is.
+async fn controllers<F: Future<Output = ()> + Send + 'static>(
+    client: &kube::Client,
+    options: &Options,
+    metrics: &std::sync::Arc<crate::metrics::Metrics>,
+    health: &std::sync::Arc<http::Health>,
+    stopped: &(impl Fn() -> F + Clone + Send + 'static),
+) {
+    let scopes: Vec<Option<String>> =
+        if options.namespaces.is_empty() { vec![None] } else { options.namespaces.iter().cloned().map(Some).collect() };
     tracing::info!(
-        namespace = options.namespace.as_deref().unwrap_or("<all>"),
+        namespaces = %if options.namespaces.is_empty() { "<all>".to_string() } else { options.namespaces.join(",") },
         "starting the ApiKey and RateLimitPolicy controllers"
     );
-    tokio::join!(
-        crate::apikey::run(ctx, options.namespace.clone(), options.concurrency, stopped()),
-        crate::ratelimit::run(client, options.namespace, options.concurrency, stopped()),
-    );
-    tracing::info!("shut down");
-    Ok(())
+    let mut runs = Vec::new();
+    let mut synced = Vec::new();
+    for scope in scopes {
+        let (apikey_synced, rx) = tokio::sync::oneshot::channel();
+        synced.push(rx);
+        let ctx = std::sync::Arc::new(crate::apikey::Context::new(client.clone(), metrics.clone()));
+        runs.push(tokio::spawn(crate::apikey::run(ctx, scope.clone(), options.concurrency, apikey_synced, stopped())));
+        let (policy_synced, rx) = tokio::sync::oneshot::channel();
+        synced.push(rx);
+        runs.push(tokio::spawn(crate::ratelimit::run(
+            client.clone(),
+            metrics.clone(),
+            scope,
+            options.concurrency,
+            policy_synced,
+            stopped(),
+        )));
+    }
+    let health = health.clone();
+    let ready = tokio::spawn(async move {
+        for rx in synced {
+            let _ = rx.await;
+        }
+        tracing::info!("caches synced: ready");
+        health.set_synced(true);
+    });
+    // NB: dropping this future (lost Lease) must stop the spawned controllers too.
+    struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            for h in &self.0 {
+                h.abort();
+            }
+        }
+    }
+    let mut guard = AbortOnDrop(runs);
+    guard.0.push(ready);
+    for h in guard.0.iter_mut() {
+        let _ = h.await;
+    }
 }
 
 /// Completes on SIGTERM or Ctrl-C.

@@ -29,12 +29,16 @@ use crate::api::ApiKey;
 use crate::api::common::Time;
 use crate::api::ratelimit::{RateLimitPolicy, RateLimitPolicySpec, RateLimitPolicyStatus, Scaling, UsageSource};
 use crate::conditions::{self, Desired};
+use crate::metrics::Metrics;
 use crate::scaling::{self, Stabilizer};
 use crate::usage::{AnySource, Rates, Source, SourceError};
 
 /// Field manager of this controller's server-side applies: the policy's status and, on ApiKeys, `status.usage`
 /// and the `NearLimit`/`Exhausted` conditions.
 pub const MANAGER: &str = "keyward/ratelimit";
+
+/// Name of this controller in metrics.
+pub const CONTROLLER: &str = "ratelimit";
 
 /// Default `usage.interval`.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15);
@@ -101,13 +105,16 @@ pub struct Context {
     apikeys: Store<ApiKey>,
     /// The controller's cache of policies, to forget the state of deleted ones; set by [`run`].
     policies: std::sync::OnceLock<Store<RateLimitPolicy>>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Runs the controller until `shutdown` completes. `namespace` limits it to one namespace.
 pub async fn run(
     client: kube::Client,
+    metrics: Arc<Metrics>,
     namespace: Option<String>,
     concurrency: u16,
+    synced: tokio::sync::oneshot::Sender<()>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let (policies, apikeys): (Api<RateLimitPolicy>, Api<ApiKey>) = match &namespace {
@@ -132,6 +139,7 @@ pub async fn run(
         failures: Mutex::default(),
         apikeys: reader,
         policies: std::sync::OnceLock::new(),
+        metrics,
     });
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
@@ -142,6 +150,14 @@ pub async fn run(
     });
     let controller = Controller::new(policies, watcher::Config::default().any_semantic());
     let _ = ctx.policies.set(controller.store());
+    let ready = tokio::spawn({
+        let (policies, keys) = (controller.store(), ctx.apikeys.clone());
+        async move {
+            let _ = policies.wait_until_ready().await;
+            let _ = keys.wait_until_ready().await;
+            let _ = synced.send(());
+        }
+    });
     let controller = controller
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(async move {
@@ -166,6 +182,7 @@ pub async fn run(
         () = drain_deadline => tracing::warn!("in-flight policy reconciles did not finish in time; stopping anyway"),
     }
     keys_watch.abort();
+    ready.abort();
 }
 
 /// Exponential backoff per object: 1 s doubling to 5 minutes, reset by a success.
@@ -186,7 +203,9 @@ fn error_policy(obj: Arc<RateLimitPolicy>, err: &Error, ctx: Arc<Context>) -> Re
 
 #[tracing::instrument(skip_all, fields(namespace = obj.namespace().as_deref(), name = %obj.name_any()))]
 async fn reconcile(obj: Arc<RateLimitPolicy>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let started = std::time::Instant::now();
     let result = reconcile_inner(&obj, &ctx).await;
+    ctx.metrics.reconcile(CONTROLLER, started.elapsed(), result.as_ref().err().map(Error::reason));
     ctx.forget_deleted();
     if result.is_ok()
         && let Ok(mut m) = ctx.failures.lock()
@@ -376,6 +395,9 @@ async fn reconcile_inner(policy: &RateLimitPolicy, ctx: &Context) -> Result<Requ
             ));
         }
         Err(e) => {
+            if !matches!(e, SourceError::NotConfigured) {
+                ctx.metrics.usage_source_error(&ns, &name, e.reason());
+            }
             cycle.observed_usage = current.observed_usage;
             cycle.conditions.push(Desired::new(condition::USAGE_AVAILABLE, false, e.reason(), e.to_string()));
         }
@@ -497,6 +519,7 @@ async fn update_keys(
             "status": { "usage": want.usage, "conditions": want.conditions },
         });
         let key_name = key.name_any();
+        ctx.metrics.api_write(CONTROLLER, "ApiKeyStatus");
         if let Err(e) = api.patch_status(&key_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await {
             tracing::warn!(apikey = %key_name, error = %e, "could not write the key's usage; the next poll retries");
             continue;
@@ -631,6 +654,7 @@ async fn scale_target(
         cycle.conditions.push(Desired::new(SCALING_ACTIVE, true, "Stable", held));
         return;
     }
+    ctx.metrics.api_write(CONTROLLER, "Scale");
     match scale::write(&ctx.client, &ar, ns, &target.name, desired).await {
         Ok(()) => {
             let (reason, verb) = if desired > replicas { ("ScaledUp", "up") } else { ("ScaledDown", "down") };
@@ -675,9 +699,11 @@ async fn write_status(
         keys_exhausted: cycle.keys_exhausted,
     };
     let new = status::settle(current, new);
+    ctx.metrics.set_policy(ns, name, new.utilization, new.observed_usage, new.desired_replicas, new.current_replicas);
     if current == Some(&new) {
         return Ok(());
     }
+    ctx.metrics.api_write(CONTROLLER, "RateLimitPolicyStatus");
     let api: Api<RateLimitPolicy> = Api::namespaced(ctx.client.clone(), ns);
     let body = serde_json::json!({
         "apiVersion": "keyward.dev/v1alpha1",
@@ -712,7 +738,13 @@ impl Context {
     fn forget_deleted(&self) {
         let Some(store) = self.policies.get() else { return };
         if let Ok(mut states) = self.states.lock() {
-            states.retain(|r, _| store.get(r).is_some());
+            states.retain(|r, _| {
+                let keep = store.get(r).is_some();
+                if !keep {
+                    self.metrics.forget_policy(r.namespace.as_deref().unwrap_or_default(), &r.name);
+                }
+                keep
+            });
         }
     }
 
@@ -740,6 +772,7 @@ async fn publish_for<K: Resource<DynamicType = ()>>(
     note: String,
 ) {
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    ctx.metrics.api_write(CONTROLLER, "Event");
     let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
     if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "could not publish event");

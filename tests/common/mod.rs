@@ -2,6 +2,7 @@
 //! namespace per test, and kubectl as a user runs it.
 #![allow(dead_code)]
 
+pub mod identity;
 pub mod kube;
 pub mod operator;
 pub mod prometheus;

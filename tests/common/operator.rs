@@ -18,11 +18,17 @@ pub fn start(tag: &str) -> Operator {
 
 /// Starts an operator with the given log filter.
 pub fn start_with_log(tag: &str, filter: &str) -> Operator {
+    start_with_args(tag, filter, &[])
+}
+
+/// Starts an operator with the given log filter and extra `keyward run` arguments.
+pub fn start_with_args(tag: &str, filter: &str, extra: &[&str]) -> Operator {
     let cp = super::control_plane();
     let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{tag}.log"));
     let file = std::fs::File::create(&log).expect("log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(["run", "--exit-on-stdin-close", "--log", filter])
+        .args(["run", "--exit-on-stdin-close", "--http-addr", "127.0.0.1:0", "--log", filter])
+        .args(extra)
         .env("KUBECONFIG", cp.kubeconfig())
         .env("NO_COLOR", "1")
         .stdin(Stdio::piped())
@@ -35,6 +41,24 @@ pub fn start_with_log(tag: &str, filter: &str) -> Operator {
 }
 
 impl Operator {
+    /// The operator's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The address of its /healthz, /readyz and /metrics, from its log (it binds port 0), once it is serving.
+    pub fn http_addr(&self) -> Option<String> {
+        let text = self.log_text();
+        let line = text.lines().find(|l| l.contains("serving /healthz"))?;
+        let at = line.find("addr=")? + "addr=".len();
+        Some(line[at..].split_whitespace().next()?.trim_matches('"').to_string())
+    }
+
+    /// SIGTERM: a clean shutdown.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+    }
+
     /// SIGKILL: no chance to finish anything.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

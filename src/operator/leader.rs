@@ -1,0 +1,187 @@
+//! Leader election through a `coordination.k8s.io/v1` Lease, with kube-lease-manager doing the locking.
+//!
+//! On top of the crate, this module watches the Lease itself, for two reasons:
+//! - **a leader that cannot renew stops at once**: leadership is believed only until the Lease's own
+//!   `renewTime + leaseDurationSeconds` as last seen; if no renewal is seen by then (the API server unreachable, the
+//!   process stalled), or the Lease names another holder, leadership is over;
+//! - **a released Lease is taken over in about a second**: any change of the Lease wakes a standby, instead of it
+//!   sleeping until the old holder's expiry.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+/// How the Lease is held.
+#[derive(Clone, Debug)]
+pub struct LeaderConfig {
+    pub lease_name: String,
+    pub lease_namespace: String,
+    /// How long a Lease is valid without renewal; a standby takes over at most this long after the leader died.
+    pub duration: Duration,
+    /// How long before expiry the leader renews.
+    pub grace: Duration,
+    /// This replica's name in `holderIdentity` (the pod name plus a random suffix).
+    pub identity: String,
+}
+
+/// Why leader election could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    #[error(
+        "leader election: --lease-grace ({grace:?}) must be at least 1s and shorter than --lease-duration ({duration:?}), in whole seconds"
+    )]
+    Durations { duration: Duration, grace: Duration },
+    #[error("leader election: cannot use Lease {namespace}/{name}: {source}")]
+    Lease { namespace: String, name: String, source: kube_lease_manager::LeaseManagerError },
+}
+
+/// A running election: [`Election::leadership`] says whether this replica leads.
+pub struct Election {
+    rx: watch::Receiver<bool>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Election {
+    /// Creates the Lease if needed and starts competing for it.
+    pub async fn start(client: kube::Client, cfg: LeaderConfig) -> Result<Election, LeaderError> {
+        let (duration, grace) = (cfg.duration.as_secs(), cfg.grace.as_secs());
+        if grace == 0 || grace >= duration {
+            return Err(LeaderError::Durations { duration: cfg.duration, grace: cfg.grace });
+        }
+        let params = kube_lease_manager::LeaseParams::new(cfg.identity.clone(), duration, grace)
+            .with_field_manager(format!("keyward-leader-{}", cfg.identity));
+        let manager = LeaseManagerBuilder::new(client.clone(), cfg.lease_name.clone())
+            .with_namespace(cfg.lease_namespace.clone())
+            .with_parameters(params)
+            .build()
+            .await
+            .map_err(|source| LeaderError::Lease {
+                namespace: cfg.lease_namespace.clone(),
+                name: cfg.lease_name.clone(),
+                source,
+            })?;
+        let leases: Api<Lease> = Api::namespaced(client, &cfg.lease_namespace);
+        let (tx, rx) = watch::channel(false);
+        let (stop, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(compete(manager, leases, cfg, tx, stop_rx));
+        Ok(Election { rx, stop: Some(stop), task })
+    }
+
+    /// `true` while this replica leads.
+    pub fn leadership(&self) -> watch::Receiver<bool> {
+        self.rx.clone()
+    }
+
+    /// Stops competing and releases the Lease if held, so a standby takes over at once; bounded by 5 s.
+    pub async fn release(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.task).await.is_err() {
+            tracing::warn!("releasing the Lease took longer than 5s; it will expire on its own");
+            self.task.abort();
+        }
+    }
+}
+
+impl Drop for Election {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn compete(
+    manager: LeaseManager,
+    leases: Api<Lease>,
+    cfg: LeaderConfig,
+    tx: watch::Sender<bool>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", cfg.lease_name));
+    let mut events = watcher(leases, config).default_backoff().applied_objects().boxed();
+    let mut leader = false;
+    // Until when the Lease, as last seen, keeps this replica the leader.
+    let mut valid_until: Option<Instant> = None;
+    loop {
+        let expiry = async {
+            match (leader, valid_until) {
+                (true, Some(t)) => tokio::time::sleep_until(t).await,
+                _ => std::future::pending::<()>().await,
+            }
+        };
+        // NB: `changed()` is recreated on every turn: a change of the Lease restarts it, so a standby re-reads the
+        // Lease at once instead of sleeping until the old holder's expiry. It is cancel-safe for this use: its
+        // state is re-synced from the API server on entry.
+        tokio::select! {
+            _ = &mut stop => {
+                if leader {
+                    tx.send_replace(false);
+                }
+                if let Err(e) = manager.release().await {
+                    tracing::warn!(error = %e, "could not release the Lease; it will expire on its own");
+                } else {
+                    tracing::info!(lease = %cfg.lease_name, "released the Lease");
+                }
+                return;
+            }
+            changed = manager.changed() => match changed {
+                Ok(is_leader) => {
+                    if is_leader && !leader {
+                        tracing::info!(identity = %cfg.identity, lease = %cfg.lease_name, "acquired the Lease: leading");
+                        valid_until = Some(Instant::now() + cfg.duration);
+                    }
+                    if !is_leader && leader {
+                        tracing::error!(identity = %cfg.identity, "the Lease was taken over");
+                    }
+                    leader = is_leader;
+                    tx.send_replace(leader);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "leader election: Lease update failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            },
+            event = events.next() => {
+                let Some(Ok(lease)) = event else { continue };
+                let spec = lease.spec.unwrap_or_default();
+                let holder = spec.holder_identity.as_deref();
+                if holder == Some(cfg.identity.as_str()) {
+                    if let (Some(renew), Some(secs)) = (spec.renew_time, spec.lease_duration_seconds) {
+                        let until = renew.0 + jiff::SignedDuration::from_secs(i64::from(secs));
+                        let left = until.duration_since(jiff::Timestamp::now());
+                        let left = Duration::try_from(left).unwrap_or_default();
+                        valid_until = Some(Instant::now() + left);
+                    }
+                } else if leader {
+                    tracing::error!(identity = %cfg.identity, holder = ?holder, "the Lease names another holder");
+                    leader = false;
+                    tx.send_replace(false);
+                }
+            }
+            () = expiry => {
+                tracing::error!(identity = %cfg.identity, "the Lease was not renewed before it expired");
+                leader = false;
+                tx.send_replace(false);
+            }
+        }
+    }
+}
+
+/// `POD_NAME` (or the host name) plus a random suffix, so two processes on one host never share an identity.
+pub fn identity() -> String {
+    let base = std::env::var("POD_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| "keyward".to_string());
+    let mut bytes = [0u8; 4];
+    let _ = getrandom::fill(&mut bytes);
+    format!("{base}-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
