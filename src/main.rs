@@ -172,7 +172,14 @@ async fn main() -> anyhow::Result<()> {
                         () = stdin_closed => {},
                     }
                 };
-                keyward::operator::run(client, options, shutdown).await?;
+                let result = keyward::operator::run(client, options, shutdown).await;
+                // NB: exit here: the stdin reader is a blocking thread that the runtime would wait for forever
+                // when the shutdown came from a signal.
+                if let Err(e) = result {
+                    eprintln!("Error: {e}");
+                    std::process::exit(1);
+                }
+                std::process::exit(0);
             } else {
                 keyward::operator::run(client, options, keyward::operator::shutdown_signal()).await?;
             }

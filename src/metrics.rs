@@ -334,7 +334,7 @@ impl Collector for ObjectsAt {
         let policies = read(&self.objects.policies);
         let mut family = encoder.encode_descriptor(
             "keyward_ratelimitpolicy_utilization",
-            "Observed usage of each rate-limit policy's keys as a fraction of their limit.",
+            "Total usage of each policy divided by the gateway capacity at its current replicas (1.0 is full).",
             None,
             MetricType::Gauge,
         )?;

@@ -21,7 +21,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 
@@ -84,7 +84,7 @@ pub struct Context {
     /// Consecutive failures per ApiKey, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<ApiKey>, u32>>,
     /// The RateLimitPolicies, to clear the usage of a key whose policy is gone; set by [`run`].
-    policies: std::sync::OnceLock<Store<RateLimitPolicy>>,
+    policies: std::sync::OnceLock<(Store<RateLimitPolicy>, crate::cache::Ready)>,
     pub metrics: Arc<Metrics>,
     /// Keys whose state is in the metrics, to drop deleted ones.
     reported: Mutex<std::collections::HashSet<ObjectRef<ApiKey>>>,
@@ -152,29 +152,26 @@ pub async fn run(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let (policy_reader, policy_writer) = reflector::store();
-    let _ = ctx.policies.set(policy_reader);
-    let deleted_policies = watcher(policies, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(policy_writer)
-        .filter_map(|ev| {
+    let (policy_reader, policies_ready, policy_events) =
+        crate::cache::reflected(policies, watcher::Config::default().any_semantic());
+    let _ = ctx.policies.set((policy_reader, policies_ready.clone()));
+    let deleted_policies = policy_events.filter_map(|ev| {
             futures::future::ready(match ev {
                 Ok(watcher::Event::Delete(p)) => Some(Ok(p)),
                 Err(e) => Some(Err(e)),
                 Ok(_) => None,
             })
         });
-    let controller = Controller::new(apikeys, watcher::Config::default().any_semantic());
-    let keys = controller.store();
+    let (keys, keys_ready, key_events) = crate::cache::reflected(apikeys, watcher::Config::default().any_semantic());
+    let controller = Controller::for_stream(key_events.applied_objects(), keys.clone());
     // Ready once both caches are in; then, every 30 s, deleted keys leave the metrics.
     let housekeeping = tokio::spawn({
         let (keys, ctx) = (keys.clone(), ctx.clone());
         async move {
-            if keys.wait_until_ready().await.is_ok()
-                && let Some(p) = ctx.policies.get()
-            {
-                let _ = p.wait_until_ready().await;
+            if keys_ready.wait().await {
+                policies_ready.wait().await;
             }
+            tracing::debug!("ApiKey controller caches synced");
             let _ = synced.send(());
             loop {
                 tokio::time::sleep(Duration::from_secs(30)).await;
@@ -192,7 +189,6 @@ pub async fn run(
             }
         }
     });
-    let keys = controller.store();
     let controller = controller
         .owns_stream(secret_stream)
         .watches_stream(deleted_policies, move |policy: RateLimitPolicy| {
@@ -447,8 +443,9 @@ async fn clear_orphaned_usage(ctx: &Context, apikey: &ApiKey, ns: &str, name: &s
         return Ok(());
     }
     if let Some(policy) = apikey.spec.rate_limit_policy_ref.as_ref() {
-        let Some(store) = ctx.policies.get() else { return Ok(()) };
-        if store.wait_until_ready().await.is_err() || store.get(&ObjectRef::new(&policy.name).within(ns)).is_some() {
+        // Until the policies are listed, a policy's absence means nothing: leave the usage for a later reconcile.
+        let Some((store, ready)) = ctx.policies.get() else { return Ok(()) };
+        if !ready.is_ready() || store.get(&ObjectRef::new(&policy.name).within(ns)).is_some() {
             return Ok(());
         }
     }

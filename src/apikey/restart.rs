@@ -69,7 +69,7 @@ pub async fn restart(client: &kube::Client, ns: &str, t: &RolloutTarget, value: 
     let patch = serde_json::json!({
         "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: value}}}}
     });
-    let pp = PatchParams::default();
+    let pp = PatchParams { field_manager: Some(super::MANAGER.into()), ..Default::default() };
     let p = Patch::Merge(&patch);
     match t.kind {
         RolloutKind::Deployment => {

@@ -21,7 +21,7 @@ use jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ApiResource, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 
@@ -103,6 +103,7 @@ pub struct Context {
     targets: Mutex<HashMap<(String, String), ApiResource>>,
     failures: Mutex<HashMap<ObjectRef<RateLimitPolicy>, u32>>,
     apikeys: Store<ApiKey>,
+    apikeys_ready: crate::cache::Ready,
     /// The controller's cache of policies, to forget the state of deleted ones; set by [`run`].
     policies: std::sync::OnceLock<Store<RateLimitPolicy>>,
     pub metrics: Arc<Metrics>,
@@ -122,13 +123,8 @@ pub async fn run(
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     // The ApiKeys that reference a policy come from a cache; keys changing never triggers a poll.
-    let (reader, writer) = reflector::store();
-    let keys_watch = tokio::spawn(
-        watcher(apikeys, watcher::Config::default().any_semantic())
-            .default_backoff()
-            .reflect(writer)
-            .for_each(|_| futures::future::ready(())),
-    );
+    let (reader, keys_ready, key_events) = crate::cache::reflected(apikeys, watcher::Config::default().any_semantic());
+    let keys_watch = tokio::spawn(key_events.for_each(|_| futures::future::ready(())));
     let ctx = Arc::new(Context {
         client: client.clone(),
         reporter: Reporter { controller: "keyward".into(), instance: std::env::var("POD_NAME").ok() },
@@ -138,6 +134,7 @@ pub async fn run(
         targets: Mutex::default(),
         failures: Mutex::default(),
         apikeys: reader,
+        apikeys_ready: keys_ready.clone(),
         policies: std::sync::OnceLock::new(),
         metrics,
     });
@@ -148,13 +145,16 @@ pub async fn run(
         let _ = tx.send(());
         let _ = drain_tx.send(());
     });
-    let controller = Controller::new(policies, watcher::Config::default().any_semantic());
-    let _ = ctx.policies.set(controller.store());
+    let (policy_store, policies_ready, policy_events) =
+        crate::cache::reflected(policies, watcher::Config::default().any_semantic());
+    let controller = Controller::for_stream(policy_events.applied_objects(), policy_store.clone());
+    let _ = ctx.policies.set(policy_store);
     let ready = tokio::spawn({
-        let (policies, keys) = (controller.store(), ctx.apikeys.clone());
         async move {
-            let _ = policies.wait_until_ready().await;
-            let _ = keys.wait_until_ready().await;
+            if policies_ready.wait().await {
+                keys_ready.wait().await;
+            }
+            tracing::debug!("RateLimitPolicy controller caches synced");
             let _ = synced.send(());
         }
     });
@@ -476,7 +476,7 @@ async fn update_keys(
     rates: Option<&Rates>,
     now: Timestamp,
 ) -> (i32, i32) {
-    ctx.apikeys.wait_until_ready().await.ok();
+    ctx.apikeys_ready.wait().await;
     let name = policy.name_any();
     let members: Vec<Arc<ApiKey>> = ctx
         .apikeys

@@ -93,7 +93,8 @@ pub async fn write(
 ) -> Result<(), ScaleError> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
     let patch = serde_json::json!({ "spec": { "replicas": replicas } });
-    api.patch_scale(name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ()).map_err(|source| {
+    let pp = PatchParams { field_manager: Some(super::MANAGER.into()), ..Default::default() };
+    api.patch_scale(name, &pp, &Patch::Merge(&patch)).await.map(|_| ()).map_err(|source| {
         ScaleError::Api { op: "write", kind: ar.kind.clone(), ns: ns.into(), name: name.into(), source }
     })
 }

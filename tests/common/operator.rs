@@ -23,6 +23,12 @@ pub fn start_with_log(tag: &str, filter: &str) -> Operator {
 
 /// Starts an operator with the given log filter and extra `keyward run` arguments.
 pub fn start_with_args(tag: &str, filter: &str, extra: &[&str]) -> Operator {
+    start_with_env(tag, filter, extra, &[])
+}
+
+/// Like [`start_with_args`], with more environment variables for the process, set last: e.g. `KUBECONFIG` to run
+/// as another identity than the admin (see `identity::install`), or the `POD_NAME`/`POD_NAMESPACE` a pod would get.
+pub fn start_with_env(tag: &str, filter: &str, extra: &[&str], env: &[(&str, &str)]) -> Operator {
     let cp = super::control_plane();
     let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{tag}.log"));
     let file = std::fs::File::create(&log).expect("log file");
@@ -31,6 +37,7 @@ pub fn start_with_args(tag: &str, filter: &str, extra: &[&str]) -> Operator {
         .args(extra)
         .env("KUBECONFIG", cp.kubeconfig())
         .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(file.try_clone().expect("clone"))
         .stderr(file)
