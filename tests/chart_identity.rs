@@ -486,9 +486,18 @@ async fn lifecycle(release: &str, release_ns: &str, ns: &str, outside: Option<&s
     assert_eq!(lease["spec"]["holderIdentity"], me.as_str(), "the Lease changed hands");
     op.assert_not_denied(true);
     let addr = eventually(10, "the operator's HTTP address", || op.op.borrow().http_addr()).await;
-    // NB: /healthz (alive), not /readyz: readiness is about cache sync, not RBAC, and is covered by operations.rs.
-    let alive = reqwest::get(format!("http://{addr}/healthz")).await.map(|r| r.status().as_u16()).ok();
-    assert_eq!(alive, Some(200), "/healthz");
+    // Alive, and ready (caches synced, leading): what the chart's liveness and readiness probes ask.
+    for path in ["healthz", "readyz"] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let code = reqwest::get(format!("http://{addr}/{path}")).await.map(|r| r.status().as_u16()).ok();
+            if code == Some(200) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "/{path} answers {code:?}, not 200");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     // Stop it (the drop kills it), and leave nothing that would keep a later operator busy in these namespaces.
     drop(op);
     gw.stop();

@@ -156,12 +156,12 @@ pub async fn run(
         crate::cache::reflected(policies, watcher::Config::default().any_semantic());
     let _ = ctx.policies.set((policy_reader, policies_ready.clone()));
     let deleted_policies = policy_events.filter_map(|ev| {
-            futures::future::ready(match ev {
-                Ok(watcher::Event::Delete(p)) => Some(Ok(p)),
-                Err(e) => Some(Err(e)),
-                Ok(_) => None,
-            })
-        });
+        futures::future::ready(match ev {
+            Ok(watcher::Event::Delete(p)) => Some(Ok(p)),
+            Err(e) => Some(Err(e)),
+            Ok(_) => None,
+        })
+    });
     let (keys, keys_ready, key_events) = crate::cache::reflected(apikeys, watcher::Config::default().any_semantic());
     let controller = Controller::for_stream(key_events.applied_objects(), keys.clone());
     // Ready once both caches are in; then, every 30 s, deleted keys leave the metrics.

@@ -57,20 +57,23 @@ impl Election {
         }
         let params = kube_lease_manager::LeaseParams::new(cfg.identity.clone(), duration, grace)
             .with_field_manager(format!("keyward-leader-{}", cfg.identity));
-        let manager = LeaseManagerBuilder::new(client.clone(), cfg.lease_name.clone())
-            .with_namespace(cfg.lease_namespace.clone())
-            .with_parameters(params)
-            .build()
-            .await
-            .map_err(|source| LeaderError::Lease {
-                namespace: cfg.lease_namespace.clone(),
-                name: cfg.lease_name.clone(),
-                source,
-            })?;
+        let builder = {
+            let (client, name, namespace) = (client.clone(), cfg.lease_name.clone(), cfg.lease_namespace.clone());
+            move || {
+                LeaseManagerBuilder::new(client.clone(), name.clone())
+                    .with_namespace(namespace.clone())
+                    .with_parameters(params.clone())
+            }
+        };
+        let manager = builder().build().await.map_err(|source| LeaderError::Lease {
+            namespace: cfg.lease_namespace.clone(),
+            name: cfg.lease_name.clone(),
+            source,
+        })?;
         let leases: Api<Lease> = Api::namespaced(client, &cfg.lease_namespace);
         let (tx, rx) = watch::channel(false);
         let (stop, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(compete(manager, leases, cfg, tx, stop_rx));
+        let task = tokio::spawn(compete(manager, builder, leases, cfg, tx, stop_rx));
         Ok(Election { rx, stop: Some(stop), task })
     }
 
@@ -98,7 +101,8 @@ impl Drop for Election {
 }
 
 async fn compete(
-    manager: LeaseManager,
+    mut manager: LeaseManager,
+    builder: impl Fn() -> LeaseManagerBuilder + Send + 'static,
     leases: Api<Lease>,
     cfg: LeaderConfig,
     tx: watch::Sender<bool>,
@@ -163,6 +167,13 @@ async fn compete(
                     tracing::error!(identity = %cfg.identity, holder = ?holder, "the Lease names another holder");
                     leader = false;
                     tx.send_replace(false);
+                } else if holder.is_none() {
+                    // NB: released. The manager trusts its cached expiry until it passes; a fresh one reads the
+                    // Lease, so the standby takes over now rather than at the old expiry.
+                    match builder().build().await {
+                        Ok(fresh) => manager = fresh,
+                        Err(e) => tracing::warn!(error = %e, "leader election: cannot re-read the released Lease"),
+                    }
                 }
             }
             () = expiry => {

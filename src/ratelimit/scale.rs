@@ -94,8 +94,12 @@ pub async fn write(
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
     let patch = serde_json::json!({ "spec": { "replicas": replicas } });
     let pp = PatchParams { field_manager: Some(super::MANAGER.into()), ..Default::default() };
-    api.patch_scale(name, &pp, &Patch::Merge(&patch)).await.map(|_| ()).map_err(|source| {
-        ScaleError::Api { op: "write", kind: ar.kind.clone(), ns: ns.into(), name: name.into(), source }
+    api.patch_scale(name, &pp, &Patch::Merge(&patch)).await.map(|_| ()).map_err(|source| ScaleError::Api {
+        op: "write",
+        kind: ar.kind.clone(),
+        ns: ns.into(),
+        name: name.into(),
+        source,
     })
 }
 
