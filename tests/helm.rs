@@ -18,12 +18,12 @@ type Rule = (&'static [&'static str], &'static [&'static str], &'static [&'stati
 /// The namespaced rules, one per API use in src/apikey, src/ratelimit and src/operator. The chart must grant exactly
 /// these (as a ClusterRole in cluster scope, as a Role in each watched namespace otherwise).
 const NAMESPACED_RULES: [Rule; 7] = [
-    (&["keyward.dev"], &["apikeys", "ratelimitpolicies"], &["get", "list", "watch"], &[]),
-    (&["keyward.dev"], &["apikeys/status", "ratelimitpolicies/status"], &["get", "patch", "update"], &[]),
+    (&["keyward.dev"], &["apikeys", "ratelimitpolicies"], &["list", "watch"], &[]),
+    (&["keyward.dev"], &["apikeys/status", "ratelimitpolicies/status"], &["patch"], &[]),
     (&[""], &["secrets"], &["get", "list", "watch", "create", "update"], &[]),
     (&["apps"], &["deployments", "statefulsets", "daemonsets"], &["get", "patch"], &[]),
-    (&["apps"], &["deployments/scale", "statefulsets/scale"], &["get", "patch", "update"], &[]),
-    (&["autoscaling"], &["horizontalpodautoscalers"], &["get", "list", "watch"], &[]),
+    (&["apps"], &["deployments/scale", "statefulsets/scale"], &["get", "patch"], &[]),
+    (&["autoscaling"], &["horizontalpodautoscalers"], &["list"], &[]),
     (&["events.k8s.io"], &["events"], &["create", "patch"], &[]),
 ];
 
@@ -38,7 +38,7 @@ const CRD_RULES: [Rule; 1] = [(
 /// Leader election, in the Lease's namespace: create (not limitable by name), the rest on the one Lease only.
 const LEASE_RULES: [Rule; 2] = [
     (&["coordination.k8s.io"], &["leases"], &["create"], &[]),
-    (&["coordination.k8s.io"], &["leases"], &["get", "list", "watch", "update", "patch"], &["keyward-leader"]),
+    (&["coordination.k8s.io"], &["leases"], &["get", "list", "watch", "patch"], &["keyward-leader"]),
 ];
 
 /// A rule exploded into single grants: (group, resource, verb, name or "").
@@ -364,7 +364,7 @@ fn namespaced_render_has_a_role_per_watched_namespace() {
     let extra: Vec<&Grant> = g.iter().filter(|(group, ..)| group == "argoproj.io").collect();
     let verbs: BTreeSet<&str> = extra.iter().map(|(_, _, v, _)| v.as_str()).collect();
     assert!(extra.iter().all(|(_, r, _, _)| r == "rollouts/scale"), "{extra:?}");
-    assert_eq!(verbs, ["get", "patch", "update"].into());
+    assert_eq!(verbs, ["get", "patch"].into());
 }
 
 #[test]
@@ -629,7 +629,7 @@ fn cluster_identity_is_minimal() {
             (true, vec!["patch", "daemonsets.apps", "-n", other]),
             (true, vec!["create", "events.events.k8s.io", "-n", other]),
             (true, vec!["get", "customresourcedefinitions/ratelimitpolicies.keyward.dev"]),
-            (true, vec!["update", "leases.coordination.k8s.io/keyward-leader", "-n", rel]),
+            (true, vec!["patch", "leases.coordination.k8s.io/keyward-leader", "-n", rel]),
             (false, vec!["delete", "secrets", "-n", other]),
             (false, vec!["patch", "secrets", "-n", other]),
             (false, vec!["create", "deployments.apps", "-n", other]),

@@ -135,6 +135,17 @@ async fn one_leader_writes_and_a_clean_shutdown_hands_over_at_once() {
     let log = std::fs::read_to_string(&a_log).expect("log");
     assert!(log.contains("released the Lease"), "{log}");
 
+    // The leader renews about once per (duration - grace) = 4 s, not in a loop: count distinct renewals in 6 s.
+    let mut renewals = std::collections::BTreeSet::new();
+    let until = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < until {
+        if let Some(l) = get_json(&ns, &format!("lease/{lease}")) {
+            renewals.insert(l["spec"]["renewTime"].as_str().unwrap_or_default().to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(renewals.len() <= 4, "the Lease was renewed {} times in 6 s", renewals.len());
+
     // b reconciles: a manual rotation is done exactly once.
     let _ = keyward_rotate(&ns, "k");
     let ak = eventually(60, "rotated by b", || get_json(&ns, "apikey/k").filter(|a| a["status"]["rotationCount"] == 1))

@@ -77,6 +77,7 @@ fn is_conflict(e: &kube::Error) -> bool {
 pub struct Context {
     pub client: kube::Client,
     pub reporter: Reporter,
+    recorder: Recorder,
     /// The clock; injected so tests and benchmarks can move time.
     pub now: Arc<dyn Fn() -> Timestamp + Send + Sync>,
     /// Secret resourceVersions whose key material was checked against their `key-id`.
@@ -96,9 +97,11 @@ pub const CONTROLLER: &str = "apikey";
 impl Context {
     /// A context with the system clock.
     pub fn new(client: kube::Client, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter { controller: "keyward".into(), instance: std::env::var("POD_NAME").ok() };
         Context {
-            client,
-            reporter: Reporter { controller: "keyward".into(), instance: std::env::var("POD_NAME").ok() },
+            client: client.clone(),
+            reporter: reporter.clone(),
+            recorder: Recorder::new(client.clone(), reporter),
             now: Arc::new(Timestamp::now),
             verified: Mutex::default(),
             failures: Mutex::default(),
@@ -579,7 +582,8 @@ fn event_for(action: &Action, b: &Book, secret: &str) -> Event {
 
 /// Publishes an event; a failure to publish is logged, never fatal.
 async fn publish(ctx: &Context, apikey: &ApiKey, ev: Event) {
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    // NB: one Recorder per controller, so repeats of an event are counted on it (a patch), not re-created.
+    let recorder = &ctx.recorder;
     ctx.metrics.api_write(CONTROLLER, "Event");
     if let Err(e) = recorder.publish(&ev, &apikey.object_ref(&())).await {
         tracing::warn!(error = %e, reason = %ev.reason, "could not publish event");

@@ -17,6 +17,12 @@ use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+type LeaseResult<T> = kube_lease_manager::Result<T>;
+
 /// How the Lease is held.
 #[derive(Clone, Debug)]
 pub struct LeaderConfig {
@@ -100,8 +106,14 @@ impl Drop for Election {
     }
 }
 
+/// `manager.changed()` as an owned future, so it survives the turns of the select loop.
+fn changed(manager: &Arc<LeaseManager>) -> Pin<Box<dyn Future<Output = LeaseResult<bool>> + Send>> {
+    let m = manager.clone();
+    Box::pin(async move { m.changed().await })
+}
+
 async fn compete(
-    mut manager: LeaseManager,
+    manager: LeaseManager,
     builder: impl Fn() -> LeaseManagerBuilder + Send + 'static,
     leases: Api<Lease>,
     cfg: LeaderConfig,
@@ -110,6 +122,10 @@ async fn compete(
 ) {
     let config = watcher::Config::default().fields(&format!("metadata.name={}", cfg.lease_name));
     let mut events = watcher(leases, config).default_backoff().applied_objects().boxed();
+    let mut manager = Arc::new(manager);
+    // NB: one `changed()` future lives across turns: cancelling it mid-renewal would make the manager renew again
+    // at once (a renew storm). It is replaced only when it completes, or when a standby sees the Lease released.
+    let mut pending = changed(&manager);
     let mut leader = false;
     // Until when the Lease, as last seen, keeps this replica the leader.
     let mut valid_until: Option<Instant> = None;
@@ -120,9 +136,6 @@ async fn compete(
                 _ => std::future::pending::<()>().await,
             }
         };
-        // NB: `changed()` is recreated on every turn: a change of the Lease restarts it, so a standby re-reads the
-        // Lease at once instead of sleeping until the old holder's expiry. It is cancel-safe for this use: its
-        // state is re-synced from the API server on entry.
         tokio::select! {
             _ = &mut stop => {
                 if leader {
@@ -135,7 +148,9 @@ async fn compete(
                 }
                 return;
             }
-            changed = manager.changed() => match changed {
+            result = &mut pending => {
+                pending = changed(&manager);
+                match result {
                 Ok(is_leader) => {
                     if is_leader && !leader {
                         tracing::info!(identity = %cfg.identity, lease = %cfg.lease_name, "acquired the Lease: leading");
@@ -151,7 +166,8 @@ async fn compete(
                     tracing::warn!(error = %e, "leader election: Lease update failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-            },
+                }
+            }
             event = events.next() => {
                 let Some(Ok(lease)) = event else { continue };
                 let spec = lease.spec.unwrap_or_default();
@@ -171,7 +187,10 @@ async fn compete(
                     // NB: released. The manager trusts its cached expiry until it passes; a fresh one reads the
                     // Lease, so the standby takes over now rather than at the old expiry.
                     match builder().build().await {
-                        Ok(fresh) => manager = fresh,
+                        Ok(fresh) => {
+                            manager = Arc::new(fresh);
+                            pending = changed(&manager);
+                        }
                         Err(e) => tracing::warn!(error = %e, "leader election: cannot re-read the released Lease"),
                     }
                 }

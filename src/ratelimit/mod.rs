@@ -95,6 +95,7 @@ struct PolicyState {
 pub struct Context {
     pub client: kube::Client,
     pub reporter: Reporter,
+    recorder: Recorder,
     /// The clock; injected so tests and benchmarks can move time.
     pub now: Arc<dyn Fn() -> Timestamp + Send + Sync>,
     http: reqwest::Client,
@@ -125,9 +126,11 @@ pub async fn run(
     // The ApiKeys that reference a policy come from a cache; keys changing never triggers a poll.
     let (reader, keys_ready, key_events) = crate::cache::reflected(apikeys, watcher::Config::default().any_semantic());
     let keys_watch = tokio::spawn(key_events.for_each(|_| futures::future::ready(())));
+    let reporter = Reporter { controller: "keyward".into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
         client: client.clone(),
-        reporter: Reporter { controller: "keyward".into(), instance: std::env::var("POD_NAME").ok() },
+        reporter: reporter.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
         now: Arc::new(Timestamp::now),
         http: crate::usage::http_client(),
         states: Mutex::default(),
@@ -771,7 +774,8 @@ async fn publish_for<K: Resource<DynamicType = ()>>(
     reason: &str,
     note: String,
 ) {
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    // NB: one Recorder per controller, so repeats of an event are counted on it (a patch), not re-created.
+    let recorder = &ctx.recorder;
     ctx.metrics.api_write(CONTROLLER, "Event");
     let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
     if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {

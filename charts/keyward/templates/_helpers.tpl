@@ -90,11 +90,11 @@ holds the same list and fails when they differ.
 # ApiKeys and RateLimitPolicies: watched by the controllers.
 - apiGroups: [keyward.dev]
   resources: [apikeys, ratelimitpolicies]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 # Their status, written with server-side apply through the status subresource.
 - apiGroups: [keyward.dev]
   resources: [apikeys/status, ratelimitpolicies/status]
-  verbs: [get, patch, update]
+  verbs: [patch]
 # The keys' Secrets: watched metadata-only (which still needs list and watch), read once per version, created and
 # replaced. No delete: a Secret goes with its ApiKey through its ownerReference (garbage collection).
 - apiGroups: [""]
@@ -107,19 +107,19 @@ holds the same list and fails when they differ.
 # Gateway scaling, only through the scale subresource.
 - apiGroups: [apps]
   resources: [deployments/scale, statefulsets/scale]
-  verbs: [get, patch, update]
+  verbs: [get, patch]
 {{- range .Values.rbac.extraScaleTargets }}
 - apiGroups: {{ toJson .apiGroups }}
   resources:
   {{- range .resources }}
   - {{ printf "%s/scale" . }}
   {{- end }}
-  verbs: [get, patch, update]
+  verbs: [get, patch]
 {{- end }}
 # A HorizontalPodAutoscaler on the same target means hands off (ScalingConflict): read-only.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [get, list, watch]
+  verbs: [list]
 # Events (kube-runtime's Recorder writes events.k8s.io/v1 only: create, then patch to count repeats).
 - apiGroups: [events.k8s.io]
   resources: [events]
