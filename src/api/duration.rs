@@ -24,9 +24,11 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
         return Err(DurationError::Empty);
     }
     let syntax = || DurationError::Syntax(input.to_string());
+    let overflow = || DurationError::Overflow(input.to_string());
     let bytes = input.as_bytes();
     let mut i = 0;
-    let mut total_nanos: u128 = 0;
+    // `None` once the total no longer fits; parsing goes on so that a syntax error anywhere is reported as such.
+    let mut total_nanos: Option<u128> = Some(0);
     while i < bytes.len() {
         let start = i;
         while i < bytes.len() && bytes[i].is_ascii_digit() {
@@ -35,14 +37,17 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
         if i == start {
             return Err(syntax());
         }
-        let whole: u128 = input[start..i].parse().map_err(|_| DurationError::Overflow(input.to_string()))?;
+        let whole: Option<u128> = input[start..i].parse().ok();
         let (mut frac, mut frac_scale) = (0u128, 1u128);
         if i < bytes.len() && bytes[i] == b'.' {
             i += 1;
             let fstart = i;
             while i < bytes.len() && bytes[i].is_ascii_digit() {
-                // Digits past nanosecond precision cannot change the result.
-                if frac_scale < 1_000_000_000_000 {
+                // Up to 24 digits are kept (12 are not enough: the 13th digit of an hour is worth 0.36 ns). Digits
+                // after the 24th are worth less than 3.6e-12 ns in all, so dropping them changes the truncated
+                // nanoseconds only when the digits before fall within that of a whole nanosecond. frac < 10^24 and
+                // unit_nanos <= 3.6e12, so `frac * unit_nanos` below stays far inside u128.
+                if frac_scale < 1_000_000_000_000_000_000_000_000 {
                     frac = frac * 10 + u128::from(bytes[i] - b'0');
                     frac_scale *= 10;
                 }
@@ -65,13 +70,12 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
             i += 1;
             n
         };
-        let part = whole
-            .checked_mul(unit_nanos)
-            .and_then(|w| w.checked_add(frac * unit_nanos / frac_scale))
-            .ok_or_else(|| DurationError::Overflow(input.to_string()))?;
-        total_nanos = total_nanos.checked_add(part).ok_or_else(|| DurationError::Overflow(input.to_string()))?;
+        let part =
+            whole.and_then(|w| w.checked_mul(unit_nanos)).and_then(|w| w.checked_add(frac * unit_nanos / frac_scale));
+        total_nanos = total_nanos.zip(part).and_then(|(total, part)| total.checked_add(part));
     }
-    let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| DurationError::Overflow(input.to_string()))?;
+    let total_nanos = total_nanos.ok_or_else(overflow)?;
+    let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| overflow())?;
     // The remainder of a division by 1e9 always fits in u32.
     let nanos = (total_nanos % 1_000_000_000) as u32;
     Ok(Duration::new(secs, nanos))
@@ -138,7 +142,29 @@ mod tests {
     }
 
     #[test]
+    fn fraction_digits_past_the_twelfth_count() {
+        // Found by tests/fuzz.rs: 1e-13 h is 0.36 ns, so the 13th digit of an hour fraction is worth whole nanoseconds.
+        assert_eq!(parse("0.0000000000009h"), Ok(Duration::from_nanos(3)));
+        assert_eq!(parse("0.0000000000003h"), Ok(Duration::from_nanos(1)));
+        assert_eq!(parse("0.00000000000000000000001h"), Ok(Duration::ZERO));
+        assert_eq!(parse("1.000000000000000000000001h"), Ok(Duration::from_secs(3_600)));
+        assert_eq!(parse("0.000000000016666666666667m"), Ok(Duration::from_nanos(1)));
+        assert_eq!(parse("0.000000000016666666666666m"), Ok(Duration::ZERO));
+    }
+
+    #[test]
     fn huge_values_overflow_instead_of_wrapping() {
         assert!(matches!(parse("99999999999999999999999999999h"), Err(DurationError::Overflow(_))));
+        assert!(matches!(parse("1h18446744073709551616s"), Err(DurationError::Overflow(_))));
+        assert!(matches!(parse(&"9".repeat(50)), Err(DurationError::Syntax(_))));
+        // Found by tests/fuzz.rs: a syntax error after a part too large is a syntax error, not "too large".
+        let bad = [
+            "7s23034369477715353127068190876h0",
+            "99999999999999999999999999999999999999999h1x",
+            "1h9999999999999999999999999999999999999999h-",
+        ];
+        for bad in bad {
+            assert!(matches!(parse(bad), Err(DurationError::Syntax(_))), "{bad:?}");
+        }
     }
 }
