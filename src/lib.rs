@@ -6,10 +6,12 @@
 
 pub mod api;
 pub mod apikey;
+pub mod backoff;
 pub mod cache;
 pub mod cli;
 pub mod conditions;
 pub mod devenv;
+pub mod drain;
 pub mod keys;
 pub mod metrics;
 pub mod operator;

@@ -83,7 +83,7 @@ pub struct Context {
     /// Secret resourceVersions whose key material was checked against their `key-id`.
     verified: Mutex<HashMap<(String, String), String>>,
     /// Consecutive failures per ApiKey, for exponential backoff.
-    failures: Mutex<HashMap<ObjectRef<ApiKey>, u32>>,
+    failures: crate::backoff::Backoff<ApiKey>,
     /// The RateLimitPolicies, to clear the usage of a key whose policy is gone; set by [`run`].
     policies: std::sync::OnceLock<(Store<RateLimitPolicy>, crate::cache::Ready)>,
     pub metrics: Arc<Metrics>,
@@ -104,7 +104,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             now: Arc::new(Timestamp::now),
             verified: Mutex::default(),
-            failures: Mutex::default(),
+            failures: Default::default(),
             policies: std::sync::OnceLock::new(),
             metrics,
             reported: Mutex::default(),
@@ -141,14 +141,7 @@ pub async fn run(
     // NB: metadata-only and label-filtered: Secret data never enters the watch cache.
     let secret_cfg = watcher::Config::default().labels(&format!("{}={}", book::MANAGED_BY_LABEL, book::MANAGED_BY));
     let secret_stream = watcher(secrets, secret_cfg).default_backoff().touched_objects();
-    // The controller wants a Sync future; a oneshot fired by the caller's future is one.
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = tx.send(());
-        let _ = drain_tx.send(());
-    });
+    let shutdown = crate::drain::Shutdown::new(shutdown);
     // Policies are cached; a deleted one triggers its keys, whose usage (written by the RateLimitPolicy
     // controller) is then cleared.
     let policies: Api<RateLimitPolicy> = match &namespace {
@@ -206,47 +199,20 @@ pub async fn run(
         })
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(async move {
-            let _ = rx.await;
+            let _ = shutdown.graceful.await;
         })
         .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => tracing::debug!(namespace = obj.namespace.as_deref(), name = %obj.name, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
-            }
-        });
-    // NB: a shutdown that arrives before the controller's watches have started can leave the graceful drain
-    // waiting forever; bound it. Stopping mid-reconcile is safe: every write is conditional and the next
-    // reconcile finishes the job.
-    let drain_deadline = async {
-        if drain_rx.await.is_ok() {
-            tokio::time::sleep(DRAIN_TIMEOUT).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        () = controller => {}
-        () = drain_deadline => tracing::warn!(timeout = ?DRAIN_TIMEOUT, "in-flight reconciles did not finish in time; stopping anyway"),
-    }
+        .for_each(crate::drain::log_result);
+    crate::drain::run_bounded(controller, shutdown.started, "ApiKey").await;
     housekeeping.abort();
 }
 
 /// How long a shutdown waits for in-flight reconciles.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DRAIN_TIMEOUT: Duration = crate::drain::DRAIN_TIMEOUT;
 
 /// Exponential backoff per object: 1 s doubling to 5 minutes, reset by a success.
 fn error_policy(obj: Arc<ApiKey>, err: &Error, ctx: Arc<Context>) -> Requeue {
-    let n = ctx
-        .failures
-        .lock()
-        .map(|mut m| {
-            let n = m.entry(ObjectRef::from_obj(obj.as_ref())).or_insert(0);
-            *n = n.saturating_add(1);
-            *n
-        })
-        .unwrap_or(1);
-    let delay = Duration::from_secs(1u64 << n.saturating_sub(1).min(9)).min(Duration::from_secs(300));
+    let delay = ctx.failures.failed(obj.as_ref());
     tracing::warn!(namespace = obj.namespace().as_deref(), name = %obj.name_any(), reason = err.reason(), error = %err, retry_in = ?delay, "reconcile failed");
     Requeue::requeue(delay)
 }
@@ -256,10 +222,8 @@ async fn reconcile(obj: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Requeue, Error
     let started = std::time::Instant::now();
     let result = reconcile_inner(&obj, &ctx).await;
     ctx.metrics.reconcile(CONTROLLER, started.elapsed(), result.as_ref().err().map(Error::reason));
-    if result.is_ok()
-        && let Ok(mut m) = ctx.failures.lock()
-    {
-        m.remove(&ObjectRef::from_obj(obj.as_ref()));
+    if result.is_ok() {
+        ctx.failures.succeeded(obj.as_ref());
     }
     result
 }

@@ -102,7 +102,7 @@ pub struct Context {
     states: Mutex<HashMap<ObjectRef<RateLimitPolicy>, Arc<tokio::sync::Mutex<PolicyState>>>>,
     /// Discovery results per `(apiVersion, kind)`.
     targets: Mutex<HashMap<(String, String), ApiResource>>,
-    failures: Mutex<HashMap<ObjectRef<RateLimitPolicy>, u32>>,
+    failures: crate::backoff::Backoff<RateLimitPolicy>,
     apikeys: Store<ApiKey>,
     apikeys_ready: crate::cache::Ready,
     /// The controller's cache of policies, to forget the state of deleted ones; set by [`run`].
@@ -135,19 +135,13 @@ pub async fn run(
         http: crate::usage::http_client(),
         states: Mutex::default(),
         targets: Mutex::default(),
-        failures: Mutex::default(),
+        failures: Default::default(),
         apikeys: reader,
         apikeys_ready: keys_ready.clone(),
         policies: std::sync::OnceLock::new(),
         metrics,
     });
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = tx.send(());
-        let _ = drain_tx.send(());
-    });
+    let shutdown = crate::drain::Shutdown::new(shutdown);
     let (policy_store, policies_ready, policy_events) =
         crate::cache::reflected(policies, watcher::Config::default().any_semantic());
     let controller = Controller::for_stream(policy_events.applied_objects(), policy_store.clone());
@@ -164,42 +158,18 @@ pub async fn run(
     let controller = controller
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(async move {
-            let _ = rx.await;
+            let _ = shutdown.graceful.await;
         })
         .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => tracing::debug!(namespace = obj.namespace.as_deref(), name = %obj.name, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
-            }
-        });
-    let drain_deadline = async {
-        if drain_rx.await.is_ok() {
-            tokio::time::sleep(crate::apikey::DRAIN_TIMEOUT).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        () = controller => {}
-        () = drain_deadline => tracing::warn!("in-flight policy reconciles did not finish in time; stopping anyway"),
-    }
+        .for_each(crate::drain::log_result);
+    crate::drain::run_bounded(controller, shutdown.started, "RateLimitPolicy").await;
     keys_watch.abort();
     ready.abort();
 }
 
 /// Exponential backoff per object: 1 s doubling to 5 minutes, reset by a success.
 fn error_policy(obj: Arc<RateLimitPolicy>, err: &Error, ctx: Arc<Context>) -> Requeue {
-    let n = ctx
-        .failures
-        .lock()
-        .map(|mut m| {
-            let n = m.entry(ObjectRef::from_obj(obj.as_ref())).or_insert(0);
-            *n = n.saturating_add(1);
-            *n
-        })
-        .unwrap_or(1);
-    let delay = Duration::from_secs(1u64 << n.saturating_sub(1).min(9)).min(Duration::from_secs(300));
+    let delay = ctx.failures.failed(obj.as_ref());
     tracing::warn!(namespace = obj.namespace().as_deref(), name = %obj.name_any(), reason = err.reason(), error = %err, retry_in = ?delay, "reconcile failed");
     Requeue::requeue(delay)
 }
@@ -210,10 +180,8 @@ async fn reconcile(obj: Arc<RateLimitPolicy>, ctx: Arc<Context>) -> Result<Reque
     let result = reconcile_inner(&obj, &ctx).await;
     ctx.metrics.reconcile(CONTROLLER, started.elapsed(), result.as_ref().err().map(Error::reason));
     ctx.forget_deleted();
-    if result.is_ok()
-        && let Ok(mut m) = ctx.failures.lock()
-    {
-        m.remove(&ObjectRef::from_obj(obj.as_ref()));
+    if result.is_ok() {
+        ctx.failures.succeeded(obj.as_ref());
     }
     result
 }
@@ -378,6 +346,10 @@ async fn reconcile_inner(policy: &RateLimitPolicy, ctx: &Context) -> Result<Requ
 
     // Usage.
     let usage = poll(&mut state, policy.spec.usage.as_ref(), ctx, now, checked.interval).await;
+    if let Ok(rates) = &usage {
+        // The moment a poll's answer is in: `examples/bench.rs` times poll → scale write from this line.
+        tracing::debug!(total_rps = rates.values().sum::<f64>(), keys = rates.len(), "usage polled");
+    }
     match &usage {
         Ok(rates) => {
             let total: f64 = rates.values().sum();

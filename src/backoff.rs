@@ -1,0 +1,75 @@
+//! Per-object exponential backoff for failed reconciles, shared by the controllers: 1 s doubling to 5 minutes,
+//! reset by a success.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kube::Resource;
+use kube::runtime::reflector::ObjectRef;
+
+/// The longest wait between retries.
+pub const MAX_DELAY: Duration = Duration::from_secs(300);
+
+/// Consecutive failures per object.
+pub struct Backoff<K: Resource<DynamicType = ()>> {
+    failures: Mutex<HashMap<ObjectRef<K>, u32>>,
+}
+
+impl<K: Resource<DynamicType = ()>> Default for Backoff<K> {
+    fn default() -> Self {
+        Backoff { failures: Mutex::default() }
+    }
+}
+
+impl<K: Resource<DynamicType = ()>> Backoff<K> {
+    /// Records a failure of `obj` and returns how long to wait before retrying it.
+    pub fn failed(&self, obj: &K) -> Duration {
+        let n = self
+            .failures
+            .lock()
+            .map(|mut m| {
+                let n = m.entry(ObjectRef::from_obj(obj)).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
+            })
+            .unwrap_or(1);
+        delay(n)
+    }
+
+    /// Forgets the failures of `obj`.
+    pub fn succeeded(&self, obj: &K) {
+        if let Ok(mut m) = self.failures.lock() {
+            m.remove(&ObjectRef::from_obj(obj));
+        }
+    }
+}
+
+/// The wait after `n` consecutive failures.
+pub fn delay(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.saturating_sub(1).min(9)).min(MAX_DELAY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_from_one_second_to_five_minutes() {
+        let waits: Vec<u64> = (1..=11).map(|n| delay(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(delay(u32::MAX), MAX_DELAY);
+    }
+
+    #[test]
+    fn a_success_resets() {
+        let b: Backoff<k8s_openapi::api::core::v1::Secret> = Backoff::default();
+        let mut s = k8s_openapi::api::core::v1::Secret::default();
+        s.metadata.name = Some("x".into());
+        s.metadata.namespace = Some("ns".into());
+        assert_eq!(b.failed(&s), Duration::from_secs(1));
+        assert_eq!(b.failed(&s), Duration::from_secs(2));
+        b.succeeded(&s);
+        assert_eq!(b.failed(&s), Duration::from_secs(1));
+    }
+}
