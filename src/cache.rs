@@ -1,16 +1,26 @@
-//! Watch caches with a readiness signal that any number of tasks can wait on.
+//! Watch caches with a readiness signal that any number of tasks can wait on, and that skip (with a warning)
+//! objects that do not deserialize into Keyward's types.
 //!
 //! NB: kube-runtime's `Store::wait_until_ready` keeps a single waker: when two tasks wait on the same store (say a
 //! controller and a readiness probe), one of them may never wake. So readiness here comes from the watch stream
 //! itself (its first `InitDone`), published on a `tokio::sync::watch` channel, and `wait_until_ready` is called by
 //! at most one task per store: the controller that owns it.
+//!
+//! NB: a typed list fails as a whole when ONE item does not deserialize (an object stored before a schema
+//! tightening, or with a value of the wrong type written around the schema): the watcher would retry the list
+//! forever and no object of that kind would ever be reconciled. So objects are read as [`Tolerant`]: an unreadable
+//! one is logged and left out of the cache (a readable version cached before is dropped), the others go on.
+
+use std::borrow::Cow;
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 
 /// Whether a cache has its first full list. Cheap to clone; waiting is safe from any number of tasks.
 #[derive(Clone, Debug)]
@@ -29,8 +39,66 @@ impl Ready {
     }
 }
 
+/// An object as the API server sent it: typed, or, when it does not fit the type, its metadata and why not.
+#[derive(Clone, Debug)]
+pub enum Tolerant<K> {
+    Typed(K),
+    Unreadable { metadata: Box<ObjectMeta>, error: String },
+}
+
+impl<'de, K: DeserializeOwned> Deserialize<'de> for Tolerant<K> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        match K::deserialize(&value) {
+            Ok(k) => Ok(Tolerant::Typed(k)),
+            Err(e) => {
+                // Without readable metadata the object cannot even be named: that stays an error.
+                let metadata = ObjectMeta::deserialize(value.get("metadata").unwrap_or(&serde_json::Value::Null))
+                    .map_err(serde::de::Error::custom)?;
+                Ok(Tolerant::Unreadable { metadata: Box::new(metadata), error: e.to_string() })
+            }
+        }
+    }
+}
+
+impl<K: Resource> Resource for Tolerant<K> {
+    type DynamicType = K::DynamicType;
+    // NB: dynamic, so that one `Api` constructor serves namespaced and cluster-wide watches alike.
+    type Scope = kube::core::DynamicResourceScope;
+
+    fn kind(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::kind(dt)
+    }
+
+    fn group(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::group(dt)
+    }
+
+    fn version(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::version(dt)
+    }
+
+    fn plural(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        match self {
+            Tolerant::Typed(k) => k.meta(),
+            Tolerant::Unreadable { metadata, .. } => metadata,
+        }
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Tolerant::Typed(k) => k.meta_mut(),
+            Tolerant::Unreadable { metadata, .. } => metadata,
+        }
+    }
+}
+
 /// A watch of `api` reflected into a store. The returned stream must be polled (by a controller or a task) for
-/// the store to fill; its items are the watcher's events.
+/// the store to fill; its items are the watcher's events, without the objects that do not deserialize.
 pub fn reflected<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -41,10 +109,70 @@ where
 {
     let (reader, writer) = reflector::store();
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let events = watcher(api, config).default_backoff().reflect(writer).inspect(move |event| {
-        if matches!(event, Ok(watcher::Event::InitDone)) {
-            tx.send_replace(true);
-        }
-    });
+    let dt = K::DynamicType::default();
+    let namespace = api.namespace().map(str::to_string);
+    let client: kube::Client = api.into();
+    let tolerant: Api<Tolerant<K>> = match &namespace {
+        Some(ns) => Api::namespaced_with(client, ns, &dt),
+        None => Api::all_with(client, &dt),
+    };
+    let cached = reader.clone();
+    let events = watcher(tolerant, config)
+        .default_backoff()
+        .filter_map(move |event| futures::future::ready(event.map(|e| typed(e, &cached)).transpose()))
+        .reflect(writer)
+        .inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                tx.send_replace(true);
+            }
+        });
     (reader, Ready(rx), events)
+}
+
+/// The typed event, or none for an unreadable object (logged; a cached readable version of it is deleted).
+fn typed<K>(event: watcher::Event<Tolerant<K>>, cached: &Store<K>) -> Option<watcher::Event<K>>
+where
+    K: Resource + Clone,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    use watcher::Event;
+    let unreadable = |metadata: &ObjectMeta, error: &str| {
+        tracing::warn!(
+            kind = %K::kind(&K::DynamicType::default()),
+            namespace = metadata.namespace.as_deref(),
+            name = metadata.name.as_deref(),
+            error,
+            "skipping an object that does not deserialize (stored before a schema change, or written around the \
+             schema): it is not reconciled until it is fixed or deleted"
+        );
+        let name = metadata.name.clone().unwrap_or_default();
+        let at = ObjectRef::<K>::new(&name);
+        let at = match &metadata.namespace {
+            Some(ns) => at.within(ns),
+            None => at,
+        };
+        cached.get(&at).map(|old| Event::Delete((*old).clone()))
+    };
+    match event {
+        Event::Init => Some(Event::Init),
+        Event::InitDone => Some(Event::InitDone),
+        Event::InitApply(Tolerant::Typed(k)) => Some(Event::InitApply(k)),
+        Event::Apply(Tolerant::Typed(k)) => Some(Event::Apply(k)),
+        Event::Delete(Tolerant::Typed(k)) => Some(Event::Delete(k)),
+        // During a (re)list, leaving it out of the new list removes it from the cache.
+        Event::InitApply(Tolerant::Unreadable { metadata, error }) => {
+            unreadable(metadata.as_ref(), &error);
+            None
+        }
+        Event::Apply(Tolerant::Unreadable { metadata, error }) => unreadable(metadata.as_ref(), &error),
+        Event::Delete(Tolerant::Unreadable { metadata, .. }) => {
+            let name = metadata.name.clone().unwrap_or_default();
+            let at = ObjectRef::<K>::new(&name);
+            let at = match &metadata.namespace {
+                Some(ns) => at.within(ns),
+                None => at,
+            };
+            cached.get(&at).map(|old| Event::Delete((*old).clone()))
+        }
+    }
 }

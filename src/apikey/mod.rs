@@ -273,11 +273,20 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Erro
     let had_key = apikey.status.as_ref().is_some_and(|s| s.key_id.is_some() || s.rotation_count.unwrap_or(0) > 0);
     let jitter_key = format!("{ns}/{name}/{uid}");
     let rotation = RotationPlan::from_spec(apikey.spec.rotation.as_ref());
+    // NB: a format the schema would refuse can still be stored (before a schema tightening): it is a bad spec like a
+    // bad schedule (Ready=False InvalidSpec, the existing key kept), not a reconcile error retried forever.
+    let format = apikey.spec.format.clone().unwrap_or_default();
+    let spec_check = rotation.as_ref().map_err(ToString::to_string).and_then(|plan| {
+        keys::ResolvedFormat::resolve(&format).map(|_| plan).map_err(|e| match e {
+            keys::KeyError::InvalidSpec(m) => format!("format.{m}"),
+            e => format!("format: {e}"),
+        })
+    });
 
     // Decide.
     let decision: Decision = plan::decide(
         &Inputs { spec: &apikey.spec, rotate_request, secret: &state, had_key, jitter_key: &jitter_key, now },
-        rotation.as_ref().map_err(ToString::to_string),
+        spec_check,
     );
 
     // Apply: the Secret first, so that everything after it is derived from what was persisted.
