@@ -309,7 +309,7 @@ async fn a_statefulset_target_missing_at_first_is_a_condition_then_scales() {
         &policy(
             "gw",
             &format!(
-                "  limit: {{requests: 100, period: 1s}}\n  usage:\n    interval: 1s\n    scrape: {{urls: [\"{}\"], metric: {METRIC}}}\n  scaling:\n    targetRef: {{apiVersion: apps/v1, kind: StatefulSet, name: gateway}}\n    minReplicas: 1\n    maxReplicas: 6\n    capacityPerReplica: {{requests: 60, period: 1m}}\n    targetUtilization: 100",
+                "  limit: {{requests: 100, period: 1s}}\n  usage:\n    interval: 1s\n    scrape: {{urls: [\"{}\"], metric: {METRIC}}}\n  scaling:\n    targetRef: {{apiVersion: apps/v1, kind: StatefulSet, name: gateway}}\n    minReplicas: 1\n    maxReplicas: 6\n    capacityPerReplica: {{requests: 60, period: 1m}}\n    targetUtilization: 100\n    scaleDown: {{stabilizationWindow: 5s}}",
                 gw.url()
             ),
         ),
@@ -324,7 +324,9 @@ async fn a_statefulset_target_missing_at_first_is_a_condition_then_scales() {
         &ns,
         "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: gateway\nspec:\n  replicas: 1\n  serviceName: gateway\n  selector:\n    matchLabels: {app: gw}\n  template:\n    metadata:\n      labels: {app: gw}\n    spec:\n      containers:\n      - name: gw\n        image: registry.invalid/gateway:1\n",
     );
-    // 3 req/s at 1 req/s per replica: 3 replicas.
+    // 3 req/s at 1 req/s per replica: 3 replicas. NB: on a loaded machine one 1 s scrape interval can measure a
+    // rate a third too high (the rate is timed at poll start, not at the response), so the short scale-down window
+    // lets an overshoot settle back to 3.
     eventually(60, "3 replicas", || replicas(&ns, "statefulset/gateway").filter(|&r| r == 3)).await;
     let p = get_json(&ns, "rlp/gw").expect("policy");
     assert!(is(&p, "Ready", "True"), "{:?}", p["status"]);
