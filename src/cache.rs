@@ -136,6 +136,15 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     use watcher::Event;
+    // A Delete of the readable version cached for this object, if any.
+    let forget = |metadata: &ObjectMeta| {
+        let at = ObjectRef::<K>::new(metadata.name.as_deref().unwrap_or_default());
+        let at = match &metadata.namespace {
+            Some(ns) => at.within(ns),
+            None => at,
+        };
+        cached.get(&at).map(|old| Event::Delete((*old).clone()))
+    };
     let unreadable = |metadata: &ObjectMeta, error: &str| {
         tracing::warn!(
             kind = %K::kind(&K::DynamicType::default()),
@@ -145,13 +154,7 @@ where
             "skipping an object that does not deserialize (stored before a schema change, or written around the \
              schema): it is not reconciled until it is fixed or deleted"
         );
-        let name = metadata.name.clone().unwrap_or_default();
-        let at = ObjectRef::<K>::new(&name);
-        let at = match &metadata.namespace {
-            Some(ns) => at.within(ns),
-            None => at,
-        };
-        cached.get(&at).map(|old| Event::Delete((*old).clone()))
+        forget(metadata)
     };
     match event {
         Event::Init => Some(Event::Init),
@@ -165,14 +168,6 @@ where
             None
         }
         Event::Apply(Tolerant::Unreadable { metadata, error }) => unreadable(metadata.as_ref(), &error),
-        Event::Delete(Tolerant::Unreadable { metadata, .. }) => {
-            let name = metadata.name.clone().unwrap_or_default();
-            let at = ObjectRef::<K>::new(&name);
-            let at = match &metadata.namespace {
-                Some(ns) => at.within(ns),
-                None => at,
-            };
-            cached.get(&at).map(|old| Event::Delete((*old).clone()))
-        }
+        Event::Delete(Tolerant::Unreadable { metadata, .. }) => forget(metadata.as_ref()),
     }
 }
