@@ -148,6 +148,8 @@ async fn main() -> anyhow::Result<()> {
             log,
         } => {
             init_logging(log_format, &log)?;
+            // Signals are caught from here on, so a SIGTERM during start-up is a clean stop, not a kill.
+            let signal = keyward::operator::shutdown_signal();
             let client = client().await?;
             let leader_election = leader_elect.then(|| keyward::operator::leader::LeaderConfig {
                 lease_name,
@@ -168,7 +170,7 @@ async fn main() -> anyhow::Result<()> {
                 };
                 let shutdown = async move {
                     tokio::select! {
-                        () = keyward::operator::shutdown_signal() => {},
+                        () = signal => {},
                         () = stdin_closed => {},
                     }
                 };
@@ -181,7 +183,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 std::process::exit(0);
             } else {
-                keyward::operator::run(client, options, keyward::operator::shutdown_signal()).await?;
+                keyward::operator::run(client, options, signal).await?;
             }
         }
         Cmd::Rotate { name, namespace } => {
