@@ -10,6 +10,10 @@
 //! tightening, or with a value of the wrong type written around the schema): the watcher would retry the list
 //! forever and no object of that kind would ever be reconciled. So objects are read as [`Tolerant`]: an unreadable
 //! one is logged and left out of the cache (a readable version cached before is dropped), the others go on.
+//!
+//! Cached objects are slimmed before they are stored: `managedFields` and kubectl's
+//! `last-applied-configuration` annotation are dropped. Keyward reads neither, and together they were most of the
+//! memory of a cached ApiKey (the managed fields of a status with conditions are a deep JSON tree).
 
 use std::borrow::Cow;
 
@@ -120,6 +124,7 @@ where
     let events = watcher(tolerant, config)
         .default_backoff()
         .filter_map(move |event| futures::future::ready(event.map(|e| typed(e, &cached)).transpose()))
+        .modify(slim)
         .reflect(writer)
         .inspect(move |event| {
             if matches!(event, Ok(watcher::Event::InitDone)) {
@@ -127,6 +132,19 @@ where
             }
         });
     (reader, Ready(rx), events)
+}
+
+/// kubectl's client-side apply annotation: a copy of the whole object as last applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what Keyward never reads and what costs the most memory in a cache: managed fields and kubectl's copy
+/// of the last applied object.
+pub fn slim<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
 }
 
 /// The typed event, or none for an unreadable object (logged; a cached readable version of it is deleted).
@@ -169,5 +187,33 @@ where
         }
         Event::Apply(Tolerant::Unreadable { metadata, error }) => unreadable(metadata.as_ref(), &error),
         Event::Delete(Tolerant::Unreadable { metadata, .. }) => forget(metadata.as_ref()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ApiKey;
+
+    #[test]
+    fn slim_drops_managed_fields_and_last_applied_but_keeps_other_annotations() {
+        let mut k: ApiKey = serde_json::from_value(serde_json::json!({
+            "apiVersion": "keyward.dev/v1alpha1",
+            "kind": "ApiKey",
+            "metadata": {
+                "name": "a",
+                "namespace": "n",
+                "annotations": {"keyward.dev/rotate": "r1", LAST_APPLIED: "{\"spec\":{}}"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1",
+                                   "fieldsV1": {"f:spec": {}}}]
+            },
+            "spec": {}
+        }))
+        .expect("ApiKey");
+        slim(&mut k);
+        assert!(k.metadata.managed_fields.is_none());
+        let a = k.metadata.annotations.expect("annotations");
+        assert_eq!(a.get("keyward.dev/rotate").map(String::as_str), Some("r1"));
+        assert!(!a.contains_key(LAST_APPLIED));
     }
 }

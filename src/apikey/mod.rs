@@ -125,22 +125,47 @@ impl Context {
     }
 }
 
-/// Runs the controller until `shutdown` completes. `namespace` limits it to one namespace.
-pub async fn run(
+/// The ApiKey cache: shared with the RateLimitPolicy controller, filled by this controller polling its events.
+pub struct Keys<S> {
+    pub store: Store<ApiKey>,
+    pub ready: crate::cache::Ready,
+    pub events: S,
+}
+
+/// Runs the controller until `shutdown` completes. `namespace` limits it to one namespace; `keys` is the ApiKey
+/// cache of the same scope (see [`crate::cache::reflected`]).
+pub async fn run<S>(
     ctx: Arc<Context>,
     namespace: Option<String>,
+    keys: Keys<S>,
     concurrency: u16,
     synced: tokio::sync::oneshot::Sender<()>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) {
+) where
+    S: futures::Stream<Item = Result<watcher::Event<ApiKey>, watcher::Error>> + Send + 'static,
+{
     let client = ctx.client.clone();
-    let (apikeys, secrets): (Api<ApiKey>, Api<PartialObjectMeta<Secret>>) = match &namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+    let secrets: Api<PartialObjectMeta<Secret>> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     };
     // NB: metadata-only and label-filtered: Secret data never enters the watch cache.
     let secret_cfg = watcher::Config::default().labels(&format!("{}={}", book::MANAGED_BY_LABEL, book::MANAGED_BY));
-    let secret_stream = watcher(secrets, secret_cfg).default_backoff().touched_objects();
+    let own = ctx.clone();
+    let secret_stream = watcher(secrets, secret_cfg).default_backoff().filter_map(move |event| {
+        futures::future::ready(match event {
+            // NB: a version this controller wrote (or already checked) was handled by the reconcile that made it;
+            // reconciling again for it would only re-read, on a cached ApiKey whose status may not be in yet.
+            Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
+                let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
+                let rv = s.metadata.resource_version.as_deref().unwrap_or_default();
+                (!own.verified(&ns, &name, rv)).then_some(Ok(s))
+            }
+            Ok(watcher::Event::Delete(s)) => Some(Ok(s)),
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Err(e) => Some(Err(e)),
+        })
+    });
     let shutdown = crate::drain::Shutdown::new(shutdown);
     // Policies are cached; a deleted one triggers its keys, whose usage (written by the RateLimitPolicy
     // controller) is then cleared.
@@ -158,8 +183,11 @@ pub async fn run(
             Ok(_) => None,
         })
     });
-    let (keys, keys_ready, key_events) = crate::cache::reflected(apikeys, watcher::Config::default().any_semantic());
-    let controller = Controller::for_stream(key_events.applied_objects(), keys.clone());
+    let Keys { store: keys, ready: keys_ready, events: key_events } = keys;
+    // NB: only what this controller acts on triggers it: the spec (generation), annotations (rotation requests),
+    // deletion. Status writes (its own, and the RateLimitPolicy controller's usage) do not.
+    let triggers = key_events.applied_objects().predicate_filter(trigger_hash, Default::default());
+    let controller = Controller::for_stream(triggers, keys.clone());
     // Ready once both caches are in; then, every 30 s, deleted keys leave the metrics.
     let housekeeping = tokio::spawn({
         let (keys, ctx) = (keys.clone(), ctx.clone());
@@ -205,6 +233,15 @@ pub async fn run(
         .for_each(crate::drain::log_result);
     crate::drain::run_bounded(controller, shutdown.started, "ApiKey").await;
     housekeeping.abort();
+}
+
+/// What a change must alter to trigger a reconcile: generation, annotations, deletion.
+fn trigger_hash(k: &ApiKey) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let m = &k.metadata;
+    (m.generation, &m.annotations, m.deletion_timestamp.is_some()).hash(&mut h);
+    Some(h.finish())
 }
 
 /// How long a shutdown waits for in-flight reconciles.
@@ -560,5 +597,39 @@ async fn publish(ctx: &Context, apikey: &ApiKey, ev: Event) {
     ctx.metrics.api_write(CONTROLLER, "Event");
     if let Err(e) = recorder.publish(&ev, &apikey.object_ref(&())).await {
         tracing::warn!(error = %e, reason = %ev.reason, "could not publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(generation: i64, rotate: Option<&str>, key_id: Option<&str>) -> ApiKey {
+        let mut k: ApiKey = serde_json::from_value(serde_json::json!({
+            "apiVersion": "keyward.dev/v1alpha1",
+            "kind": "ApiKey",
+            "metadata": {"name": "a", "namespace": "n", "uid": "u", "generation": generation},
+            "spec": {}
+        }))
+        .expect("ApiKey");
+        if let Some(r) = rotate {
+            k.metadata.annotations = Some([(ROTATE_ANNOTATION.to_string(), r.to_string())].into());
+        }
+        k.status = Some(crate::api::ApiKeyStatus { key_id: key_id.map(Into::into), ..Default::default() });
+        k
+    }
+
+    #[test]
+    fn only_spec_annotations_and_deletion_trigger_a_reconcile() {
+        let base = trigger_hash(&key(1, None, None));
+        // A status write (ours, or the RateLimitPolicy controller's) is not a trigger.
+        assert_eq!(trigger_hash(&key(1, None, Some("abc"))), base);
+        assert_ne!(trigger_hash(&key(2, None, None)), base, "spec change");
+        assert_ne!(trigger_hash(&key(1, Some("r1"), None)), base, "rotation request");
+        assert_ne!(trigger_hash(&key(1, Some("r2"), None)), trigger_hash(&key(1, Some("r1"), None)));
+        let mut deleting = key(1, None, None);
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        assert_ne!(trigger_hash(&deleting), base, "deletion");
     }
 }

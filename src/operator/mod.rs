@@ -161,13 +161,30 @@ async fn controllers<F: Future<Output = ()> + Send + 'static>(
         let (apikey_synced, rx) = tokio::sync::oneshot::channel();
         synced.push(rx);
         let ctx = std::sync::Arc::new(crate::apikey::Context::new(client.clone(), metrics.clone()));
-        runs.push(tokio::spawn(crate::apikey::run(ctx, scope.clone(), options.concurrency, apikey_synced, stopped())));
+        // One ApiKey cache per scope, for both controllers.
+        let api: kube::Api<crate::api::ApiKey> = match &scope {
+            Some(ns) => kube::Api::namespaced(client.clone(), ns),
+            None => kube::Api::all(client.clone()),
+        };
+        let (store, ready, events) =
+            crate::cache::reflected(api, kube::runtime::watcher::Config::default().any_semantic());
+        let shared = (store.clone(), ready.clone());
+        let keys = crate::apikey::Keys { store, ready, events };
+        runs.push(tokio::spawn(crate::apikey::run(
+            ctx,
+            scope.clone(),
+            keys,
+            options.concurrency,
+            apikey_synced,
+            stopped(),
+        )));
         let (policy_synced, rx) = tokio::sync::oneshot::channel();
         synced.push(rx);
         runs.push(tokio::spawn(crate::ratelimit::run(
             client.clone(),
             metrics.clone(),
             scope,
+            shared,
             options.concurrency,
             policy_synced,
             stopped(),

@@ -110,22 +110,23 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
 }
 
-/// Runs the controller until `shutdown` completes. `namespace` limits it to one namespace.
+/// Runs the controller until `shutdown` completes. `namespace` limits it to one namespace. The ApiKeys that
+/// reference a policy come from `keys`, the ApiKey controller's cache of the same scope (filled by that
+/// controller); keys changing never triggers a poll.
 pub async fn run(
     client: kube::Client,
     metrics: Arc<Metrics>,
     namespace: Option<String>,
+    keys: (Store<ApiKey>, crate::cache::Ready),
     concurrency: u16,
     synced: tokio::sync::oneshot::Sender<()>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let (policies, apikeys): (Api<RateLimitPolicy>, Api<ApiKey>) = match &namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+    let policies: Api<RateLimitPolicy> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     };
-    // The ApiKeys that reference a policy come from a cache; keys changing never triggers a poll.
-    let (reader, keys_ready, key_events) = crate::cache::reflected(apikeys, watcher::Config::default().any_semantic());
-    let keys_watch = tokio::spawn(key_events.for_each(|_| futures::future::ready(())));
+    let (reader, keys_ready) = keys;
     let reporter = Reporter { controller: "keyward".into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -163,7 +164,6 @@ pub async fn run(
         .run(reconcile, error_policy, ctx)
         .for_each(crate::drain::log_result);
     crate::drain::run_bounded(controller, shutdown.started, "RateLimitPolicy").await;
-    keys_watch.abort();
     ready.abort();
 }
 
