@@ -15,14 +15,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::identity::{self, Identity, kind};
-use common::kube::{apikey, apply, decode, eventually, get_json, key_id, ready_reason};
+use common::kube::{apikey, apply, condition, decode, eventually, get_json, has_event, is, key_id, ready_reason};
 use common::operator::{Operator, start_with_env};
+use common::ratelimit::{METRIC, gateway_sim, hpa, policy, replicas, workload};
 use common::{control_plane_with_crds, kubectl, kubectl_ok, namespace};
-use keyward::devenv::traffic::TrafficSim;
 use serde_json::Value;
 
 const LOG: &str = "debug,hyper=info,tower=info,rustls=info,kube_client=info";
-const METRIC: &str = "gateway_requests_total";
 /// The chart's default `leaderElection.leaseName`.
 const LEASE: &str = "keyward-leader";
 
@@ -251,17 +250,13 @@ async fn rbac_in_effect(id: &Identity, objects: &[serde_yaml::Value]) {
     .await;
 }
 
-fn workload(kind: &str, name: &str, replicas: Option<i32>) -> String {
-    let replicas = replicas.map(|r| format!("  replicas: {r}\n")).unwrap_or_default();
-    let service = if kind == "StatefulSet" { format!("  serviceName: {name}\n") } else { String::new() };
-    format!(
-        "apiVersion: apps/v1\nkind: {kind}\nmetadata:\n  name: {name}\nspec:\n{replicas}{service}  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      containers:\n      - name: c\n        image: registry.invalid/{name}:1\n"
-    )
-}
-
-fn policy(name: &str, scrape_url: &str, limit: &str, scaling: &str) -> String {
-    format!(
-        "apiVersion: keyward.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata:\n  name: {name}\nspec:\n  limit: {limit}\n  usage:\n    interval: 1s\n    scrape: {{urls: [\"{scrape_url}\"], metric: {METRIC}}}\n  scaling:\n{scaling}\n"
+/// A RateLimitPolicy that scrapes `scrape_url` every second and scales as `scaling` (from [`scaling`]) says.
+fn scaling_policy(name: &str, scrape_url: &str, limit: &str, scaling: &str) -> String {
+    policy(
+        name,
+        &format!(
+            "  limit: {limit}\n  usage:\n    interval: 1s\n    scrape: {{urls: [\"{scrape_url}\"], metric: {METRIC}}}\n  scaling:\n{scaling}"
+        ),
     )
 }
 
@@ -269,38 +264,6 @@ fn scaling(kind: &str, name: &str, max: i32, capacity_rps: i32, utilization: i32
     format!(
         "    targetRef: {{apiVersion: apps/v1, kind: {kind}, name: {name}}}\n    minReplicas: 1\n    maxReplicas: {max}\n    capacityPerReplica: {{requests: {capacity_rps}, period: 1s}}\n    targetUtilization: {utilization}"
     )
-}
-
-fn condition(obj: &Value, type_: &str) -> Option<(String, String)> {
-    let c = obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?;
-    Some((c["status"].as_str()?.to_string(), c["reason"].as_str()?.to_string()))
-}
-
-fn is(obj: &Value, type_: &str, status: &str) -> bool {
-    condition(obj, type_).is_some_and(|(s, _)| s == status)
-}
-
-/// Reasons of the events on `kind/name`.
-fn event_reasons(ns: &str, kind: &str, name: &str) -> Vec<String> {
-    let out = kubectl_ok(&[
-        "get",
-        "events",
-        "-n",
-        ns,
-        "--field-selector",
-        &format!("involvedObject.kind={kind},involvedObject.name={name}"),
-        "-o",
-        "json",
-    ]);
-    let v: Value = serde_json::from_str(&out).expect("events json");
-    v["items"]
-        .as_array()
-        .map(|items| items.iter().filter_map(|e| e["reason"].as_str().map(str::to_string)).collect())
-        .unwrap_or_default()
-}
-
-fn replicas(ns: &str, what: &str) -> Option<i64> {
-    get_json(ns, what)?["spec"]["replicas"].as_i64()
 }
 
 fn restarted_at(ns: &str, what: &str) -> Option<String> {
@@ -336,7 +299,7 @@ async fn lifecycle(release: &str, release_ns: &str, ns: &str, outside: Option<&s
     .await;
 
     // Everything at once; the waits below overlap.
-    let gw = TrafficSim::start("127.0.0.1:0", METRIC, "api_key").await.expect("traffic simulator");
+    let gw = gateway_sim().await;
     let url = gw.url();
     let objects = [
         workload("Deployment", "web", Some(1)),
@@ -345,12 +308,17 @@ async fn lifecycle(release: &str, release_ns: &str, ns: &str, outside: Option<&s
         workload("Deployment", "gateway", Some(1)),
         workload("StatefulSet", "gateway-sts", Some(1)),
         workload("Deployment", "hpa-gw", Some(2)),
-        "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata:\n  name: hpa-gw\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: hpa-gw}\n  minReplicas: 2\n  maxReplicas: 4\n  metrics:\n  - type: Resource\n    resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}\n".to_string(),
+        hpa("hpa-gw"),
         // 250 req/s at 80% of 100 per replica: 4 replicas.
-        policy("tier", &url, "{requests: 300, period: 1s}", &scaling("Deployment", "gateway", 10, 100, 80)),
+        scaling_policy("tier", &url, "{requests: 300, period: 1s}", &scaling("Deployment", "gateway", 10, 100, 80)),
         // 250 req/s at 100% of 100 per replica: 3 replicas.
-        policy("sts", &url, "{requests: 1000, period: 1s}", &scaling("StatefulSet", "gateway-sts", 6, 100, 100)),
-        policy("hpa", &url, "{requests: 1000, period: 1s}", &scaling("Deployment", "hpa-gw", 10, 100, 80)),
+        scaling_policy(
+            "sts",
+            &url,
+            "{requests: 1000, period: 1s}",
+            &scaling("StatefulSet", "gateway-sts", 6, 100, 100),
+        ),
+        scaling_policy("hpa", &url, "{requests: 1000, period: 1s}", &scaling("Deployment", "hpa-gw", 10, 100, 80)),
         apikey(
             "restart",
             "  secretName: restart-key\n  rotation: {gracePeriod: 1m}\n  secretTemplate:\n    labels: {gateway.example.com/api-key: \"true\"}\n  rolloutRestart:\n  - {kind: Deployment, name: web}\n  - {kind: StatefulSet, name: db}\n  - {kind: DaemonSet, name: agent}",
@@ -468,10 +436,8 @@ async fn lifecycle(release: &str, release_ns: &str, ns: &str, outside: Option<&s
         ("RateLimitPolicy", "sts", "ScaledUp"),
         ("RateLimitPolicy", "hpa", "ScalingConflict"),
     ] {
-        op.until(20, &format!("a {reason} event on {kind} {name}"), || {
-            event_reasons(ns, kind, name).iter().any(|r| r == reason).then_some(())
-        })
-        .await;
+        op.until(20, &format!("a {reason} event on {kind} {name}"), || has_event(ns, kind, name, reason).then_some(()))
+            .await;
     }
 
     // Namespaced: what is outside the watched namespaces is never touched (nor asked for: no denial either).

@@ -8,133 +8,13 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::identity::{self, Identity, kind, parse_documents, run_helm, template, to_stream};
+use common::identity::{
+    self, all_of, app_version, ci_values, kind, name, ns_of, only, parse_documents, run_helm, strings, template,
+    to_stream,
+};
+use common::rbac::{CRD_RULES, Grant, LEASE_RULES, NAMESPACED_RULES, assert_grants, check_can_i, expand, grants};
 use common::{control_plane, control_plane_with_crds, kubectl, kubectl_ok, kubectl_stdin, namespace};
 use serde_yaml::Value;
-
-/// One RBAC rule: (apiGroups, resources, verbs, resourceNames).
-type Rule = (&'static [&'static str], &'static [&'static str], &'static [&'static str], &'static [&'static str]);
-
-/// The namespaced rules, one per API use in src/apikey, src/ratelimit and src/operator. The chart must grant exactly
-/// these (as a ClusterRole in cluster scope, as a Role in each watched namespace otherwise).
-const NAMESPACED_RULES: [Rule; 7] = [
-    (&["keyward.dev"], &["apikeys", "ratelimitpolicies"], &["list", "watch"], &[]),
-    (&["keyward.dev"], &["apikeys/status", "ratelimitpolicies/status"], &["patch"], &[]),
-    (&[""], &["secrets"], &["get", "list", "watch", "create", "update"], &[]),
-    (&["apps"], &["deployments", "statefulsets", "daemonsets"], &["get", "patch"], &[]),
-    (&["apps"], &["deployments/scale", "statefulsets/scale"], &["get", "patch"], &[]),
-    (&["autoscaling"], &["horizontalpodautoscalers"], &["list"], &[]),
-    (&["events.k8s.io"], &["events"], &["create", "patch"], &[]),
-];
-
-/// The one cluster-scoped read: the start-up check of the two CRDs, by name (`get` only: it reads each by name).
-const CRD_RULES: [Rule; 1] = [(
-    &["apiextensions.k8s.io"],
-    &["customresourcedefinitions"],
-    &["get"],
-    &["apikeys.keyward.dev", "ratelimitpolicies.keyward.dev"],
-)];
-
-/// Leader election, in the Lease's namespace: create (not limitable by name), the rest on the one Lease only.
-const LEASE_RULES: [Rule; 2] = [
-    (&["coordination.k8s.io"], &["leases"], &["create"], &[]),
-    (&["coordination.k8s.io"], &["leases"], &["get", "list", "watch", "patch"], &["keyward-leader"]),
-];
-
-/// A rule exploded into single grants: (group, resource, verb, name or "").
-type Grant = (String, String, String, String);
-
-fn expand(rules: &[Rule]) -> BTreeSet<Grant> {
-    let mut out = BTreeSet::new();
-    for (groups, resources, verbs, names) in rules {
-        for g in *groups {
-            for r in *resources {
-                for v in *verbs {
-                    if names.is_empty() {
-                        out.insert((g.to_string(), r.to_string(), v.to_string(), String::new()));
-                    }
-                    for n in *names {
-                        out.insert((g.to_string(), r.to_string(), v.to_string(), n.to_string()));
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_sequence().map(|s| s.iter().map(|x| x.as_str().expect("string").to_string()).collect()).unwrap_or_default()
-}
-
-/// The grants of a rendered (Cluster)Role; also checks no rule uses a wildcard or a non-resource URL.
-fn grants(role: &Value) -> BTreeSet<Grant> {
-    let mut out = BTreeSet::new();
-    for rule in role["rules"].as_sequence().expect("rules") {
-        assert!(rule.get("nonResourceURLs").is_none(), "unexpected nonResourceURLs in {rule:?}");
-        let (groups, resources, verbs, names) = (
-            strings(&rule["apiGroups"]),
-            strings(&rule["resources"]),
-            strings(&rule["verbs"]),
-            strings(&rule["resourceNames"]),
-        );
-        for s in groups.iter().chain(&resources).chain(&verbs).chain(&names) {
-            assert!(!s.contains('*'), "wildcard {s:?} in {rule:?}");
-        }
-        for g in &groups {
-            for r in &resources {
-                for v in &verbs {
-                    if names.is_empty() {
-                        out.insert((g.clone(), r.clone(), v.clone(), String::new()));
-                    }
-                    for n in &names {
-                        out.insert((g.clone(), r.clone(), v.clone(), n.clone()));
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Asserts the grants are exactly `want`, naming the extra and the missing ones.
-fn assert_grants(got: &BTreeSet<Grant>, want: &BTreeSet<Grant>, what: &str) {
-    let extra: Vec<&Grant> = got.difference(want).collect();
-    let missing: Vec<&Grant> = want.difference(got).collect();
-    assert!(
-        extra.is_empty() && missing.is_empty(),
-        "{what}: granted but not used: {extra:?}; used but not granted: {missing:?}"
-    );
-}
-
-fn name(o: &Value) -> &str {
-    o["metadata"]["name"].as_str().unwrap_or_default()
-}
-
-fn ns_of(o: &Value) -> &str {
-    o["metadata"]["namespace"].as_str().unwrap_or_default()
-}
-
-fn only<'a>(objects: &'a [Value], k: &str) -> &'a Value {
-    let found: Vec<&Value> = objects.iter().filter(|o| kind(o) == k).collect();
-    assert_eq!(found.len(), 1, "expected one {k}, found {}", found.len());
-    found[0]
-}
-
-fn all_of<'a>(objects: &'a [Value], k: &str) -> Vec<&'a Value> {
-    objects.iter().filter(|o| kind(o) == k).collect()
-}
-
-fn ci_values(file: &str) -> String {
-    identity::chart_dir().join("ci").join(file).to_string_lossy().into_owned()
-}
-
-fn app_version() -> String {
-    let chart: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(identity::chart_dir().join("Chart.yaml")).expect("Chart.yaml"))
-            .expect("Chart.yaml is YAML");
-    chart["appVersion"].as_str().expect("appVersion").to_string()
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // helm itself
@@ -522,31 +402,6 @@ fn the_api_server_accepts_every_rendering() {
     let objects = template("kw-dry", &ns, &["--set", "securityContext.allowPrivilegeEscalation=true"]);
     let warnings = server_dry_run(&objects, "privileged");
     assert!(warnings.contains("would violate PodSecurity \"restricted:latest\""), "no warning:\n{warnings}");
-}
-
-/// `kubectl auth can-i ARGS --as IDENTITY`.
-fn can_i(id: &Identity, args: &[&str]) -> bool {
-    let user = id.user();
-    let mut all = vec!["auth", "can-i"];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["--as", &user]);
-    let out = kubectl(&all);
-    let answer = String::from_utf8_lossy(&out.stdout);
-    match answer.split_whitespace().next() {
-        Some("yes") => true,
-        Some("no") => false,
-        _ => panic!("kubectl {}: {answer}{}", all.join(" "), String::from_utf8_lossy(&out.stderr)),
-    }
-}
-
-/// Checks every (expected answer, can-i arguments) and reports all the wrong answers at once.
-fn check_can_i(id: &Identity, cases: &[(bool, Vec<&str>)]) {
-    let wrong: Vec<String> = cases
-        .iter()
-        .filter(|(want, args)| can_i(id, args) != *want)
-        .map(|(want, args)| format!("can-i {} should be {}", args.join(" "), if *want { "yes" } else { "no" }))
-        .collect();
-    assert!(wrong.is_empty(), "RBAC of {}:\n{}", id.user(), wrong.join("\n"));
 }
 
 #[test]

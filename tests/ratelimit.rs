@@ -6,13 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::kube::{apikey, apply, eventually, get_json};
+use common::kube::{apikey, apply, condition, eventually, get_json, has_event, is};
 use common::prometheus::Prometheus;
+use common::ratelimit::{METRIC, gateway_sim, hpa, policy, replicas, workload};
 use common::{control_plane_with_crds, kubectl, kubectl_ok, namespace};
-use keyward::devenv::traffic::TrafficSim;
-use serde_json::Value;
-
-const METRIC: &str = "gateway_requests_total";
 
 async fn setup(test: &str) -> String {
     control_plane_with_crds().await;
@@ -20,67 +17,10 @@ async fn setup(test: &str) -> String {
     namespace(test)
 }
 
-async fn sim() -> TrafficSim {
-    TrafficSim::start("127.0.0.1:0", METRIC, "api_key").await.expect("traffic simulator")
-}
-
-fn deployment(name: &str, replicas: i32) -> String {
-    format!(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      containers:\n      - name: gw\n        image: registry.invalid/gateway:1\n"
-    )
-}
-
-fn policy(name: &str, spec: &str) -> String {
-    format!("apiVersion: keyward.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata:\n  name: {name}\nspec:\n{spec}\n")
-}
-
-fn replicas(ns: &str, what: &str) -> Option<i64> {
-    get_json(ns, what)?["spec"]["replicas"].as_i64()
-}
-
-fn condition(obj: &Value, type_: &str) -> Option<(String, String)> {
-    let c = obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?;
-    Some((c["status"].as_str()?.to_string(), c["reason"].as_str()?.to_string()))
-}
-
-fn is(obj: &Value, type_: &str, status: &str) -> bool {
-    condition(obj, type_).is_some_and(|(s, _)| s == status)
-}
-
-/// Reasons of the events on `kind/name`, in order.
-fn events(ns: &str, kind: &str, name: &str) -> Vec<(String, String)> {
-    let out = kubectl_ok(&[
-        "get",
-        "events",
-        "-n",
-        ns,
-        "--field-selector",
-        &format!("involvedObject.kind={kind},involvedObject.name={name}"),
-        "-o",
-        "json",
-    ]);
-    let v: Value = serde_json::from_str(&out).expect("events json");
-    v["items"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .map(|e| {
-                    (e["reason"].as_str().unwrap_or("").to_string(), e["message"].as_str().unwrap_or("").to_string())
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn has_event(ns: &str, kind: &str, name: &str, reason: &str) -> bool {
-    events(ns, kind, name).iter().any(|(r, _)| r == reason)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrape_source_marks_keys_near_limit_and_exhausted_and_clears_them() {
     let ns = setup("rlp_scrape_keys").await;
-    let gw = sim().await;
+    let gw = gateway_sim().await;
     apply(
         &ns,
         &policy(
@@ -160,9 +100,9 @@ async fn scrape_source_marks_keys_near_limit_and_exhausted_and_clears_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_usage_scales_the_gateway_up_then_down_after_the_window_and_holds_without_data() {
     let ns = setup("rlp_prometheus_scaling").await;
-    let gw = sim().await;
+    let gw = gateway_sim().await;
     let mut prom = Prometheus::start(&[gw.addr().to_string()]);
-    apply(&ns, &deployment("gateway", 1));
+    apply(&ns, &workload("Deployment", "gateway", Some(1)));
     apply(
         &ns,
         &policy(
@@ -224,7 +164,7 @@ async fn prometheus_usage_scales_the_gateway_up_then_down_after_the_window_and_h
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_override_raises_the_limit_and_reverts_on_its_own() {
     let ns = setup("rlp_override").await;
-    let gw = sim().await;
+    let gw = gateway_sim().await;
     let until = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(20);
     let until = jiff::Timestamp::from_second(until.as_second()).expect("until");
     apply(
@@ -268,12 +208,9 @@ async fn an_override_raises_the_limit_and_reverts_on_its_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_hpa_on_the_target_is_a_conflict_and_nothing_is_written() {
     let ns = setup("rlp_hpa_conflict").await;
-    let gw = sim().await;
-    apply(&ns, &deployment("gateway", 2));
-    apply(
-        &ns,
-        "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata:\n  name: gateway\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: gateway}\n  minReplicas: 2\n  maxReplicas: 4\n  metrics:\n  - type: Resource\n    resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}\n",
-    );
+    let gw = gateway_sim().await;
+    apply(&ns, &workload("Deployment", "gateway", Some(2)));
+    apply(&ns, &hpa("gateway"));
     apply(
         &ns,
         &policy(
@@ -303,7 +240,7 @@ async fn an_hpa_on_the_target_is_a_conflict_and_nothing_is_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statefulset_target_missing_at_first_is_a_condition_then_scales() {
     let ns = setup("rlp_statefulset").await;
-    let gw = sim().await;
+    let gw = gateway_sim().await;
     apply(
         &ns,
         &policy(
@@ -320,10 +257,7 @@ async fn a_statefulset_target_missing_at_first_is_a_condition_then_scales() {
     })
     .await;
     assert!(is(&p, "Ready", "False"));
-    apply(
-        &ns,
-        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: gateway\nspec:\n  replicas: 1\n  serviceName: gateway\n  selector:\n    matchLabels: {app: gw}\n  template:\n    metadata:\n      labels: {app: gw}\n    spec:\n      containers:\n      - name: gw\n        image: registry.invalid/gateway:1\n",
-    );
+    apply(&ns, &workload("StatefulSet", "gateway", Some(1)));
     // 3 req/s at 1 req/s per replica: 3 replicas. NB: on a loaded machine one 1 s scrape interval can measure a
     // rate a third too high (the rate is timed at poll start, not at the response), so the short scale-down window
     // lets an overshoot settle back to 3.
@@ -355,7 +289,7 @@ async fn a_hanging_source_does_not_stall_other_policies_or_keys() {
     // Accepts connections (the kernel's backlog) and never answers.
     let black_hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let hole = format!("http://{}/metrics", black_hole.local_addr().expect("addr"));
-    let gw = sim().await;
+    let gw = gateway_sim().await;
     let scrape = |url: &str| {
         format!(
             "  limit: {{requests: 100, period: 1s}}\n  usage:\n    interval: 2s\n    scrape: {{urls: [\"{url}\"], metric: {METRIC}}}"

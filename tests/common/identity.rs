@@ -136,3 +136,43 @@ pub fn write_kubeconfig(namespace: &str, sa: &str, path: &Path) {
     });
     std::fs::write(path, serde_yaml::to_string(&config).expect("serialize kubeconfig")).expect("write kubeconfig");
 }
+
+/// The values file `charts/keyward/ci/FILE`, as a path for `helm -f`.
+pub fn ci_values(file: &str) -> String {
+    chart_dir().join("ci").join(file).to_string_lossy().into_owned()
+}
+
+/// The chart's `appVersion` (the operator image's default tag).
+pub fn app_version() -> String {
+    let chart: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).expect("Chart.yaml"))
+            .expect("Chart.yaml is YAML");
+    chart["appVersion"].as_str().expect("appVersion").to_string()
+}
+
+/// The `metadata.name` of a rendered object.
+pub fn name(o: &Value) -> &str {
+    o["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+/// The `metadata.namespace` of a rendered object ("" when it has none).
+pub fn ns_of(o: &Value) -> &str {
+    o["metadata"]["namespace"].as_str().unwrap_or_default()
+}
+
+/// The one rendered object of kind `k`; panics unless there is exactly one.
+pub fn only<'a>(objects: &'a [Value], k: &str) -> &'a Value {
+    let found: Vec<&Value> = objects.iter().filter(|o| kind(o) == k).collect();
+    assert_eq!(found.len(), 1, "expected one {k}, found {}", found.len());
+    found[0]
+}
+
+/// Every rendered object of kind `k`.
+pub fn all_of<'a>(objects: &'a [Value], k: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| kind(o) == k).collect()
+}
+
+/// A YAML sequence of strings (e.g. a container's args); empty when absent.
+pub fn strings(v: &Value) -> Vec<String> {
+    v.as_sequence().map(|s| s.iter().map(|x| x.as_str().expect("string").to_string()).collect()).unwrap_or_default()
+}

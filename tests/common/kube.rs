@@ -53,3 +53,32 @@ pub fn apply(ns: &str, yaml: &str) {
     let out = super::kubectl_stdin(&["apply", "--server-side", "-n", ns, "-f", "-"], yaml);
     assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The condition `type_` of an object's status: (status, reason, message).
+pub fn condition(obj: &Value, type_: &str) -> Option<(String, String, String)> {
+    let c = obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?;
+    Some((c["status"].as_str()?.into(), c["reason"].as_str()?.into(), c["message"].as_str().unwrap_or("").into()))
+}
+
+/// Whether the condition `type_` has the status `status` ("True", "False").
+pub fn is(obj: &Value, type_: &str, status: &str) -> bool {
+    condition(obj, type_).is_some_and(|(s, ..)| s == status)
+}
+
+/// Reasons and messages of the events on `kind/name`, in order.
+pub fn events(ns: &str, kind: &str, name: &str) -> Vec<(String, String)> {
+    let sel = format!("involvedObject.kind={kind},involvedObject.name={name}");
+    let out = super::kubectl_ok(&["get", "events", "-n", ns, "--field-selector", &sel, "-o", "json"]);
+    let v: Value = serde_json::from_str(&out).expect("events json");
+    v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| (e["reason"].as_str().unwrap_or("").to_string(), e["message"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+/// Whether an event with `reason` was published on `kind/name`.
+pub fn has_event(ns: &str, kind: &str, name: &str, reason: &str) -> bool {
+    events(ns, kind, name).iter().any(|(r, _)| r == reason)
+}

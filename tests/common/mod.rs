@@ -6,6 +6,8 @@ pub mod identity;
 pub mod kube;
 pub mod operator;
 pub mod prometheus;
+pub mod ratelimit;
+pub mod rbac;
 
 use std::path::PathBuf;
 use std::process::Output;

@@ -5,108 +5,30 @@
 //!
 //! Both tests start their own operator and run one at a time: the first swaps the CRDs, which every namespace sees.
 
+#[path = "../common/mod.rs"]
 mod common;
+mod leak;
+mod malformed;
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::kube::{apikey, apply, decode, eventually, get_json, key_id};
+use common::kube::{apikey, apply, condition, decode, eventually, get_json, has_event, key_id};
+use common::ratelimit::{METRIC, gateway_sim, policy, workload};
 use common::{control_plane, control_plane_with_crds, kubectl, kubectl_ok, kubectl_stdin, namespace, operator};
 use k8s_openapi::api::core::v1::Secret;
-use keyward::devenv::traffic::TrafficSim;
 use kube::api::{Api, ListParams};
-use serde::Deserialize;
 use serde_json::{Value, json};
+
+use leak::{PIECE, Scanner, Seen, announced_key_ids, poll_keys, record, settle};
+use malformed::{BAD, create, loosen_crds, manifest, restore_crds, short, warned_about};
 
 /// The tests of this file run one at a time: the CRD swap changes what every namespace accepts.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const METRIC: &str = "gateway_requests_total";
-
 // ---------------------------------------------------------------------------------------------------------------
-// Helpers
-
-/// `keyward crd`, as the CRD objects.
-fn real_crds() -> Vec<Value> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyward")).arg("crd").output().expect("keyward crd");
-    assert!(out.status.success(), "keyward crd: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).expect("utf8");
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).expect("CRD yaml"))
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-/// Applies Keyward's CRDs with every `spec` schema replaced by "any object": the state of a cluster before a schema
-/// tightening. Waits until the API server stores what the real schema refuses.
-async fn loosen_crds(ns: &str) {
-    for mut crd in real_crds() {
-        for v in crd["spec"]["versions"].as_array_mut().expect("versions") {
-            v["schema"]["openAPIV3Schema"]["properties"]["spec"] =
-                json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
-        }
-        let out = kubectl_stdin(&["apply", "--server-side", "--force-conflicts", "-f", "-"], &crd.to_string());
-        assert!(out.status.success(), "loosen CRD: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let probe = apikey("probe-loose", "  rotation: {interval: soon}");
-    eventually(30, "the loose schema in force", || {
-        kubectl_stdin(&["create", "--dry-run=server", "-n", ns, "-f", "-"], &probe).status.success().then_some(())
-    })
-    .await;
-}
-
-/// `keyward crd | kubectl apply --server-side --force-conflicts -f -`; waits until the real schema is in force.
-async fn restore_crds(ns: &str) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyward")).arg("crd").output().expect("keyward crd");
-    let yaml = String::from_utf8(out.stdout).expect("utf8");
-    let out = kubectl_stdin(&["apply", "--server-side", "--force-conflicts", "-f", "-"], &yaml);
-    assert!(out.status.success(), "restore CRDs: {}", String::from_utf8_lossy(&out.stderr));
-    let probe = apikey("probe-strict", "  rotation: {interval: soon}");
-    eventually(30, "the real schema in force", || {
-        (!kubectl_stdin(&["create", "--dry-run=server", "-n", ns, "-f", "-"], &probe).status.success()).then_some(())
-    })
-    .await;
-}
-
-/// `kubectl create` of a manifest (no server-side apply: the loose schema has no field structure to merge by).
-fn create(ns: &str, yaml: &str) {
-    let out = kubectl_stdin(&["create", "-n", ns, "-f", "-"], yaml);
-    assert!(out.status.success(), "create failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn policy(name: &str, spec: &str) -> String {
-    format!("apiVersion: keyward.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata:\n  name: {name}\nspec:\n{spec}\n")
-}
-
-fn deployment(name: &str, replicas: i32) -> String {
-    format!(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      containers:\n      - name: c\n        image: registry.invalid/app:1\n"
-    )
-}
-
-/// The condition of `type_`: status, reason, message.
-fn condition(obj: &Value, type_: &str) -> Option<(String, String, String)> {
-    let c = obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?;
-    Some((c["status"].as_str()?.into(), c["reason"].as_str()?.into(), c["message"].as_str().unwrap_or("").into()))
-}
-
-/// Reasons and messages of the events on `kind/name`.
-fn events(ns: &str, kind: &str, name: &str) -> Vec<(String, String)> {
-    let sel = format!("involvedObject.kind={kind},involvedObject.name={name}");
-    let out = kubectl_ok(&["get", "events", "-n", ns, "--field-selector", &sel, "-o", "json"]);
-    let v: Value = serde_json::from_str(&out).expect("events json");
-    v["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| (e["reason"].as_str().unwrap_or("").to_string(), e["message"].as_str().unwrap_or("").to_string()))
-        .collect()
-}
-
-fn has_event(ns: &str, kind: &str, name: &str, reason: &str) -> bool {
-    events(ns, kind, name).iter().any(|(r, _)| r == reason)
-}
+// Helpers of both tests
 
 /// Stops an operator this test started (SIGTERM, then SIGKILL after 15 s), so the next test has the cluster alone.
 fn stop(mut op: operator::Operator) {
@@ -127,91 +49,15 @@ async fn http_get(url: &str) -> Option<(u16, String)> {
     Some((code, resp.text().await.ok()?))
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// 1. Malformed objects
-
-/// What the test stores with the schema loosened, and what the operator must say about each.
-struct Bad {
-    kind: &'static str,
-    name: &'static str,
-    spec: &'static str,
-    /// The field the InvalidSpec message names; None when the object does not even deserialize into Keyward's
-    /// types (then: a warning in the log, nothing else blocked).
-    field: Option<&'static str>,
-}
-
-const BAD: &[Bad] = &[
-    Bad {
-        kind: "ApiKey",
-        name: "bad-interval",
-        spec: "  rotation: {interval: soon}",
-        field: Some("rotation.interval"),
-    },
-    Bad { kind: "ApiKey", name: "bad-zero", spec: "  rotation: {interval: 0s}", field: Some("rotation.interval") },
-    Bad {
-        kind: "ApiKey",
-        name: "bad-cron",
-        spec: "  rotation: {schedule: \"61 * * * *\"}",
-        field: Some("rotation.schedule"),
-    },
-    Bad {
-        kind: "ApiKey",
-        name: "bad-grace",
-        spec: "  rotation: {interval: 1h, gracePeriod: 2 days}",
-        field: Some("rotation.gracePeriod"),
-    },
-    Bad {
-        kind: "ApiKey",
-        name: "bad-zone",
-        spec: "  rotation: {schedule: \"0 3 * * *\", timeZone: Mars/Olympus_Mons}",
-        field: Some("rotation.timeZone"),
-    },
-    Bad {
-        kind: "ApiKey",
-        name: "bad-entropy",
-        spec: "  format: {entropyBytes: 4}",
-        field: Some("format.entropyBytes"),
-    },
-    Bad { kind: "ApiKey", name: "bad-type", spec: "  rotation: weekly", field: None },
-    Bad { kind: "ApiKey", name: "bad-enum", spec: "  format: {encoding: base32}", field: None },
-    Bad { kind: "ApiKey", name: "bad-bool", spec: "  suspended: \"yes please\"", field: None },
-    Bad {
-        kind: "RateLimitPolicy",
-        name: "bad-period",
-        spec: "  limit: {requests: 10, period: 0s}",
-        field: Some("limit.period"),
-    },
-    Bad {
-        kind: "RateLimitPolicy",
-        name: "bad-poll",
-        spec: "  limit: {requests: 10, period: 1m}\n  usage: {interval: soon}",
-        field: Some("usage.interval"),
-    },
-    Bad { kind: "RateLimitPolicy", name: "bad-limit", spec: "  limit: lots", field: None },
-];
-
-fn manifest(kind: &str, name: &str, spec: &str) -> String {
-    match kind {
-        "ApiKey" => apikey(name, spec),
-        _ => policy(name, spec),
-    }
-}
-
-fn short(kind: &str) -> &'static str {
-    if kind == "ApiKey" { "apikey" } else { "rlp" }
-}
-
-/// A WARN line of the operator's log that names `name`.
-fn warned_about(op: &operator::Operator, name: &str) -> bool {
-    op.log_text().lines().any(|l| l.contains("WARN") && l.contains(name))
-}
-
 fn ready_key(ns: &str, name: &str) -> Option<Value> {
     get_json(ns, &format!("apikey/{name}")).filter(|a| {
         condition(a, "Ready").is_some_and(|(s, r, _)| s == "True" && r == "KeyIssued")
             && get_json(ns, &format!("secret/{name}")).and_then(|s| decode(&s, "api-key")).is_some()
     })
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// 1. Malformed objects
 
 #[tokio::test]
 async fn malformed_objects_do_not_stall_the_others() {
@@ -340,109 +186,6 @@ async fn malformed_objects_do_not_stall_the_others() {
 // ---------------------------------------------------------------------------------------------------------------
 // 2. Leak scan
 
-/// Every key value seen so far, from polling the Secrets' `api-key` and `previous-api-key`.
-type Seen = Arc<Mutex<BTreeSet<String>>>;
-
-fn record(seen: &Seen, secrets: &[Secret]) {
-    let mut seen = seen.lock().expect("seen");
-    for s in secrets {
-        for k in ["api-key", "previous-api-key"] {
-            if let Some(v) = s.data.as_ref().and_then(|d| d.get(k))
-                && let Ok(text) = String::from_utf8(v.0.clone())
-            {
-                seen.insert(text);
-            }
-        }
-    }
-}
-
-/// Polls the namespace's Secrets every 100 ms until `stop` is set.
-fn poll_keys(
-    client: kube::Client,
-    ns: &str,
-    seen: Seen,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> tokio::task::JoinHandle<u64> {
-    let api: Api<Secret> = Api::namespaced(client, ns);
-    tokio::spawn(async move {
-        let mut polls = 0u64;
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            if let Ok(list) = api.list(&ListParams::default()).await {
-                record(&seen, &list.items);
-                polls += 1;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        polls
-    })
-}
-
-/// Every 12-byte piece of every key, and of every key's base64 (a Secret's data as the API shows it), each with the
-/// fingerprint of its key: what a report may show.
-struct Scanner {
-    owners: HashMap<[u8; PIECE], String>,
-}
-
-const PIECE: usize = 12;
-
-impl Scanner {
-    fn new(keys: &BTreeSet<String>) -> Scanner {
-        use base64::Engine;
-        let mut owners = HashMap::new();
-        for key in keys {
-            let b64 = base64::engine::general_purpose::STANDARD.encode(key);
-            for form in [key.as_bytes(), b64.as_bytes()] {
-                for w in form.windows(PIECE) {
-                    let piece: [u8; PIECE] = w.try_into().expect("12 bytes");
-                    owners.entry(piece).or_insert_with(|| key_id(key));
-                }
-            }
-        }
-        Scanner { owners }
-    }
-
-    /// The fingerprints of the keys a piece of which occurs in `haystack`, without the pieces themselves.
-    fn hits(&self, haystack: &[u8]) -> BTreeSet<String> {
-        haystack
-            .windows(PIECE)
-            .filter_map(|w| {
-                let piece: [u8; PIECE] = w.try_into().ok()?;
-                self.owners.get(&piece).cloned()
-            })
-            .collect()
-    }
-}
-
-/// 12-hex-character key ids named in the notes of the events that announce a new key.
-fn announced_key_ids(events_json: &str) -> BTreeSet<String> {
-    let v: Value = serde_json::from_str(events_json).expect("events json");
-    let mut ids = BTreeSet::new();
-    for e in v["items"].as_array().into_iter().flatten() {
-        let reason = e["reason"].as_str().unwrap_or("");
-        if !["Issued", "Rotated", "KeyRegenerated", "KeyTampered"].contains(&reason) {
-            continue;
-        }
-        let note = e["message"].as_str().or(e["note"].as_str()).unwrap_or("");
-        // "issued key <id> ...", "rotated to key <id>...", "a NEW key <id>", "replaced by key <id>": the first id.
-        let words: Vec<&str> = note.split(|c: char| !c.is_ascii_alphanumeric()).collect();
-        if let Some(id) =
-            words.windows(2).find(|w| w[0] == "key" && w[1].len() == 12 && w[1].chars().all(|c| c.is_ascii_hexdigit()))
-        {
-            ids.insert(id[1].to_string());
-        }
-    }
-    ids
-}
-
-/// Waits until the poller has seen the key the ApiKey's status names, before the test replaces or removes it.
-async fn settle(seen: &Seen, ns: &str, name: &str) {
-    eventually(30, &format!("the current key of {name} collected"), || {
-        let id = get_json(ns, &format!("apikey/{name}"))?["status"]["keyId"].as_str()?.to_string();
-        seen.lock().expect("seen").iter().any(|k| key_id(k) == id).then_some(())
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_lifecycle_leaks_no_key_material() {
     let _serial = SERIAL.lock().await;
@@ -455,9 +198,9 @@ async fn a_full_lifecycle_leaks_no_key_material() {
 
     // Everything at debug level, including the Kubernetes client and HTTP stacks.
     let op = operator::start_with_args("faults-leak", "debug", &["--namespace", &ns]);
-    let gw = TrafficSim::start("127.0.0.1:0", METRIC, "api_key").await.expect("traffic simulator");
-    apply(&ns, &deployment("gateway", 1));
-    apply(&ns, &deployment("consumer", 1));
+    let gw = gateway_sim().await;
+    apply(&ns, &workload("Deployment", "gateway", Some(1)));
+    apply(&ns, &workload("Deployment", "consumer", Some(1)));
     apply(
         &ns,
         &policy(

@@ -1,0 +1,273 @@
+//! Keyward's benchmark: the figures of issue 6, measured side by side in one run on the local control plane.
+//!
+//! ```text
+//! cargo run --release --example bench -- --keys 1000 --idle-secs 30     # quick: a few minutes
+//! cargo run --release --example bench -- --keys 10000                   # the issue's configuration
+//! ```
+//!
+//! Progress goes to standard error; the last line on standard output is one JSON object with every figure. Phases:
+//!
+//! - **ceiling**: a plain kube client, no controller logic, does for N ApiKeys (created beforehand, untimed, in a
+//!   namespace no operator watches) exactly the writes Keyward does per new key: one Secret create and one
+//!   server-side-apply status write, the same objects built by the same pure functions, `--concurrency` at a time.
+//!   Objects per second is the API server's write ceiling on this machine.
+//! - **cold start, preapplied**: N ApiKeys exist, then `keyward run` starts: process start → all Ready.
+//! - **cold start**: the operator runs; N more ApiKeys are applied (server-side apply, `--apply-concurrency` at a
+//!   time): first apply → all Ready. `ratio` is its keys/s over the ceiling.
+//! - **memory**: the operator's peak RSS (`VmHWM`) once N ApiKeys and their Secrets exist (`rss_mib`), and at the end.
+//! - **herd**: `--herd-keys` ApiKeys with the same daily cron schedule (no jitter), due at one whole minute chosen
+//!   so they are all issued first; per key the lag from the due time to the moment this program's watch sees the
+//!   rotated Secret (so the watch delivery is included: an upper bound), p50/p99.
+//! - **idle**: `keyward_api_writes_total` from the operator's /metrics, before and after `--idle-secs` with nothing due.
+//! - **scale reaction**: a RateLimitPolicy scraping an in-process `TrafficSim` every 1 s scales a Deployment. The
+//!   traffic is changed right after a poll, so the next poll crosses the threshold. Poll → write is the time between
+//!   the operator's own log lines: the debug line `usage polled` (written the moment a poll's answer is in) and the
+//!   info line `scaled` (written once the scale write has returned), both from the same reconcile.
+//!
+//! The operator is the real binary (`target/<profile>/keyward`, built first with cargo when run through cargo),
+//! started as `keyward run --namespace bench --concurrency 16 --http-addr 127.0.0.1:0 --log-format json`.
+//!
+//! This file runs the phases in order and assembles the JSON object. One module per phase (`ceiling`, `cold_start`,
+//! `herd`, `idle`, `scale`); `operator` runs `keyward run` and reads its log and /metrics; `watch` times ApiKeys and
+//! Secrets from outside; `writes` holds this program's own API writes; `report` the machine, memory and targets;
+//! `cli` the flags.
+
+/// A progress line on standard error, stamped with the seconds since this program started. Defined before the
+/// modules, so that they can use it too.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        let message = format!($($t)*);
+        eprintln!(
+            "[bench {:>7.1}s] {message}",
+            $crate::START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64()
+        )
+    }};
+}
+
+mod ceiling;
+mod cli;
+mod cold_start;
+mod herd;
+mod idle;
+mod operator;
+mod report;
+mod scale;
+mod watch;
+mod writes;
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use clap::Parser;
+use kube::api::Api;
+use serde_json::{Map, Value, json};
+
+use keyward::api::ApiKey;
+use keyward::devenv::ControlPlane;
+
+use ceiling::ceiling;
+use cli::{Args, keyward_bin};
+use cold_start::cold_start;
+use herd::herd;
+use idle::idle;
+use operator::Operator;
+use report::{machine, r3, record_rss, targets};
+use scale::scale;
+use watch::Tracker;
+use writes::{apply_keys, create_namespace};
+
+/// The namespace the operator watches.
+const NS: &str = "bench";
+/// The ceiling's namespace: no operator watches it.
+const CEILING_NS: &str = "bench-ceiling";
+/// Label on every ApiKey (and, through `secretTemplate`, Secret) naming the phase that created it.
+const PHASE: &str = "bench.keyward.dev/phase";
+const MANAGER: &str = "keyward-bench";
+
+/// When this program started: the time base of its progress lines.
+static START: OnceLock<Instant> = OnceLock::new();
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    START.get_or_init(Instant::now);
+    let args = Args::parse();
+    ensure!(args.keys > 0, "--keys must be at least 1");
+    ensure!(args.concurrency > 0 && args.apply_concurrency > 0, "concurrency must be at least 1");
+    let n = args.keys;
+    let herd_n = args.herd_keys.unwrap_or(n.min(1000));
+    let timeout = Duration::from_secs(args.phase_timeout_secs.unwrap_or(120 + n as u64 / 10));
+    let conc = usize::from(args.concurrency);
+
+    let mut out = Map::new();
+    let mut errors: Vec<String> = Vec::new();
+    let mut durations = Map::new();
+    out.insert("keys".into(), json!(n));
+    out.insert("herd_keys".into(), json!(if args.skip_herd { 0 } else { herd_n }));
+    out.insert("concurrency".into(), json!(args.concurrency));
+    out.insert("apply_concurrency".into(), json!(args.apply_concurrency));
+    let machine = machine();
+    say!("machine: {machine}");
+    out.insert("machine".into(), machine);
+
+    let bin = keyward_bin(&args)?;
+    say!("operator binary: {}", bin.display());
+    let tmp = tempfile::Builder::new().prefix("keyward-bench-").tempdir().context("temporary directory")?;
+    let dir = tmp.path().to_path_buf();
+    say!("starting the local control plane in {}", dir.display());
+    let t = Instant::now();
+    let cp = tokio::task::spawn_blocking({
+        let dir = dir.join("cp");
+        move || ControlPlane::start(&dir)
+    })
+    .await??;
+    say!("control plane ready in {:.1}s", t.elapsed().as_secs_f64());
+    let client = cp.client().await?;
+    keyward::operator::crds::install(client.clone()).await?;
+    for ns in [NS, CEILING_NS] {
+        create_namespace(&client, ns).await?;
+    }
+    say!("CRDs installed; namespaces {NS} and {CEILING_NS} created");
+
+    // --- ceiling -------------------------------------------------------------------------------------------------
+    let mut ceiling_per_s = None;
+    if !args.skip_ceiling {
+        match ceiling(&client, n, conc).await {
+            Ok((per_s, secs, setup)) => {
+                say!("ceiling: {n} × (Secret create + status apply) in {secs:.2}s = {per_s:.1} objects/s");
+                ceiling_per_s = Some(per_s);
+                out.insert("ceiling_per_s".into(), json!(r3(per_s)));
+                durations.insert("ceiling_s".into(), json!(r3(secs)));
+                durations.insert("ceiling_setup_untimed_s".into(), json!(r3(setup)));
+            }
+            Err(e) => errors.push(format!("ceiling: {e:#}")),
+        }
+    }
+
+    let keys_api: Api<ApiKey> = Api::namespaced(client.clone(), NS);
+
+    // --- cold start, preapplied ----------------------------------------------------------------------------------
+    let mut pre_tracker = None;
+    if !args.skip_preapplied {
+        let t = Instant::now();
+        let tracker = Tracker::start(keys_api.clone(), "pre").await?;
+        apply_keys(&keys_api, (0..n).map(|i| format!("pre-{i:05}")), "pre", json!({}), args.apply_concurrency).await?;
+        say!("preapplied: {n} ApiKeys applied (no operator yet) in {:.1}s", t.elapsed().as_secs_f64());
+        durations.insert("preapplied_apply_s".into(), json!(r3(t.elapsed().as_secs_f64())));
+        pre_tracker = Some(tracker);
+    }
+
+    let mut op = Operator::start(&bin, cp.kubeconfig(), &dir.join("operator.log"), args.concurrency).await?;
+    say!("operator pid {} serving on {} (log {})", op.pid, op.addr, op.log.display());
+
+    if let Some(tracker) = pre_tracker.as_mut() {
+        match tracker.wait_ready(n, op.spawned, timeout, "preapplied").await {
+            Ok(last) => {
+                let secs = last.duration_since(op.spawned).as_secs_f64();
+                let per_s = n as f64 / secs;
+                say!("preapplied cold start: {n} keys Ready {secs:.2}s after the operator started = {per_s:.1} keys/s");
+                out.insert("cold_start_preapplied_per_s".into(), json!(r3(per_s)));
+                out.insert("ratio_preapplied".into(), json!(ceiling_per_s.map(|c| r3(per_s / c))));
+                durations.insert("cold_start_preapplied_s".into(), json!(r3(secs)));
+            }
+            Err(e) => errors.push(format!("preapplied cold start: {e:#}")),
+        }
+    }
+    let synced = op.wait_synced(timeout).await;
+    match synced {
+        Ok(at) => {
+            durations.insert("operator_caches_synced_s".into(), json!(r3(at.duration_since(op.spawned).as_secs_f64())));
+        }
+        Err(e) => errors.push(format!("operator sync: {e:#}")),
+    }
+    if !args.skip_preapplied {
+        record_rss(&mut out, "rss", op.pid);
+        say!("memory with {n} ApiKeys and Secrets: peak {} MiB", out["rss_mib"]);
+    }
+
+    // --- cold start with the operator running --------------------------------------------------------------------
+    let mut cold_rate = None;
+    match cold_start(&keys_api, n, args.apply_concurrency, timeout).await {
+        Ok((secs, apply_secs)) => {
+            let per_s = n as f64 / secs;
+            say!(
+                "cold start: {n} keys applied and Ready in {secs:.2}s = {per_s:.1} keys/s (apply took {apply_secs:.2}s)"
+            );
+            cold_rate = Some(per_s);
+            out.insert("cold_start_per_s".into(), json!(r3(per_s)));
+            out.insert("ratio".into(), json!(ceiling_per_s.map(|c| r3(per_s / c))));
+            durations.insert("cold_start_s".into(), json!(r3(secs)));
+            durations.insert("cold_start_apply_s".into(), json!(r3(apply_secs)));
+        }
+        Err(e) => errors.push(format!("cold start: {e:#}")),
+    }
+    if args.skip_preapplied {
+        record_rss(&mut out, "rss", op.pid);
+        say!("memory with {n} ApiKeys and Secrets: peak {} MiB", out["rss_mib"]);
+    }
+
+    // --- herd ----------------------------------------------------------------------------------------------------
+    if !args.skip_herd && herd_n > 0 {
+        match herd(&client, herd_n, cold_rate, args.apply_concurrency, timeout).await {
+            Ok(h) => {
+                say!("herd: {}", Value::Object(h.clone()));
+                for (k, v) in h {
+                    if ["herd_lead_s", "herd_issue_s", "herd_statuses_settled_s"].contains(&k.as_str()) {
+                        durations.insert(k, v);
+                    } else {
+                        out.insert(k, v);
+                    }
+                }
+            }
+            Err(e) => errors.push(format!("herd: {e:#}")),
+        }
+    }
+
+    // --- idle ----------------------------------------------------------------------------------------------------
+    if !args.skip_idle {
+        match idle(&op, Duration::from_secs(args.idle_secs)).await {
+            Ok((total, by_kind)) => {
+                say!("idle: {total} API writes in {}s ({by_kind:?})", args.idle_secs);
+                out.insert("idle_writes".into(), json!(total));
+                out.insert("idle_writes_by_kind".into(), json!(by_kind));
+                durations.insert("idle_s".into(), json!(args.idle_secs));
+            }
+            Err(e) => errors.push(format!("idle: {e:#}")),
+        }
+    }
+
+    // --- scale reaction ------------------------------------------------------------------------------------------
+    if !args.skip_scale {
+        match scale(&client, &mut op, args.scale_trials).await {
+            Ok(s) => {
+                say!("scale: {}", Value::Object(s.clone()));
+                durations.insert("scale_poll_interval_s".into(), json!(1));
+                out.extend(s);
+            }
+            Err(e) => errors.push(format!("scale reaction: {e:#}")),
+        }
+    }
+
+    record_rss(&mut out, "rss_end", op.pid);
+    out.insert("operator_warnings".into(), json!(op.state().warnings));
+    out.insert("operator_warning_samples".into(), json!(op.state().warning_samples.iter().collect::<Vec<_>>()));
+    op.stop().await;
+    durations.insert("phase_timeout_s".into(), json!(timeout.as_secs()));
+    durations.insert("total_s".into(), json!(r3(START.get_or_init(Instant::now).elapsed().as_secs_f64())));
+    out.insert("durations".into(), Value::Object(durations));
+    out.insert("targets_met".into(), targets(&out));
+    for e in &errors {
+        say!("ERROR {e}");
+    }
+    out.insert("errors".into(), json!(errors));
+
+    drop(pre_tracker);
+    say!("stopping the control plane");
+    drop(cp);
+    if args.keep_dir {
+        let kept = tmp.keep();
+        say!("kept {}", kept.display());
+    }
+    println!("{}", Value::Object(out));
+    Ok(())
+}
