@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod cache;
 pub mod cli;
 pub mod conditions;
+pub mod crashpoint;
 pub mod devenv;
 pub mod drain;
 pub mod keys;

@@ -374,6 +374,7 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Erro
             );
             let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
             ctx.metrics.api_write(CONTROLLER, "Secret");
+            crate::crashpoint::before_secret_write(action);
             let written = if matches!(state, SecretState::Missing) {
                 secrets.create(&pp, &desired).await.map_err(serr("create"))?
             } else {
@@ -381,6 +382,7 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Erro
                 // instance, a user) changed the Secret since, this fails with 409 and the next reconcile re-reads.
                 secrets.replace(&secret_name, &pp, &desired).await.map_err(serr("update"))?
             };
+            crate::crashpoint::after_secret_write(action);
             ctx.mark_verified(&ns, &secret_name, written.metadata.resource_version.as_deref());
             match action {
                 Action::Rotate { manual: true } => ctx.metrics.rotation("manual"),
@@ -501,7 +503,9 @@ async fn restart_consumers(
                 }
                 restart::RestartPlan::Restart => {
                     ctx.metrics.api_write(CONTROLLER, "RolloutRestart");
+                    crate::crashpoint::hit(crate::crashpoint::Point::BeforeRolloutRestart);
                     restart::restart(&ctx.client, ns, t, &at.to_string()).await.map_err(rerr)?;
+                    crate::crashpoint::hit(crate::crashpoint::Point::AfterRolloutRestart);
                     (
                         EventType::Normal,
                         "RolloutRestarted",
