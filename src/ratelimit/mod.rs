@@ -347,7 +347,7 @@ async fn reconcile_inner(policy: &RateLimitPolicy, ctx: &Context) -> Result<Requ
     // Usage.
     let usage = poll(&mut state, policy.spec.usage.as_ref(), ctx, now, checked.interval).await;
     if let Ok(rates) = &usage {
-        // The moment a poll's answer is in: `examples/bench.rs` times poll → scale write from this line.
+        // The moment a poll's answer is in: `examples/bench/scale.rs` times poll → scale write from this line.
         tracing::debug!(total_rps = rates.values().sum::<f64>(), keys = rates.len(), "usage polled");
     }
     match &usage {
