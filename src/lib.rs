@@ -13,6 +13,7 @@ pub mod conditions;
 pub mod crashpoint;
 pub mod devenv;
 pub mod drain;
+pub mod events;
 pub mod keys;
 pub mod metrics;
 pub mod operator;

@@ -14,13 +14,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::events::{Event, EventType, Publisher, Reporter};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as Requeue, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -77,7 +77,7 @@ fn is_conflict(e: &kube::Error) -> bool {
 pub struct Context {
     pub client: kube::Client,
     pub reporter: Reporter,
-    recorder: Recorder,
+    events: Publisher,
     /// The clock; injected so tests and benchmarks can move time.
     pub now: Arc<dyn Fn() -> Timestamp + Send + Sync>,
     /// Secret resourceVersions whose key material was checked against their `key-id`.
@@ -101,7 +101,7 @@ impl Context {
         Context {
             client: client.clone(),
             reporter: reporter.clone(),
-            recorder: Recorder::new(client.clone(), reporter),
+            events: Publisher::new(client.clone(), reporter),
             now: Arc::new(Timestamp::now),
             verified: Mutex::default(),
             failures: Default::default(),
@@ -596,10 +596,8 @@ fn event_for(action: &Action, b: &Book, secret: &str) -> Event {
 
 /// Publishes an event; a failure to publish is logged, never fatal.
 async fn publish(ctx: &Context, apikey: &ApiKey, ev: Event) {
-    // NB: one Recorder per controller, so repeats of an event are counted on it (a patch), not re-created.
-    let recorder = &ctx.recorder;
     ctx.metrics.api_write(CONTROLLER, "Event");
-    if let Err(e) = recorder.publish(&ev, &apikey.object_ref(&())).await {
+    if let Err(e) = ctx.events.publish(&ev, &apikey.object_ref(&())).await {
         tracing::warn!(error = %e, reason = %ev.reason, "could not publish event");
     }
 }

@@ -16,11 +16,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::events::{Event, EventType, Publisher, Reporter};
 use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ApiResource, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -95,7 +95,7 @@ struct PolicyState {
 pub struct Context {
     pub client: kube::Client,
     pub reporter: Reporter,
-    recorder: Recorder,
+    events: Publisher,
     /// The clock; injected so tests and benchmarks can move time.
     pub now: Arc<dyn Fn() -> Timestamp + Send + Sync>,
     http: reqwest::Client,
@@ -131,7 +131,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client: client.clone(),
         reporter: reporter.clone(),
-        recorder: Recorder::new(client.clone(), reporter),
+        events: Publisher::new(client.clone(), reporter),
         now: Arc::new(Timestamp::now),
         http: crate::usage::http_client(),
         states: Mutex::default(),
@@ -746,11 +746,9 @@ async fn publish_for<K: Resource<DynamicType = ()>>(
     reason: &str,
     note: String,
 ) {
-    // NB: one Recorder per controller, so repeats of an event are counted on it (a patch), not re-created.
-    let recorder = &ctx.recorder;
     ctx.metrics.api_write(CONTROLLER, "Event");
     let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
-    if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
+    if let Err(e) = ctx.events.publish(&ev, &obj.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "could not publish event");
     }
 }

@@ -19,7 +19,7 @@ pub const NAMESPACED_RULES: [Rule; 7] = [
     (&["apps"], &["deployments", "statefulsets", "daemonsets"], &["get", "patch"], &[]),
     (&["apps"], &["deployments/scale", "statefulsets/scale"], &["get", "patch"], &[]),
     (&["autoscaling"], &["horizontalpodautoscalers"], &["list"], &[]),
-    (&["events.k8s.io"], &["events"], &["create", "patch"], &[]),
+    (&["events.k8s.io"], &["events"], &["create"], &[]),
 ];
 
 /// The one cluster-scoped read: the start-up check of the two CRDs, by name (`get` only: it reads each by name).

@@ -120,10 +120,10 @@ holds the same list and fails when they differ.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [list]
-# Events (kube-runtime's Recorder writes events.k8s.io/v1 only: create, then patch to count repeats).
+# Events (events.k8s.io/v1, each one created: src/events.rs).
 - apiGroups: [events.k8s.io]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end }}
 
 {{/* The cluster-scoped read the operator needs in every mode: it checks its two CRDs by name at start. */}}
