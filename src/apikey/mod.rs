@@ -226,6 +226,7 @@ pub async fn run<S>(
                 .collect::<Vec<_>>()
         })
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .trigger_backoff(crate::backoff::TriggersBackOffAlone)
         .graceful_shutdown_on(async move {
             let _ = shutdown.graceful.await;
         })

@@ -1,6 +1,6 @@
 //! The local control plane for tests and `keyward dev`: finds or builds the `tests/controlplane` binary (real
 //! etcd, kube-apiserver, kube-controller-manager and kubectl from Kubernetes' Go modules), caches it where the
-//! next run finds it, starts it and stops it.
+//! next run finds it, starts it and stops it, and, for fault tests, stops and restarts its API server.
 
 mod build;
 mod dev;
@@ -33,6 +33,37 @@ pub enum ClientError {
     Kubeconfig(#[from] kube::config::KubeconfigError),
     #[error("client: {0}")]
     Client(#[from] kube::Error),
+}
+
+/// Why the API server could not be stopped or started on request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiServerError {
+    #[error(
+        "cannot read the API server's state in {path}: {source} (a control plane binary without the restart hook, \
+         e.g. an old $KEYWARD_CONTROLPLANE?)"
+    )]
+    State { path: PathBuf, source: std::io::Error },
+    #[error("cannot send {signal} to the control plane (pid {pid}): {detail}")]
+    Signal { signal: &'static str, pid: u32, detail: String },
+    #[error("the API server did not become ready again ({path} says `{state}`); its logs are in {dir}:\n{logs}")]
+    Failed { path: PathBuf, state: String, dir: PathBuf, logs: String },
+    #[error(
+        "timed out after {timeout:?} waiting for the API server to be `{want}` ({dir}/apiserver.state says \
+         `{last}`); its logs are in {dir}:\n{logs}"
+    )]
+    Timeout { timeout: Duration, want: String, last: String, dir: PathBuf, logs: String },
+}
+
+/// The API server's state as `up` reports it in `DIR/apiserver.state`: a word and the number of stops so far.
+struct ApiServerState {
+    word: String,
+    stops: u64,
+}
+
+impl std::fmt::Display for ApiServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.word, self.stops)
+    }
 }
 
 /// A running control plane. Dropping it stops it: `up` shuts everything down when its standard input closes,
@@ -121,6 +152,103 @@ impl ControlPlane {
         let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
         let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
         Ok(kube::Client::try_from(cfg)?)
+    }
+
+    /// Stops the API server (etcd and the controller manager keep running) and waits, at most `timeout`, until it
+    /// is down; clients then get "connection refused". Expect about 10 s: with watches open, kube-apiserver does
+    /// not finish a graceful shutdown in the 10 s `up` gives it, and is killed. Stopping a stopped API server does
+    /// nothing. See the restart hook in `tests/controlplane/main.go`.
+    pub fn stop_apiserver(&self, timeout: Duration) -> Result<(), ApiServerError> {
+        let now = self.apiserver_state()?;
+        let want = match now.word.as_str() {
+            "stopped" => return Ok(()),
+            // `up` counts the stop when it makes one; after a failed start there is nothing to stop.
+            "failed" => now.stops,
+            _ => now.stops + 1,
+        };
+        self.signal_up("USR1")?;
+        self.wait_for_apiserver("stopped", want, false, timeout)
+    }
+
+    /// Starts the API server again on the same port, etcd and certificates, and waits, at most `timeout`, until it
+    /// is ready (its `/readyz` answers and the `default` namespace exists). Starting a running API server does
+    /// nothing. Clients made before keep working: the address and the certificates are the same.
+    pub fn start_apiserver(&self, timeout: Duration) -> Result<(), ApiServerError> {
+        let now = self.apiserver_state()?;
+        if now.word == "ready" {
+            return Ok(());
+        }
+        self.signal_up("USR2")?;
+        // A failure recorded before this request is not this request's answer.
+        self.wait_for_apiserver("ready", now.stops, now.word == "failed", timeout)
+    }
+
+    fn apiserver_state_path(&self) -> PathBuf {
+        self.dir.join("apiserver.state")
+    }
+
+    /// `DIR/apiserver.state`, which `up` replaces atomically: never a partial line.
+    fn apiserver_state(&self) -> Result<ApiServerState, ApiServerError> {
+        let path = self.apiserver_state_path();
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| ApiServerError::State { path: path.clone(), source })?;
+        let mut words = text.split_whitespace();
+        match (words.next(), words.next().and_then(|n| n.parse().ok())) {
+            (Some(word), Some(stops)) => Ok(ApiServerState { word: word.to_string(), stops }),
+            _ => Err(ApiServerError::State {
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unexpected content {text:?}")),
+            }),
+        }
+    }
+
+    /// Sends a signal to `up` (not to its process group: the API server child is `up`'s to stop and start).
+    fn signal_up(&self, signal: &'static str) -> Result<(), ApiServerError> {
+        let pid = self.child.id();
+        let err = |detail: String| ApiServerError::Signal { signal, pid, detail };
+        let out = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).output();
+        match out {
+            Ok(o) if o.status.success() => Ok(()),
+            Ok(o) => Err(err(format!("kill: {}", String::from_utf8_lossy(&o.stderr).trim()))),
+            Err(e) => Err(err(format!("cannot run kill: {e}"))),
+        }
+    }
+
+    /// Polls the state file until it says `want stops`, `up` reports a failed start, or `timeout` passes.
+    fn wait_for_apiserver(
+        &self,
+        want: &str,
+        stops: u64,
+        mut stale_failure: bool,
+        timeout: Duration,
+    ) -> Result<(), ApiServerError> {
+        let path = self.apiserver_state_path();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let state = self.apiserver_state()?;
+            if state.word == want && state.stops == stops {
+                return Ok(());
+            }
+            if state.word == "failed" && !stale_failure {
+                return Err(ApiServerError::Failed {
+                    path,
+                    state: state.to_string(),
+                    dir: self.dir.clone(),
+                    logs: log_tails(&self.dir),
+                });
+            }
+            stale_failure &= state.word == "failed";
+            if Instant::now() >= deadline {
+                return Err(ApiServerError::Timeout {
+                    timeout,
+                    want: format!("{want} {stops}"),
+                    last: state.to_string(),
+                    dir: self.dir.clone(),
+                    logs: log_tails(&self.dir),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Stops the control plane and waits for it (at most 30 seconds, then kills it).

@@ -9,7 +9,21 @@
 //
 // kube-apiserver and kube-controller-manager run as child processes of `up` (re-executing this binary), because
 // each installs its own signal handler and may be constructed only once per process; running them as children also
-// lets `up` stop them cleanly and, later, restart the API server on the same etcd.
+// lets `up` stop them cleanly and restart the API server on the same etcd.
+//
+// Restarting the API server (for fault tests): SIGUSR1 to `up` stops the kube-apiserver child (SIGTERM, SIGKILL
+// after 10 s); SIGUSR2 starts a new one with the same arguments (same port, etcd and certificates) and waits until
+// it is ready. A stop while stopped and a start while running change nothing. etcd and kube-controller-manager keep
+// running throughout. NB: a stop is in practice a kill: with watches open, kube-apiserver's graceful shutdown waits
+// for them up to its 60 s request timeout, so it is still running when the 10 s are up.
+//
+// `up` reports the API server's state in DIR/apiserver.state, replaced atomically, as one line "STATE N": N counts
+// the stops so far, and STATE is "ready" (serving; "ready 0" before READY is printed), "stopped", "starting" or
+// "failed" (the new API server did not become ready: see DIR/apiserver.log; SIGUSR2 tries again). A caller waits
+// for "stopped N+1" after SIGUSR1 and for "ready N" after SIGUSR2.
+//
+// NB: after READY, `up` never writes to standard output: the caller may have closed its end of the pipe, and a
+// write to a closed pipe on fd 1 kills a Go program. Diagnostics go to standard error.
 package main
 
 import (
@@ -124,6 +138,11 @@ func up(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// NB: registered before READY, so that a restart request can never meet the default action of SIGUSR1/2
+	// (which is to terminate the process).
+	restarts := make(chan os.Signal, 8)
+	signal.Notify(restarts, syscall.SIGUSR1, syscall.SIGUSR2)
+	defer signal.Stop(restarts)
 	if *stdinClose {
 		go func() {
 			_, _ = io.Copy(io.Discard, os.Stdin)
@@ -150,14 +169,12 @@ func up(args []string) error {
 		"--endpoint-reconciler-type=none",
 		"--v=0",
 	}
-	apiserver, err := startChild(d, "apiserver", apiArgs)
+	apiserver, err := startAPIServer(ctx, d, apiArgs, server, pki)
 	if err != nil {
 		return err
 	}
-	if err := waitReady(ctx, server, pki); err != nil {
-		apiserver.stop()
-		return fmt.Errorf("kube-apiserver did not become ready (see %s): %w", apiserver.log, err)
-	}
+	state := apiserverState{path: filepath.Join(d, "apiserver.state")}
+	state.set("ready", 0)
 	cmArgs := []string{
 		"--kubeconfig=" + kubeconfig,
 		"--leader-elect=false",
@@ -175,17 +192,119 @@ func up(args []string) error {
 		return err
 	}
 	fmt.Printf("READY %s\n", kubeconfig)
+	// NB: nothing may be written to standard output from here on (see the package comment).
 
-	select {
-	case <-ctx.Done():
-	case <-apiserver.done:
-		fmt.Fprintf(os.Stderr, "kube-apiserver exited: see %s\n", apiserver.log)
-	case <-cm.done:
-		fmt.Fprintf(os.Stderr, "kube-controller-manager exited: see %s\n", cm.log)
+	for {
+		// While the API server is stopped on request, its (nil) done channel never fires.
+		var apiDone <-chan struct{}
+		if apiserver != nil {
+			apiDone = apiserver.done
+		}
+		select {
+		case <-ctx.Done():
+		case <-apiDone:
+			fmt.Fprintf(os.Stderr, "kube-apiserver exited: see %s\n", apiserver.log)
+		case <-cm.done:
+			fmt.Fprintf(os.Stderr, "kube-controller-manager exited: see %s\n", cm.log)
+		case sig := <-restarts:
+			switch {
+			case sig == syscall.SIGUSR1 && apiserver != nil:
+				fmt.Fprintln(os.Stderr, "stopping kube-apiserver on request")
+				apiserver.stop()
+				apiserver = nil
+				state.set("stopped", state.n+1)
+			case sig == syscall.SIGUSR2 && apiserver == nil:
+				fmt.Fprintln(os.Stderr, "starting kube-apiserver on request")
+				state.set("starting", state.n)
+				apiserver, err = restartAPIServer(ctx, d, apiArgs, server, pki)
+				if err != nil {
+					fmt.Fprintf(os.Stderr, "%v\n", err)
+					state.set("failed", state.n)
+				} else {
+					state.set("ready", state.n)
+				}
+			case sig == syscall.SIGUSR1:
+				// Already stopped (or a restart failed): say so again, for a caller polling the file.
+				state.set("stopped", state.n)
+			default:
+				// Already running.
+				state.set("ready", state.n)
+			}
+			continue
+		}
+		break
 	}
 	cm.stop()
-	apiserver.stop()
+	if apiserver != nil {
+		apiserver.stop()
+	}
 	return nil
+}
+
+// startAPIServer starts a kube-apiserver child and waits until it is ready; it stops the child if it never is.
+func startAPIServer(ctx context.Context, dir string, args []string, server string, pki *pkiFiles) (*child, error) {
+	apiserver, err := startChild(dir, "apiserver", args)
+	if err != nil {
+		return nil, err
+	}
+	// Stop waiting as soon as the child exits: it will not become ready.
+	readyCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case <-apiserver.done:
+			cancel(errors.New("kube-apiserver exited"))
+		case <-readyCtx.Done():
+		}
+	}()
+	if err := waitReady(readyCtx, server, pki); err != nil {
+		apiserver.stop()
+		if cause := context.Cause(readyCtx); cause != nil && ctx.Err() == nil {
+			err = cause
+		}
+		return nil, fmt.Errorf("kube-apiserver did not become ready (see %s): %w", apiserver.log, err)
+	}
+	return apiserver, nil
+}
+
+// restartAPIServer is startAPIServer, tried a few times. NB: while the API server is down, a client connecting to
+// its port in a loop can, rarely, be given that very port as its own local port (a TCP self-connection), and the
+// new API server then fails to bind; the port is free again a moment later.
+func restartAPIServer(ctx context.Context, dir string, args []string, server string, pki *pkiFiles) (*child, error) {
+	var err error
+	for attempt := 1; attempt <= 3; attempt++ {
+		var c *child
+		if c, err = startAPIServer(ctx, dir, args, server, pki); err == nil || ctx.Err() != nil {
+			return c, err
+		}
+		fmt.Fprintf(os.Stderr, "restart attempt %d: %v\n", attempt, err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	return nil, err
+}
+
+// apiserverState is DIR/apiserver.state: "WORD N", where N counts the stops on request (see the package comment).
+type apiserverState struct {
+	path string
+	word string
+	n    int
+}
+
+// set records the state in memory and replaces the file atomically (a reader never sees a partial line).
+func (s *apiserverState) set(word string, n int) {
+	s.word, s.n = word, n
+	tmp := s.path + ".tmp"
+	err := os.WriteFile(tmp, []byte(fmt.Sprintf("%s %d\n", word, n)), 0o600)
+	if err == nil {
+		err = os.Rename(tmp, s.path)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cannot write %s: %v\n", s.path, err)
+	}
 }
 
 // child is a role of this binary running as a child process, its output in DIR/ROLE.log.
