@@ -42,6 +42,8 @@ pub const MANAGER: &str = "keyward/apikey";
 pub enum Error {
     #[error("{op} Secret {ns}/{name}: {source}")]
     Secret { op: &'static str, ns: String, name: String, source: kube::Error },
+    #[error("{op} ApiKey {ns}/{name}: {source}")]
+    ApiKey { op: &'static str, ns: String, name: String, source: kube::Error },
     #[error("write status of ApiKey {ns}/{name}: {source}")]
     Status { ns: String, name: String, source: kube::Error },
     #[error("restart {kind:?} {ns}/{name}: {source}")]
@@ -60,6 +62,7 @@ impl Error {
         match self {
             Error::Secret { source, .. } if is_conflict(source) => "SecretWriteConflict",
             Error::Secret { .. } => "SecretWriteFailed",
+            Error::ApiKey { .. } => "ApiKeyReadFailed",
             Error::Status { .. } => "StatusWriteFailed",
             Error::Restart { .. } => "RolloutRestartFailed",
             Error::Key(e) => e.reason(),
@@ -258,7 +261,14 @@ fn error_policy(obj: Arc<ApiKey>, err: &Error, ctx: Arc<Context>) -> Requeue {
 #[tracing::instrument(skip_all, fields(namespace = obj.namespace().as_deref(), name = %obj.name_any()))]
 async fn reconcile(obj: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let started = std::time::Instant::now();
-    let result = reconcile_inner(&obj, &ctx).await;
+    let optimistic = obj.status.is_none();
+    let mut result = reconcile_inner(&obj, &ctx, optimistic).await;
+    if optimistic && matches!(&result, Err(Error::Secret { op: "create", source, .. }) if is_conflict(source)) {
+        // The Secret existed after all (a crash between its create and the first status write, or someone else's
+        // Secret of that name): read it and decide again.
+        tracing::debug!("the Secret exists already; reading it");
+        result = reconcile_inner(&obj, &ctx, false).await;
+    }
     ctx.metrics.reconcile(CONTROLLER, started.elapsed(), result.as_ref().err().map(Error::reason));
     if result.is_ok() {
         ctx.failures.succeeded(obj.as_ref());
@@ -266,7 +276,7 @@ async fn reconcile(obj: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Requeue, Error
     result
 }
 
-async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Error> {
+async fn reconcile_inner(apikey: &ApiKey, ctx: &Context, optimistic: bool) -> Result<Requeue, Error> {
     // NB: whole seconds, the precision of metav1.Time: the rotation time in the Secret and in status must agree.
     let now = (ctx.now)();
     let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
@@ -284,29 +294,6 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Erro
         move |source| Error::Secret { op, ns, name, source }
     };
 
-    // Dereference: what exists. The full Secret, when the fingerprint check reads it, is kept for the write.
-    let meta = secrets.get_metadata_opt(&secret_name).await.map_err(serr("read"))?;
-    let mut fetched: Option<Secret> = None;
-    let state = match &meta {
-        None => SecretState::Missing,
-        Some(m) if !secret::controlled_by(m.metadata.owner_references.as_ref(), apikey) => SecretState::Foreign,
-        Some(m) => {
-            let book = Book::from_annotations(m.metadata.annotations.as_ref().unwrap_or(&Default::default()));
-            let rv = m.metadata.resource_version.clone().unwrap_or_default();
-            let tampered = if book.has_key() && !ctx.verified(&ns, &secret_name, &rv) {
-                let full = read_at_version(&secrets, &ns, &secret_name, m.metadata.resource_version.as_deref()).await?;
-                let ok = current_key(&full).is_some_and(|k| Some(keys::key_id(&k)) == book.key_id);
-                if ok {
-                    ctx.mark_verified(&ns, &secret_name, Some(&rv));
-                }
-                fetched = Some(full);
-                !ok
-            } else {
-                false
-            };
-            SecretState::Managed { book, tampered }
-        }
-    };
     let rotate_request = apikey.annotations().get(ROTATE_ANNOTATION).map(String::as_str);
     let had_key = apikey.status.as_ref().is_some_and(|s| s.key_id.is_some() || s.rotation_count.unwrap_or(0) > 0);
     let jitter_key = format!("{ns}/{name}/{uid}");
@@ -321,11 +308,94 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Erro
         })
     });
 
+    // A key seen for the first time (no status) almost never has a Secret yet: when the decision on a missing Secret
+    // is to issue, the read is skipped and the create tells whether the Secret exists after all (409: `reconcile`
+    // runs again, with the read). Saves a request per new key, at the API server's limit on a cold start.
+    let skip_read = optimistic
+        && matches!(
+            plan::decide(
+                &Inputs {
+                    spec: &apikey.spec,
+                    rotate_request,
+                    secret: &SecretState::Missing,
+                    had_key,
+                    jitter_key: &jitter_key,
+                    now,
+                },
+                spec_check.clone(),
+            )
+            .action,
+            Action::Issue(IssueKind::First)
+        );
+    // Dereference: what exists. Usually the Secret's metadata only; the whole Secret when the status says a write
+    // that keeps key material is due (one read instead of two when a thousand keys are due in the same second), or
+    // when the fingerprint check reads it. A whole Secret read is kept for the write.
+    let (meta, mut fetched) = if skip_read {
+        (None, None)
+    } else if data_due(apikey, now) {
+        let full = secrets.get_opt(&secret_name).await.map_err(serr("read"))?;
+        (full.as_ref().map(|s| s.metadata.clone()), full)
+    } else {
+        let partial = secrets.get_metadata_opt(&secret_name).await.map_err(serr("read"))?;
+        (partial.map(|m| m.metadata), None)
+    };
+    let state = match &meta {
+        None => SecretState::Missing,
+        Some(m) if !secret::controlled_by(m.owner_references.as_ref(), apikey) => SecretState::Foreign,
+        Some(m) => {
+            let book = Book::from_annotations(m.annotations.as_ref().unwrap_or(&Default::default()));
+            let rv = m.resource_version.clone().unwrap_or_default();
+            let tampered = if book.has_key() && !ctx.verified(&ns, &secret_name, &rv) {
+                let full = match fetched.take() {
+                    Some(full) => full,
+                    None => read_at_version(&secrets, &ns, &secret_name, m.resource_version.as_deref()).await?,
+                };
+                let ok = current_key(&full).is_some_and(|k| Some(keys::key_id(&k)) == book.key_id);
+                if ok {
+                    ctx.mark_verified(&ns, &secret_name, Some(&rv));
+                }
+                fetched = Some(full);
+                !ok
+            } else {
+                false
+            };
+            SecretState::Managed { book, tampered }
+        }
+    };
     // Decide.
     let decision: Decision = plan::decide(
         &Inputs { spec: &apikey.spec, rotate_request, secret: &state, had_key, jitter_key: &jitter_key, now },
         spec_check,
     );
+    if !matches!(decision.action, Action::Nothing) {
+        tracing::debug!(
+            action = ?decision.action,
+            request = rotate_request,
+            answered = ?state_request(&state),
+            secret_version = meta.as_ref().and_then(|m| m.resource_version.as_deref()),
+            apikey_version = apikey.resource_version().as_deref(),
+            "decided"
+        );
+    }
+
+    // NB: a requested rotation is decided on the CACHED ApiKey's request and the Secret as just read. When the cache
+    // is behind (another instance has already answered a newer request, so the Secret records it), the old request
+    // looks unanswered and the key would rotate again. Confirm the request on a fresh read of the ApiKey first: it
+    // is read after the Secret, so it holds every request the Secret has answered. Requests are rare; one read each.
+    if matches!(decision.action, Action::Rotate { manual: true }) {
+        let api: Api<ApiKey> = Api::namespaced(ctx.client.clone(), &ns);
+        let fresh = api.get_metadata(&name).await.map_err(|source| Error::ApiKey {
+            op: "read",
+            ns: ns.clone(),
+            name: name.clone(),
+            source,
+        })?;
+        let fresh_request = fresh.metadata.annotations.as_ref().and_then(|a| a.get(ROTATE_ANNOTATION));
+        if fresh.metadata.uid.as_deref() != Some(uid.as_str()) || fresh_request.map(String::as_str) != rotate_request {
+            tracing::debug!("the cached ApiKey is behind its rotation request; deciding again once it catches up");
+            return Ok(Requeue::requeue(Duration::from_millis(500)));
+        }
+    }
 
     // Apply: the Secret first, so that everything after it is derived from what was persisted.
     let old_book = match &state {
@@ -350,7 +420,7 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context) -> Result<Requeue, Erro
             // read: if the Secret changed in between (another instance rotated), the write fails with 409 and the
             // next reconcile decides again. Conditioning on the later read would let a stale decision rotate a
             // second time and push the legitimate previous key out of its grace period.
-            let rv = meta.as_ref().and_then(|m| m.metadata.resource_version.clone());
+            let rv = meta.as_ref().and_then(|m| m.resource_version.clone());
             // Data is read only for the writes that keep existing material.
             let (current, previous): (Option<KeyMaterial>, Option<KeyMaterial>) = match action {
                 Action::Rotate { .. } | Action::DropPrevious => {
@@ -522,6 +592,27 @@ async fn restart_consumers(
     Ok(wait)
 }
 
+/// The last rotation request the Secret records as answered, for logs.
+fn state_request(state: &SecretState) -> Option<&str> {
+    match state {
+        SecretState::Managed { book, .. } => book.rotate_request.as_deref(),
+        _ => None,
+    }
+}
+
+/// Whether the status says a write that needs the Secret's data is due now: a rotation (scheduled or requested and
+/// not yet answered) or the end of a grace period. Only a hint for which read to make: the decision is taken on
+/// what the read returns.
+fn data_due(apikey: &ApiKey, now: Timestamp) -> bool {
+    let Some(status) = apikey.status.as_ref() else { return false };
+    let past = |t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| t.is_some_and(|t| t.0 <= now);
+    let requested = apikey
+        .annotations()
+        .get(ROTATE_ANNOTATION)
+        .is_some_and(|r| status.key_id.is_some() && status.last_rotate_request.as_ref() != Some(r));
+    past(status.next_rotation_time.as_ref()) || past(status.previous_key_expires_at.as_ref()) || requested
+}
+
 /// The whole Secret (with data), provided it is still at `version`; otherwise it changed since it was looked at
 /// (e.g. another instance rotated) and the reconcile must decide again.
 async fn read_at_version(secrets: &Api<Secret>, ns: &str, name: &str, version: Option<&str>) -> Result<Secret, Error> {
@@ -620,6 +711,26 @@ mod tests {
         }
         k.status = Some(crate::api::ApiKeyStatus { key_id: key_id.map(Into::into), ..Default::default() });
         k
+    }
+
+    #[test]
+    fn the_whole_secret_is_read_at_once_only_when_a_write_needing_its_data_is_due() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let now = Timestamp::from_second(1_800_000_000).expect("now");
+        let at = |s: i64| Some(Time(Timestamp::from_second(1_800_000_000 + s).expect("t")));
+        assert!(!data_due(&key(1, None, None), now), "no status yet: the first issue needs no data");
+        let mut k = key(1, None, Some("abc"));
+        k.status.as_mut().expect("status").next_rotation_time = at(60);
+        assert!(!data_due(&k, now), "rotation not due yet");
+        k.status.as_mut().expect("status").next_rotation_time = at(0);
+        assert!(data_due(&k, now), "rotation due");
+        let mut k = key(1, None, Some("abc"));
+        k.status.as_mut().expect("status").previous_key_expires_at = at(-1);
+        assert!(data_due(&k, now), "grace over");
+        let mut k = key(1, Some("r1"), Some("abc"));
+        assert!(data_due(&k, now), "a request not yet answered");
+        k.status.as_mut().expect("status").last_rotate_request = Some("r1".into());
+        assert!(!data_due(&k, now), "the request was answered");
     }
 
     #[test]

@@ -12,8 +12,9 @@ pub type Rule = (&'static [&'static str], &'static [&'static str], &'static [&'s
 
 /// The namespaced rules, one per API use in src/apikey, src/ratelimit and src/operator. The chart must grant exactly
 /// these (as a ClusterRole in cluster scope, as a Role in each watched namespace otherwise).
-pub const NAMESPACED_RULES: [Rule; 7] = [
-    (&["keyward.dev"], &["apikeys", "ratelimitpolicies"], &["list", "watch"], &[]),
+pub const NAMESPACED_RULES: [Rule; 8] = [
+    (&["keyward.dev"], &["apikeys"], &["get", "list", "watch"], &[]),
+    (&["keyward.dev"], &["ratelimitpolicies"], &["list", "watch"], &[]),
     (&["keyward.dev"], &["apikeys/status", "ratelimitpolicies/status"], &["patch"], &[]),
     (&[""], &["secrets"], &["get", "list", "watch", "create", "update"], &[]),
     (&["apps"], &["deployments", "statefulsets", "daemonsets"], &["get", "patch"], &[]),

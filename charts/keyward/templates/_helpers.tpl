@@ -87,9 +87,13 @@ The namespaced rules the controllers need, shared by the ClusterRole (cluster sc
 holds the same list and fails when they differ.
 */}}
 {{- define "keyward.rules" -}}
-# ApiKeys and RateLimitPolicies: watched by the controllers.
+# ApiKeys and RateLimitPolicies: watched by the controllers; an ApiKey is also read by name to confirm a rotation
+# request before acting on it.
 - apiGroups: [keyward.dev]
-  resources: [apikeys, ratelimitpolicies]
+  resources: [apikeys]
+  verbs: [get, list, watch]
+- apiGroups: [keyward.dev]
+  resources: [ratelimitpolicies]
   verbs: [list, watch]
 # Their status, written with server-side apply through the status subresource.
 - apiGroups: [keyward.dev]
