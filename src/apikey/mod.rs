@@ -5,7 +5,9 @@
 //! it (rotation, grace end) or once per Secret version to check that nobody edited the key material.
 
 pub mod book;
+mod events;
 pub mod plan;
+mod read;
 pub mod restart;
 pub mod secret;
 pub mod status;
@@ -26,7 +28,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 
 use self::book::Book;
-use self::plan::{Action, Decision, Inputs, IssueKind, Revocation, SecretState};
+use self::events::{event_for, publish};
+use self::plan::{Action, Decision, Inputs, IssueKind, SecretState};
+use self::read::{current_key, data_due, read_at_version, state_request};
 use crate::api::ApiKey;
 use crate::api::apikey::ROTATE_ANNOTATION;
 use crate::api::ratelimit::RateLimitPolicy;
@@ -592,158 +596,5 @@ async fn restart_consumers(
     Ok(wait)
 }
 
-/// The last rotation request the Secret records as answered, for logs.
-fn state_request(state: &SecretState) -> Option<&str> {
-    match state {
-        SecretState::Managed { book, .. } => book.rotate_request.as_deref(),
-        _ => None,
-    }
-}
-
-/// Whether the status says a write that needs the Secret's data is due now: a rotation (scheduled or requested and
-/// not yet answered) or the end of a grace period. Only a hint for which read to make: the decision is taken on
-/// what the read returns.
-fn data_due(apikey: &ApiKey, now: Timestamp) -> bool {
-    let Some(status) = apikey.status.as_ref() else { return false };
-    let past = |t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| t.is_some_and(|t| t.0 <= now);
-    let requested = apikey
-        .annotations()
-        .get(ROTATE_ANNOTATION)
-        .is_some_and(|r| status.key_id.is_some() && status.last_rotate_request.as_ref() != Some(r));
-    past(status.next_rotation_time.as_ref()) || past(status.previous_key_expires_at.as_ref()) || requested
-}
-
-/// The whole Secret (with data), provided it is still at `version`; otherwise it changed since it was looked at
-/// (e.g. another instance rotated) and the reconcile must decide again.
-async fn read_at_version(secrets: &Api<Secret>, ns: &str, name: &str, version: Option<&str>) -> Result<Secret, Error> {
-    let full = secrets.get(name).await.map_err(|source| Error::Secret {
-        op: "read",
-        ns: ns.to_string(),
-        name: name.to_string(),
-        source,
-    })?;
-    if full.metadata.resource_version.as_deref() != version {
-        return Err(Error::Stale { ns: ns.to_string(), name: name.to_string() });
-    }
-    Ok(full)
-}
-
-/// The current key in a Secret's data, if it is readable.
-fn current_key(s: &Secret) -> Option<KeyMaterial> {
-    let bytes = s.data.as_ref()?.get(book::DATA_KEY)?;
-    KeyMaterial::from_secret_bytes(bytes.0.clone()).ok()
-}
-
-fn event_for(action: &Action, b: &Book, secret: &str) -> Event {
-    let id = b.key_id.as_deref().unwrap_or("-");
-    let (type_, reason, note) = match action {
-        Action::Issue(IssueKind::First) => {
-            (EventType::Normal, "Issued", format!("issued key {id} into Secret {secret}"))
-        }
-        Action::Issue(IssueKind::Resumed) => {
-            (EventType::Normal, "Issued", format!("issued a fresh key {id} into Secret {secret}"))
-        }
-        Action::Issue(IssueKind::Regenerated) => (
-            EventType::Warning,
-            "KeyRegenerated",
-            format!("Secret {secret} was deleted; issued a NEW key {id} (the old key is gone)"),
-        ),
-        Action::Issue(IssueKind::Tampered) => (
-            EventType::Warning,
-            "KeyTampered",
-            format!(
-                "the key material in Secret {secret} no longer matched its key-id; treated as compromised and replaced by key {id}"
-            ),
-        ),
-        Action::Rotate { manual } => (
-            EventType::Normal,
-            "Rotated",
-            format!(
-                "rotated to key {id}{}{}",
-                if *manual { " on request" } else { "" },
-                b.previous_key_id
-                    .as_deref()
-                    .map(|p| format!(
-                        "; previous key {p} stays valid until {}",
-                        b.previous_expires_at.map(|t| t.to_string()).unwrap_or_default()
-                    ))
-                    .unwrap_or_default()
-            ),
-        ),
-        Action::DropPrevious => (
-            EventType::Normal,
-            "PreviousKeyRemoved",
-            "the grace period ended; the previous key was removed".to_string(),
-        ),
-        Action::Remove(Revocation::Suspended) => {
-            (EventType::Normal, "Suspended", "the key is suspended; key material removed".to_string())
-        }
-        Action::Remove(Revocation::Expired) => {
-            (EventType::Normal, "Expired", "the key expired; key material removed".to_string())
-        }
-        Action::Nothing => (EventType::Normal, "Reconciled", String::new()),
-    };
-    Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None }
-}
-
-/// Publishes an event; a failure to publish is logged, never fatal.
-async fn publish(ctx: &Context, apikey: &ApiKey, ev: Event) {
-    ctx.metrics.api_write(CONTROLLER, "Event");
-    if let Err(e) = ctx.events.publish(&ev, &apikey.object_ref(&())).await {
-        tracing::warn!(error = %e, reason = %ev.reason, "could not publish event");
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(generation: i64, rotate: Option<&str>, key_id: Option<&str>) -> ApiKey {
-        let mut k: ApiKey = serde_json::from_value(serde_json::json!({
-            "apiVersion": "keyward.dev/v1alpha1",
-            "kind": "ApiKey",
-            "metadata": {"name": "a", "namespace": "n", "uid": "u", "generation": generation},
-            "spec": {}
-        }))
-        .expect("ApiKey");
-        if let Some(r) = rotate {
-            k.metadata.annotations = Some([(ROTATE_ANNOTATION.to_string(), r.to_string())].into());
-        }
-        k.status = Some(crate::api::ApiKeyStatus { key_id: key_id.map(Into::into), ..Default::default() });
-        k
-    }
-
-    #[test]
-    fn the_whole_secret_is_read_at_once_only_when_a_write_needing_its_data_is_due() {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-        let now = Timestamp::from_second(1_800_000_000).expect("now");
-        let at = |s: i64| Some(Time(Timestamp::from_second(1_800_000_000 + s).expect("t")));
-        assert!(!data_due(&key(1, None, None), now), "no status yet: the first issue needs no data");
-        let mut k = key(1, None, Some("abc"));
-        k.status.as_mut().expect("status").next_rotation_time = at(60);
-        assert!(!data_due(&k, now), "rotation not due yet");
-        k.status.as_mut().expect("status").next_rotation_time = at(0);
-        assert!(data_due(&k, now), "rotation due");
-        let mut k = key(1, None, Some("abc"));
-        k.status.as_mut().expect("status").previous_key_expires_at = at(-1);
-        assert!(data_due(&k, now), "grace over");
-        let mut k = key(1, Some("r1"), Some("abc"));
-        assert!(data_due(&k, now), "a request not yet answered");
-        k.status.as_mut().expect("status").last_rotate_request = Some("r1".into());
-        assert!(!data_due(&k, now), "the request was answered");
-    }
-
-    #[test]
-    fn only_spec_annotations_and_deletion_trigger_a_reconcile() {
-        let base = trigger_hash(&key(1, None, None));
-        // A status write (ours, or the RateLimitPolicy controller's) is not a trigger.
-        assert_eq!(trigger_hash(&key(1, None, Some("abc"))), base);
-        assert_ne!(trigger_hash(&key(2, None, None)), base, "spec change");
-        assert_ne!(trigger_hash(&key(1, Some("r1"), None)), base, "rotation request");
-        assert_ne!(trigger_hash(&key(1, Some("r2"), None)), trigger_hash(&key(1, Some("r1"), None)));
-        let mut deleting = key(1, None, None);
-        deleting.metadata.deletion_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
-        assert_ne!(trigger_hash(&deleting), base, "deletion");
-    }
-}
+mod tests;

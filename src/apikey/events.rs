@@ -1,0 +1,70 @@
+//! The ApiKey controller's events: what each action says, and publishing it (never fatal).
+
+use kube::Resource;
+
+use super::book::Book;
+use super::plan::{Action, IssueKind, Revocation};
+use super::{CONTROLLER, Context};
+use crate::api::ApiKey;
+use crate::events::{Event, EventType};
+
+/// The event for an action that wrote the Secret.
+pub(super) fn event_for(action: &Action, b: &Book, secret: &str) -> Event {
+    let id = b.key_id.as_deref().unwrap_or("-");
+    let (type_, reason, note) = match action {
+        Action::Issue(IssueKind::First) => {
+            (EventType::Normal, "Issued", format!("issued key {id} into Secret {secret}"))
+        }
+        Action::Issue(IssueKind::Resumed) => {
+            (EventType::Normal, "Issued", format!("issued a fresh key {id} into Secret {secret}"))
+        }
+        Action::Issue(IssueKind::Regenerated) => (
+            EventType::Warning,
+            "KeyRegenerated",
+            format!("Secret {secret} was deleted; issued a NEW key {id} (the old key is gone)"),
+        ),
+        Action::Issue(IssueKind::Tampered) => (
+            EventType::Warning,
+            "KeyTampered",
+            format!(
+                "the key material in Secret {secret} no longer matched its key-id; treated as compromised and replaced by key {id}"
+            ),
+        ),
+        Action::Rotate { manual } => (
+            EventType::Normal,
+            "Rotated",
+            format!(
+                "rotated to key {id}{}{}",
+                if *manual { " on request" } else { "" },
+                b.previous_key_id
+                    .as_deref()
+                    .map(|p| format!(
+                        "; previous key {p} stays valid until {}",
+                        b.previous_expires_at.map(|t| t.to_string()).unwrap_or_default()
+                    ))
+                    .unwrap_or_default()
+            ),
+        ),
+        Action::DropPrevious => (
+            EventType::Normal,
+            "PreviousKeyRemoved",
+            "the grace period ended; the previous key was removed".to_string(),
+        ),
+        Action::Remove(Revocation::Suspended) => {
+            (EventType::Normal, "Suspended", "the key is suspended; key material removed".to_string())
+        }
+        Action::Remove(Revocation::Expired) => {
+            (EventType::Normal, "Expired", "the key expired; key material removed".to_string())
+        }
+        Action::Nothing => (EventType::Normal, "Reconciled", String::new()),
+    };
+    Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None }
+}
+
+/// Publishes an event; a failure to publish is logged, never fatal.
+pub(super) async fn publish(ctx: &Context, apikey: &ApiKey, ev: Event) {
+    ctx.metrics.api_write(CONTROLLER, "Event");
+    if let Err(e) = ctx.events.publish(&ev, &apikey.object_ref(&())).await {
+        tracing::warn!(error = %e, reason = %ev.reason, "could not publish event");
+    }
+}
