@@ -4,16 +4,18 @@
 //! ([`counters_by_key`]), turns each endpoint's counters into rates since the previous poll ([`RateTracker`]) and adds
 //! the endpoints' rates together. Rates are computed per endpoint and summed afterwards, like `sum(rate(...))`: a
 //! restart of one replica resets only its own counters, whereas a rate of the summed counters would count the other
-//! replicas' whole totals as new requests.
+//! replicas' whole totals as new requests. Each endpoint's counters are timed by when that endpoint answered, not
+//! by the `now` of the poll (see the NB in `poll`).
 //!
 //! A poll succeeds only if every endpoint answers: the sum of the replicas that answered would look like a drop in
 //! usage. A failed poll leaves every baseline as it was, so the next successful poll measures the rate over the longer
 //! span. The first poll only records baselines and reports [`SourceError::WarmingUp`].
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use jiff::SignedDuration;
 
 use super::http::{self, redact_url};
 use super::textformat::{RateTracker, counters_by_key, merge};
@@ -80,6 +82,12 @@ impl Source for Scrape {
                 detail: "no URL to scrape".to_owned(),
             });
         }
+        // NB: each endpoint's counters are timed by when they were read, not by `now` (when the reconcile started).
+        // Endpoints answer at different moments (queueing, slow replicas), and a rate over `now`-to-`now` would
+        // divide by the wrong span whenever that delay differs between polls. The server reads its counters at some
+        // point between our request and its answer; the midpoint of that exchange is the best estimate we have. It
+        // is placed on `now`'s clock by its monotonic offset from `base`, so the injected `now` stays the reference.
+        let base = Instant::now();
         // Every endpoint is fetched at once, each under the same timeout, so the poll takes about `timeout` at most.
         let fetches = self
             .urls
@@ -93,9 +101,11 @@ impl Source for Scrape {
 
         let mut rates = Rates::new();
         let mut warming_up = false;
-        for (tracker, counters) in self.trackers.iter_mut().zip(counters) {
-            // `None` on the first poll; also when `now` did not advance, and then there is no rate to give either.
-            match tracker.observe(now, counters) {
+        for (tracker, (read_at, counters)) in self.trackers.iter_mut().zip(counters) {
+            let offset = SignedDuration::try_from(read_at.duration_since(base)).unwrap_or(SignedDuration::ZERO);
+            let sampled = now.checked_add(offset).unwrap_or(now);
+            // `None` on the first poll; also when the sample time did not advance, and then there is no rate either.
+            match tracker.observe(sampled, counters) {
                 Some(endpoint_rates) => merge(&mut rates, &endpoint_rates),
                 None => warming_up = true,
             }
@@ -108,7 +118,8 @@ impl Source for Scrape {
     }
 }
 
-/// The counters by key of one endpoint.
+/// The counters by key of one endpoint, with when they were read: the midpoint between sending the request and
+/// receiving the whole answer (taken before this body is parsed).
 async fn fetch_counters(
     client: &reqwest::Client,
     url: &str,
@@ -116,10 +127,13 @@ async fn fetch_counters(
     key_label: &str,
     timeout: Duration,
     limit: usize,
-) -> Result<BTreeMap<String, f64>, SourceError> {
+) -> Result<(Instant, BTreeMap<String, f64>), SourceError> {
     let shown = redact_url(url);
     let parsed = parse_url(url).map_err(|detail| SourceError::InvalidUrl { url: shown.clone(), detail })?;
+    let sent = Instant::now();
     let answer = http::get(client, parsed, &shown, ACCEPT, timeout, limit, 0).await?;
+    let arrived = Instant::now();
+    let read_at = sent + (arrived - sent) / 2;
     if !answer.status.is_success() {
         return Err(SourceError::HttpStatus { url: shown, status: answer.status.as_u16() });
     }
@@ -128,8 +142,9 @@ async fn fetch_counters(
         detail: format!("the metrics are not UTF-8 text ({err})"),
     })?;
     // A ParseError quotes the line number and at most 40 characters of the line, never more of the body.
-    counters_by_key(text, metric, key_label)
-        .map_err(|err| SourceError::InvalidResponse { url: shown, detail: err.to_string() })
+    let counters = counters_by_key(text, metric, key_label)
+        .map_err(|err| SourceError::InvalidResponse { url: shown, detail: err.to_string() })?;
+    Ok((read_at, counters))
 }
 
 /// `url` parsed, if it is an http or https URL.
@@ -166,6 +181,8 @@ mod tests {
         /// A body of this many bytes, streamed without a Content-Length.
         Chunked(usize),
         Hang,
+        /// The reply, sent after a delay.
+        Delayed(Duration, Box<Reply>),
     }
 
     /// Endpoints `/{name}` whose answers the test changes between polls.
@@ -175,6 +192,13 @@ mod tests {
     impl Stub {
         fn set(&self, name: &str, reply: Reply) {
             self.0.lock().unwrap().insert(name.to_owned(), reply);
+        }
+
+        /// Sends the current reply of `name` only after `delay`.
+        fn delay(&self, name: &str, delay: Duration) {
+            let mut replies = self.0.lock().unwrap();
+            let reply = replies.remove(name).expect("a reply to delay");
+            replies.insert(name.to_owned(), Reply::Delayed(delay, Box::new(reply)));
         }
 
         fn counters(&self, name: &str, counters: &[(&str, u64)]) {
@@ -188,7 +212,11 @@ mod tests {
 
         async fn start(&self) -> String {
             async fn answer(State(stub): State<Stub>, Path(name): Path<String>) -> Response {
-                let reply = stub.0.lock().unwrap().get(&name).cloned();
+                let mut reply = stub.0.lock().unwrap().get(&name).cloned();
+                while let Some(Reply::Delayed(delay, inner)) = reply {
+                    tokio::time::sleep(delay).await;
+                    reply = Some(*inner);
+                }
                 match reply {
                     Some(Reply::Text(text)) => text.into_response(),
                     Some(Reply::Status(status)) => (status, "SECRET-BODY").into_response(),
@@ -202,6 +230,7 @@ mod tests {
                         tokio::time::sleep(Duration::from_secs(30)).await;
                         "late".into_response()
                     }
+                    Some(Reply::Delayed(..)) => unreachable!("unwrapped above"),
                     None => StatusCode::NOT_FOUND.into_response(),
                 }
             }
@@ -216,6 +245,24 @@ mod tests {
 
     fn rates(entries: &[(&str, f64)]) -> Rates {
         entries.iter().map(|&(k, v)| (k.to_owned(), v)).collect()
+    }
+
+    /// Asserts the same keys as `expected` and each rate within `tolerance` of it, relative (so 0 must be exactly 0).
+    #[track_caller]
+    fn assert_rates_within(actual: &Rates, expected: &[(&str, f64)], tolerance: f64) {
+        let expected = rates(expected);
+        assert!(actual.keys().eq(expected.keys()), "keys differ: {actual:?}, expected {expected:?}");
+        for (key, want) in &expected {
+            let got = actual[key];
+            assert!((got - want).abs() <= tolerance * want.abs(), "{key}: {got}, expected {want}: {actual:?}");
+        }
+    }
+
+    /// [`assert_rates_within`] 1%: samples are timed when the stub answered, a few milliseconds after the injected
+    /// `now`, so the spans between polls differ from the injected ones by about that much.
+    #[track_caller]
+    fn assert_rates(actual: &Rates, expected: &[(&str, f64)]) {
+        assert_rates_within(actual, expected, 0.01);
     }
 
     fn source(urls: &[String]) -> Scrape {
@@ -240,7 +287,7 @@ mod tests {
         stub.counters("one", &[("a", 200), ("b", 100)]);
         stub.counters("two", &[("a", 400), ("c", 5)]);
         // a: (100 + 200) / 10 s; b: 50 / 10 s; c is new and has no rate yet.
-        assert_eq!(scrape.poll(at(10), TIMEOUT).await.unwrap(), rates(&[("a", 30.0), ("b", 5.0)]));
+        assert_rates(&scrape.poll(at(10), TIMEOUT).await.unwrap(), &[("a", 30.0), ("b", 5.0)]);
     }
 
     #[tokio::test]
@@ -256,7 +303,7 @@ mod tests {
         stub.counters("one", &[("a", 1_000_100)]);
         stub.counters("two", &[("a", 10)]);
         // 100 from the first replica plus 10 since the second restarted, over 10 s; not 1,000,010 / 10.
-        assert_eq!(scrape.poll(at(10), TIMEOUT).await.unwrap(), rates(&[("a", 11.0)]));
+        assert_rates(&scrape.poll(at(10), TIMEOUT).await.unwrap(), &[("a", 11.0)]);
     }
 
     #[tokio::test]
@@ -278,7 +325,7 @@ mod tests {
         stub.counters("one", &[("a", 300)]);
         stub.counters("two", &[("a", 100)]);
         // Measured from the baseline at 0 s: (300 + 100) / 20 s.
-        assert_eq!(scrape.poll(at(20), TIMEOUT).await.unwrap(), rates(&[("a", 20.0)]));
+        assert_rates(&scrape.poll(at(20), TIMEOUT).await.unwrap(), &[("a", 20.0)]);
     }
 
     #[tokio::test]
@@ -363,10 +410,33 @@ mod tests {
         let mut scrape = source(&[format!("{base}/one")]);
         stub.counters("one", &[("a", 5)]);
         assert!(scrape.poll(at(0), TIMEOUT).await.is_err());
-        assert_eq!(scrape.poll(at(15), TIMEOUT).await.unwrap(), rates(&[("a", 0.0)]));
+        assert_rates(&scrape.poll(at(15), TIMEOUT).await.unwrap(), &[("a", 0.0)]);
 
         let mut other = Scrape::new(vec![format!("{base}/one")], "nope_total", "api_key", crate::usage::http_client());
         assert!(other.poll(at(0), TIMEOUT).await.is_err());
         assert_eq!(other.poll(at(15), TIMEOUT).await.unwrap(), Rates::new());
+    }
+
+    #[tokio::test]
+    async fn each_endpoint_is_timed_when_it_answered() {
+        let stub = Stub::default();
+        let base = stub.start().await;
+        let mut scrape = source(&[format!("{base}/slow"), format!("{base}/fast")]);
+
+        // The first poll waits 2 s for `slow`: its counters were read about 1 s after `now` (the middle of the
+        // exchange), those of `fast` right at `now`.
+        let delay = Duration::from_secs(2);
+        stub.counters("slow", &[("a", 0)]);
+        stub.delay("slow", delay);
+        stub.counters("fast", &[("b", 0)]);
+        assert_eq!(scrape.poll(at(0), TIMEOUT).await.unwrap_err().reason(), "WarmingUp");
+
+        // Ten injected seconds later both answer at once.
+        stub.counters("slow", &[("a", 90)]);
+        stub.counters("fast", &[("b", 100)]);
+        let rates = scrape.poll(at(10), TIMEOUT).await.unwrap();
+        // a: 90 over about 9 s, not 90 / 10 s = 9/s; b: 100 over 10 s, not over the 8 s after the slow answer.
+        // 3% separates 10 from 9 and from 12.5, and leaves room for a loaded machine.
+        assert_rates_within(&rates, &[("a", 10.0), ("b", 10.0)], 0.03);
     }
 }
