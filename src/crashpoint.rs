@@ -134,7 +134,7 @@ pub fn hit(point: Point) {
     }
 }
 
-/// Just before the Secret write of `action` (see [`Point::around_secret_write`]).
+/// Just before the Secret write of `action` (see `Point::around_secret_write`).
 pub fn before_secret_write(action: &Action) {
     if let Some((before, _)) = Point::around_secret_write(action) {
         hit(before);

@@ -3,7 +3,7 @@
 //! NB: not kube-runtime's `Recorder`, for two reasons found under load:
 //! - it folds every later event with the same type, reason, action and regarding object into a *series* of the
 //!   first one, patched with the first one's note: a second `Rotated` event within its 6-minute cache still said
-//!   "rotated to key <the first new key>", and a second `ScaledUp` named the first scale's replica counts;
+//!   "rotated to key (the first new key)", and a second `ScaledUp` named the first scale's replica counts;
 //! - it keeps every event it published in memory for 6 minutes, scanned under a global write lock on each publish:
 //!   10,000 new keys meant 10,000 cached events.
 //!
