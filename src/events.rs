@@ -33,6 +33,11 @@ impl Publisher {
         Publisher { client, reporter, seq: AtomicU64::new(0) }
     }
 
+    /// Keyward's publisher: controller `keyward`, instance `$POD_NAME` (set by the chart) when there is one.
+    pub fn keyward(client: kube::Client) -> Self {
+        Publisher::new(client, Reporter { controller: "keyward".into(), instance: std::env::var("POD_NAME").ok() })
+    }
+
     /// Creates the event about `regarding` in its namespace.
     pub async fn publish(&self, ev: &Event, regarding: &ObjectReference) -> Result<(), kube::Error> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);

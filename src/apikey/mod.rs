@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::events::{Event, EventType, Publisher, Reporter};
+use crate::events::{Event, EventType, Publisher};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
@@ -83,7 +83,6 @@ fn is_conflict(e: &kube::Error) -> bool {
 /// Shared by all reconciles.
 pub struct Context {
     pub client: kube::Client,
-    pub reporter: Reporter,
     events: Publisher,
     /// The clock; injected so tests and benchmarks can move time.
     pub now: Arc<dyn Fn() -> Timestamp + Send + Sync>,
@@ -104,11 +103,9 @@ pub const CONTROLLER: &str = "apikey";
 impl Context {
     /// A context with the system clock.
     pub fn new(client: kube::Client, metrics: Arc<Metrics>) -> Self {
-        let reporter = Reporter { controller: "keyward".into(), instance: std::env::var("POD_NAME").ok() };
         Context {
             client: client.clone(),
-            reporter: reporter.clone(),
-            events: Publisher::new(client.clone(), reporter),
+            events: Publisher::keyward(client),
             now: Arc::new(Timestamp::now),
             verified: Mutex::default(),
             failures: Default::default(),

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::events::{Publisher, Reporter};
+use crate::events::Publisher;
 use futures::StreamExt;
 use jiff::Timestamp;
 use kube::ResourceExt;
@@ -97,7 +97,6 @@ struct PolicyState {
 /// Shared by all reconciles.
 pub struct Context {
     pub client: kube::Client,
-    pub reporter: Reporter,
     events: Publisher,
     /// The clock; injected so tests and benchmarks can move time.
     pub now: Arc<dyn Fn() -> Timestamp + Send + Sync>,
@@ -130,11 +129,9 @@ pub async fn run(
         None => Api::all(client.clone()),
     };
     let (reader, keys_ready) = keys;
-    let reporter = Reporter { controller: "keyward".into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
         client: client.clone(),
-        reporter: reporter.clone(),
-        events: Publisher::new(client.clone(), reporter),
+        events: Publisher::keyward(client.clone()),
         now: Arc::new(Timestamp::now),
         http: crate::usage::http_client(),
         states: Mutex::default(),
