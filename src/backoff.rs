@@ -50,6 +50,29 @@ pub fn delay(n: u32) -> Duration {
     Duration::from_secs(1u64 << n.saturating_sub(1).min(9)).min(MAX_DELAY)
 }
 
+/// The Controller's backoff over its trigger streams: none.
+///
+/// NB: kube-runtime wraps ALL of a Controller's trigger streams in ONE backoff (0.8 s doubling to 30 s, with jitter),
+/// on top of the per-watch `default_backoff()` each of Keyward's streams already has. After an API server restart
+/// every watch fails a few times in a row (connection refused, then 410 Gone from the new watch cache), each error
+/// paused every trigger of the controller, and the pauses grew to about a minute with nothing succeeding in between:
+/// a key created after the restart waited 75 to over 120 s (found by `tests/restart.rs`). Each stream backing off on
+/// its own is enough.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TriggersBackOffAlone;
+
+impl Iterator for TriggersBackOffAlone {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+impl kube::runtime::utils::Backoff for TriggersBackOffAlone {
+    fn reset(&mut self) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,27 +95,4 @@ mod tests {
         b.succeeded(&s);
         assert_eq!(b.failed(&s), Duration::from_secs(1));
     }
-}
-
-/// The Controller's backoff over its trigger streams: none.
-///
-/// NB: kube-runtime wraps ALL of a Controller's trigger streams in ONE backoff (0.8 s doubling to 30 s, with jitter),
-/// on top of the per-watch `default_backoff()` each of Keyward's streams already has. After an API server restart
-/// every watch fails a few times in a row (connection refused, then 410 Gone from the new watch cache), each error
-/// paused every trigger of the controller, and the pauses grew to about a minute with nothing succeeding in between:
-/// a key created after the restart waited 75 to over 120 s (found by `tests/restart.rs`). Each stream backing off on
-/// its own is enough.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TriggersBackOffAlone;
-
-impl Iterator for TriggersBackOffAlone {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        Some(Duration::ZERO)
-    }
-}
-
-impl kube::runtime::utils::Backoff for TriggersBackOffAlone {
-    fn reset(&mut self) {}
 }

@@ -101,6 +101,18 @@ impl<K: Resource> Resource for Tolerant<K> {
     }
 }
 
+/// An `Api` over one namespace, or over all of them for `None`: the scope of one set of controllers.
+pub fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 /// A watch of `api` reflected into a store. The returned stream must be polled (by a controller or a task) for
 /// the store to fill; its items are the watcher's events, without the objects that do not deserialize.
 pub fn reflected<K>(

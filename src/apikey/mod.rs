@@ -149,10 +149,7 @@ pub async fn run<S>(
     S: futures::Stream<Item = Result<watcher::Event<ApiKey>, watcher::Error>> + Send + 'static,
 {
     let client = ctx.client.clone();
-    let secrets: Api<PartialObjectMeta<Secret>> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    let secrets: Api<PartialObjectMeta<Secret>> = crate::cache::scoped(&client, namespace.as_deref());
     // NB: metadata-only and label-filtered: Secret data never enters the watch cache.
     let secret_cfg = watcher::Config::default().labels(&format!("{}={}", book::MANAGED_BY_LABEL, book::MANAGED_BY));
     let own = ctx.clone();
@@ -173,10 +170,7 @@ pub async fn run<S>(
     let shutdown = crate::drain::Shutdown::new(shutdown);
     // Policies are cached; a deleted one triggers its keys, whose usage (written by the RateLimitPolicy
     // controller) is then cleared.
-    let policies: Api<RateLimitPolicy> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    let policies: Api<RateLimitPolicy> = crate::cache::scoped(&client, namespace.as_deref());
     let (policy_reader, policies_ready, policy_events) =
         crate::cache::reflected(policies, watcher::Config::default().any_semantic());
     let _ = ctx.policies.set((policy_reader, policies_ready.clone()));

@@ -162,10 +162,7 @@ async fn controllers<F: Future<Output = ()> + Send + 'static>(
         synced.push(rx);
         let ctx = std::sync::Arc::new(crate::apikey::Context::new(client.clone(), metrics.clone()));
         // One ApiKey cache per scope, for both controllers.
-        let api: kube::Api<crate::api::ApiKey> = match &scope {
-            Some(ns) => kube::Api::namespaced(client.clone(), ns),
-            None => kube::Api::all(client.clone()),
-        };
+        let api: kube::Api<crate::api::ApiKey> = crate::cache::scoped(client, scope.as_deref());
         let (store, ready, events) =
             crate::cache::reflected(api, kube::runtime::watcher::Config::default().any_semantic());
         let shared = (store.clone(), ready.clone());

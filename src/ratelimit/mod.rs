@@ -124,10 +124,7 @@ pub async fn run(
     synced: tokio::sync::oneshot::Sender<()>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let policies: Api<RateLimitPolicy> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    let policies: Api<RateLimitPolicy> = crate::cache::scoped(&client, namespace.as_deref());
     let (reader, keys_ready) = keys;
     let ctx = Arc::new(Context {
         client: client.clone(),
