@@ -306,26 +306,19 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context, optimistic: bool) -> Re
     // A key seen for the first time (no status) almost never has a Secret yet: when the decision on a missing Secret
     // is to issue, the read is skipped and the create tells whether the Secret exists after all (409: `reconcile`
     // runs again, with the read). Saves a request per new key, at the API server's limit on a cold start.
-    let skip_read = optimistic
-        && matches!(
-            plan::decide(
-                &Inputs {
-                    spec: &apikey.spec,
-                    rotate_request,
-                    secret: &SecretState::Missing,
-                    had_key,
-                    jitter_key: &jitter_key,
-                    now,
-                },
-                spec_check.clone(),
-            )
-            .action,
-            Action::Issue(IssueKind::First)
-        );
+    let decide = |secret: &SecretState, spec_check| {
+        plan::decide(
+            &Inputs { spec: &apikey.spec, rotate_request, secret, had_key, jitter_key: &jitter_key, now },
+            spec_check,
+        )
+    };
+    let assumed: Option<Decision> = optimistic
+        .then(|| decide(&SecretState::Missing, spec_check.clone()))
+        .filter(|d| matches!(d.action, Action::Issue(IssueKind::First)));
     // Dereference: what exists. Usually the Secret's metadata only; the whole Secret when the status says a write
     // that keeps key material is due (one read instead of two when a thousand keys are due in the same second), or
     // when the fingerprint check reads it. A whole Secret read is kept for the write.
-    let (meta, mut fetched) = if skip_read {
+    let (meta, mut fetched) = if assumed.is_some() {
         (None, None)
     } else if data_due(apikey, now) {
         let full = secrets.get_opt(&secret_name).await.map_err(serr("read"))?;
@@ -358,10 +351,10 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context, optimistic: bool) -> Re
         }
     };
     // Decide.
-    let decision: Decision = plan::decide(
-        &Inputs { spec: &apikey.spec, rotate_request, secret: &state, had_key, jitter_key: &jitter_key, now },
-        spec_check,
-    );
+    let decision: Decision = match assumed {
+        Some(decision) => decision,
+        None => decide(&state, spec_check),
+    };
     if !matches!(decision.action, Action::Nothing) {
         tracing::debug!(
             action = ?decision.action,
