@@ -6,18 +6,14 @@
 
 pub mod api;
 pub mod apikey;
-pub mod backoff;
-pub mod cache;
 pub mod cli;
-pub mod conditions;
 pub mod crashpoint;
 pub mod devenv;
-pub mod drain;
-pub mod events;
 pub mod keys;
 pub mod metrics;
 pub mod operator;
 pub mod ratelimit;
+pub mod runtime;
 pub mod scaling;
 pub mod schedule;
 pub mod usage;

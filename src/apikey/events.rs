@@ -1,12 +1,8 @@
-//! The ApiKey controller's events: what each action says, and publishing it (never fatal).
-
-use kube::Resource;
+//! What each action of the ApiKey controller says in its event. Pure; key ids only, never key material.
 
 use super::book::Book;
 use super::plan::{Action, IssueKind, Revocation};
-use super::{CONTROLLER, Context};
-use crate::api::ApiKey;
-use crate::events::{Event, EventType};
+use crate::runtime::events::{Event, EventType};
 
 /// The event for an action that wrote the Secret.
 pub(super) fn event_for(action: &Action, b: &Book, secret: &str) -> Event {
@@ -59,12 +55,4 @@ pub(super) fn event_for(action: &Action, b: &Book, secret: &str) -> Event {
         Action::Nothing => (EventType::Normal, "Reconciled", String::new()),
     };
     Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None }
-}
-
-/// Publishes an event; a failure to publish is logged, never fatal.
-pub(super) async fn publish(ctx: &Context, apikey: &ApiKey, ev: Event) {
-    ctx.metrics.api_write(CONTROLLER, "Event");
-    if let Err(e) = ctx.events.publish(&ev, &apikey.object_ref(&())).await {
-        tracing::warn!(error = %e, reason = %ev.reason, "could not publish event");
-    }
 }

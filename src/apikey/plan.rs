@@ -1,12 +1,18 @@
-//! The ApiKey decision, pure: from the spec, what the Secret's bookkeeping says, and the time, decide the one
-//! write (if any) this reconcile makes, the Ready condition, and when to look again. Nothing here talks to the API
-//! server or reads a clock.
+//! The ApiKey plan, pure: from the spec, what the Secret's bookkeeping says, and the time, [`decide`] the one
+//! action (if any) this reconcile takes; [`write`] says exactly which Secret that writes with which bookkeeping;
+//! [`outcome`] derives the status and when to look again. Nothing here talks to the API server or reads a clock.
 
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Secret;
 
 use super::book::Book;
-use crate::api::ApiKeySpec;
-use crate::conditions::Desired;
+use super::events::event_for;
+use super::observe::Observed;
+use super::{secret, status};
+use crate::api::{ApiKey, ApiKeySpec, ApiKeyStatus};
+use crate::keys::{self, KeyMaterial};
+use crate::runtime::conditions::Desired;
+use crate::runtime::events::Event;
 use crate::schedule::RotationPlan;
 
 /// The Secret as observed.
@@ -63,6 +69,13 @@ pub struct Decision {
     pub requeue_at: Option<Timestamp>,
 }
 
+impl Decision {
+    /// Whether the decision is to issue this ApiKey's first key.
+    pub fn is_first_issue(&self) -> bool {
+        matches!(self.action, Action::Issue(IssueKind::First))
+    }
+}
+
 /// Everything a decision depends on.
 pub struct Inputs<'a> {
     pub spec: &'a ApiKeySpec,
@@ -83,6 +96,7 @@ pub mod reason {
     pub const EXPIRED: &str = "Expired";
     pub const SECRET_CONFLICT: &str = "SecretConflict";
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const POLICY_NOT_FOUND: &str = "RateLimitPolicyNotFound";
 }
 
 /// The Secret's name: `spec.secretName`, defaulting to the ApiKey's name.
@@ -241,6 +255,114 @@ pub fn next_due(
     ];
     let requeue = candidates.into_iter().flatten().filter(|t| *t > now).min();
     (next_rotation, requeue)
+}
+
+/// The one Secret write a decision makes: the whole Secret, the bookkeeping it persists, and what to say about it.
+pub struct SecretWrite {
+    /// The Secret to write, conditional on the resourceVersion the decision was based on.
+    pub secret: Secret,
+    /// Create (the Secret was missing) or replace.
+    pub create: bool,
+    /// The bookkeeping in the written Secret's annotations.
+    pub book: Book,
+    /// The event published once the write succeeded.
+    pub event: Event,
+    /// The `keyward_rotations_total` label, for a write that replaced the key.
+    pub rotation: Option<&'static str>,
+    /// The action the write carries out (crash points are placed by it).
+    pub action: Action,
+}
+
+/// The key material a write puts in the Secret: a freshly generated key (for Issue and Rotate) and the current
+/// key as read (kept by a rotation as the previous key, or by the end of a grace period as the current one).
+pub struct Material {
+    pub new_key: Option<KeyMaterial>,
+    pub kept: Option<KeyMaterial>,
+}
+
+/// Which Secret to write, with which bookkeeping and material, for `action`; `None` for [`Action::Nothing`].
+pub fn write(
+    apikey: &ApiKey,
+    o: &Observed,
+    action: &Action,
+    material: &Material,
+    grace: std::time::Duration,
+    now: Timestamp,
+) -> Option<SecretWrite> {
+    if matches!(action, Action::Nothing) {
+        return None;
+    }
+    let old = o.book().cloned().unwrap_or_default();
+    let new_id = material.new_key.as_ref().map(keys::key_id);
+    let book = next_book(&old, action, new_id, o.rotate_request.as_deref(), grace, now);
+    let (current, previous) = match action {
+        Action::Rotate { .. } => (material.new_key.as_ref(), material.kept.as_ref().filter(|_| book.has_previous())),
+        Action::DropPrevious => (material.kept.as_ref(), None),
+        Action::Issue(_) => (material.new_key.as_ref(), None),
+        Action::Remove(_) | Action::Nothing => (None, None),
+    };
+    let secret =
+        secret::build(apikey, &o.secret_name, &book, &secret::Material { current, previous }, o.secret_version.clone());
+    Some(SecretWrite {
+        secret,
+        create: matches!(o.secret, SecretState::Missing),
+        event: event_for(action, &book, &o.secret_name),
+        rotation: rotation_label(action),
+        action: action.clone(),
+        book,
+    })
+}
+
+/// The `keyward_rotations_total` label of an action that replaced the key.
+fn rotation_label(action: &Action) -> Option<&'static str> {
+    match action {
+        Action::Rotate { manual: true } => Some("manual"),
+        Action::Rotate { manual: false } => Some("scheduled"),
+        Action::Issue(IssueKind::Regenerated) => Some("regenerated"),
+        Action::Issue(IssueKind::Tampered) => Some("tampered"),
+        _ => None,
+    }
+}
+
+/// What a reconcile leaves behind once its writes are done: the status and when to look again.
+pub struct Outcome {
+    pub status: ApiKeyStatus,
+    pub ready: Desired,
+    pub next_rotation: Option<Timestamp>,
+    pub requeue_at: Option<Timestamp>,
+}
+
+/// The status derived from the persisted bookkeeping (`book`: after the write, or as read), and the next moment
+/// something is due. An issued key's condition names its fingerprint, known only after the write; a key whose
+/// `rateLimitPolicyRef` names no policy is issued but not Ready.
+pub fn outcome(apikey: &ApiKey, o: &Observed, decision: &Decision, book: Option<&Book>, now: Timestamp) -> Outcome {
+    let (next_rotation, requeue_at) =
+        next_due(book.unwrap_or(&Book::default()), o.rotation.as_ref().ok(), &apikey.spec, &o.jitter_key, now);
+    let ready = match decision.ready.reason {
+        reason::KEY_ISSUED if o.policy_missing => policy_missing_condition(apikey),
+        reason::KEY_ISSUED => issued_condition(book.and_then(|b| b.key_id.as_deref())),
+        _ => decision.ready.clone(),
+    };
+    Outcome {
+        status: status::desired(apikey, book, &ready, next_rotation, now),
+        requeue_at: [requeue_at, decision.requeue_at].into_iter().flatten().min(),
+        ready,
+        next_rotation,
+    }
+}
+
+/// Ready=False for a key whose policy is missing: issued, but not metered.
+fn policy_missing_condition(apikey: &ApiKey) -> Desired {
+    let policy = apikey.spec.rate_limit_policy_ref.as_ref().map(|r| r.name.as_str()).unwrap_or_default();
+    Desired::new(
+        "Ready",
+        false,
+        reason::POLICY_NOT_FOUND,
+        format!(
+            "rateLimitPolicyRef names RateLimitPolicy {policy}, which does not exist in this namespace; the key is \
+             issued but not metered"
+        ),
+    )
 }
 
 #[cfg(test)]

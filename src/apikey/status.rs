@@ -5,7 +5,7 @@ use jiff::Timestamp;
 use super::book::Book;
 use crate::api::common::Time;
 use crate::api::{ApiKey, ApiKeyStatus};
-use crate::conditions::{self, Desired};
+use crate::runtime::conditions::{self, Desired};
 
 /// The part of the status this controller owns: everything but `usage` and the conditions other than `Ready`,
 /// which belong to the RateLimitPolicy controller. Under server-side apply each controller applies only its own
@@ -19,6 +19,17 @@ pub fn owned(status: Option<&ApiKeyStatus>) -> ApiKeyStatus {
 
 /// The condition type this controller owns.
 pub const READY: &str = "Ready";
+
+impl crate::runtime::Kind for ApiKey {
+    const STATUS_WRITE: &'static str = "ApiKeyStatus";
+
+    fn status_with_ready(&self, ready: &Desired, now: Timestamp) -> serde_json::Value {
+        let mut status = owned(self.status.as_ref());
+        status.conditions =
+            conditions::merge(&status.conditions, std::slice::from_ref(ready), self.metadata.generation, now);
+        serde_json::to_value(status).unwrap_or_default()
+    }
+}
 
 /// The status the ApiKey should have, as this controller owns it (see [`owned`]).
 pub fn desired(

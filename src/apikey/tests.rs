@@ -2,6 +2,7 @@
 
 use super::read::data_due;
 use super::*;
+use crate::api::apikey::ROTATE_ANNOTATION;
 
 fn key(generation: i64, rotate: Option<&str>, key_id: Option<&str>) -> ApiKey {
     let mut k: ApiKey = serde_json::from_value(serde_json::json!({

@@ -162,9 +162,9 @@ async fn controllers<F: Future<Output = ()> + Send + 'static>(
         synced.push(rx);
         let ctx = std::sync::Arc::new(crate::apikey::Context::new(client.clone(), metrics.clone()));
         // One ApiKey cache per scope, for both controllers.
-        let api: kube::Api<crate::api::ApiKey> = crate::cache::scoped(client, scope.as_deref());
+        let api: kube::Api<crate::api::ApiKey> = crate::runtime::cache::scoped(client, scope.as_deref());
         let (store, ready, events) =
-            crate::cache::reflected(api, kube::runtime::watcher::Config::default().any_semantic());
+            crate::runtime::cache::reflected(api, kube::runtime::watcher::Config::default().any_semantic());
         let shared = (store.clone(), ready.clone());
         let keys = crate::apikey::Keys { store, ready, events };
         runs.push(tokio::spawn(crate::apikey::run(

@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use crate::api::apikey::KeyUsage;
 use crate::api::common::Time;
-use crate::conditions::{self, Desired};
+use crate::runtime::conditions::{self, Desired};
 use crate::usage::Rates;
 
 /// Condition types this controller owns on an ApiKey.

@@ -7,34 +7,36 @@
 //! HorizontalPodAutoscaler on the same target means no writes (`ScalingConflict=True`); a slow source holds only its
 //! own policy's reconcile, for at most the poll timeout.
 
-mod apikeys;
-mod autoscale;
+mod apply;
 mod check;
-mod cycle;
-mod events;
 pub mod keys;
 pub mod limits;
+mod observe;
+mod plan;
+mod release;
 pub mod scale;
 pub mod status;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::events::Publisher;
 use futures::StreamExt;
-use jiff::Timestamp;
-use kube::ResourceExt;
+use jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ApiResource};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
 
+use self::check::Checked;
 use crate::api::ApiKey;
 use crate::api::ratelimit::{RateLimitPolicy, UsageSource};
 use crate::metrics::Metrics;
+use crate::runtime::conditions::Desired;
+use crate::runtime::{Plumbing, ReconcileError, cache};
 use crate::scaling::Stabilizer;
-use crate::usage::AnySource;
+use crate::usage::{AnySource, SourceError};
 
 /// Field manager of this controller's server-side applies: the policy's status and, on ApiKeys, `status.usage`
 /// and the `NearLimit`/`Exhausted` conditions.
@@ -69,13 +71,16 @@ pub enum Error {
     MissingMetadata,
 }
 
-impl Error {
-    /// PascalCase category, for logs and metrics.
-    pub fn reason(&self) -> &'static str {
+impl ReconcileError for Error {
+    fn reason(&self) -> &'static str {
         match self {
             Error::Status { .. } => "StatusWriteFailed",
             Error::MissingMetadata => "InvalidObject",
         }
+    }
+
+    fn is_transient(&self) -> bool {
+        matches!(self, Error::Status { source: kube::Error::Api(s), .. } if s.code == 409)
     }
 }
 
@@ -94,22 +99,44 @@ struct PolicyState {
     override_index: Option<usize>,
 }
 
+impl PolicyState {
+    /// Whether a cycle is due at `now`: the interval has passed, the spec changed, or the limit in force changed
+    /// on its own. A due cycle is recorded as started; returns whether the active override changed.
+    fn start_cycle(&mut self, generation: Option<i64>, checked: &Checked, now: Timestamp) -> Option<bool> {
+        let override_index = checked.limit.active.as_ref().map(|a| a.index);
+        let next_poll = self.last_poll.and_then(|t| t.checked_add(as_signed(checked.interval)).ok());
+        let due = next_poll.is_none_or(|t| now >= t)
+            || self.generation != generation
+            || self.override_index != override_index;
+        if !due {
+            return None;
+        }
+        let changed = self.override_index != override_index;
+        (self.last_poll, self.generation, self.override_index) = (Some(now), generation, override_index);
+        Some(changed)
+    }
+
+    /// When the next cycle is due: the next poll, or the limit changing on its own, whichever is first.
+    fn next_cycle(&self, checked: &Checked, now: Timestamp) -> Option<Timestamp> {
+        let next_poll = self.last_poll.unwrap_or(now).checked_add(as_signed(checked.interval)).ok();
+        [next_poll, checked.limit.changes_at].into_iter().flatten().min()
+    }
+}
+
 /// Shared by all reconciles.
 pub struct Context {
-    pub client: kube::Client,
-    events: Publisher,
-    /// The clock; injected so tests and benchmarks can move time.
-    pub now: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+    /// Client, clock, events, metrics and backoff of the policies.
+    pub runtime: Plumbing<RateLimitPolicy>,
+    /// Writes of ApiKey usage, under this controller's field manager.
+    keys: Plumbing<ApiKey>,
     http: reqwest::Client,
     states: Mutex<HashMap<ObjectRef<RateLimitPolicy>, Arc<tokio::sync::Mutex<PolicyState>>>>,
     /// Discovery results per `(apiVersion, kind)`.
     targets: Mutex<HashMap<(String, String), ApiResource>>,
-    failures: crate::backoff::Backoff<RateLimitPolicy>,
     apikeys: Store<ApiKey>,
-    apikeys_ready: crate::cache::Ready,
+    apikeys_ready: cache::Ready,
     /// The controller's cache of policies, to forget the state of deleted ones; set by [`run`].
-    policies: std::sync::OnceLock<Store<RateLimitPolicy>>,
-    pub metrics: Arc<Metrics>,
+    policies: OnceLock<Store<RateLimitPolicy>>,
 }
 
 /// Runs the controller until `shutdown` completes. `namespace` limits it to one namespace. The ApiKeys that
@@ -119,32 +146,30 @@ pub async fn run(
     client: kube::Client,
     metrics: Arc<Metrics>,
     namespace: Option<String>,
-    keys: (Store<ApiKey>, crate::cache::Ready),
+    keys: (Store<ApiKey>, cache::Ready),
     concurrency: u16,
     synced: tokio::sync::oneshot::Sender<()>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let policies: Api<RateLimitPolicy> = crate::cache::scoped(&client, namespace.as_deref());
+    let policies: Api<RateLimitPolicy> = cache::scoped(&client, namespace.as_deref());
     let (reader, keys_ready) = keys;
     let ctx = Arc::new(Context {
-        client: client.clone(),
-        events: Publisher::keyward(client.clone()),
-        now: Arc::new(Timestamp::now),
+        runtime: Plumbing::new(client.clone(), metrics.clone(), CONTROLLER, MANAGER),
+        keys: Plumbing::new(client, metrics, CONTROLLER, MANAGER),
         http: crate::usage::http_client(),
         states: Mutex::default(),
         targets: Mutex::default(),
-        failures: Default::default(),
         apikeys: reader,
         apikeys_ready: keys_ready.clone(),
-        policies: std::sync::OnceLock::new(),
-        metrics,
+        policies: OnceLock::new(),
     });
-    let shutdown = crate::drain::Shutdown::new(shutdown);
+    let shutdown = crate::runtime::drain::Shutdown::new(shutdown);
     let (policy_store, policies_ready, policy_events) =
-        crate::cache::reflected(policies, watcher::Config::default().any_semantic());
+        cache::reflected(policies, watcher::Config::default().any_semantic());
     let controller = Controller::for_stream(policy_events.applied_objects(), policy_store.clone());
-    let _ = ctx.policies.set(policy_store);
+    let _ = ctx.policies.set(policy_store.clone());
     let ready = tokio::spawn({
+        let policies_ready = policies_ready.clone();
         async move {
             if policies_ready.wait().await {
                 keys_ready.wait().await;
@@ -153,35 +178,82 @@ pub async fn run(
             let _ = synced.send(());
         }
     });
+    let release = tokio::spawn(release::run(ctx.clone(), policy_store, policies_ready));
     let controller = controller
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
-        .trigger_backoff(crate::backoff::TriggersBackOffAlone)
+        .trigger_backoff(crate::runtime::backoff::TriggersBackOffAlone)
         .graceful_shutdown_on(async move {
             let _ = shutdown.graceful.await;
         })
         .run(reconcile, error_policy, ctx)
-        .for_each(crate::drain::log_result);
-    crate::drain::run_bounded(controller, shutdown.started, "RateLimitPolicy").await;
+        .for_each(crate::runtime::drain::log_result);
+    crate::runtime::drain::run_bounded(controller, shutdown.started, "RateLimitPolicy").await;
     ready.abort();
+    release.abort();
 }
 
-/// Exponential backoff per object: 1 s doubling to 5 minutes, reset by a success.
 fn error_policy(obj: Arc<RateLimitPolicy>, err: &Error, ctx: Arc<Context>) -> Requeue {
-    let delay = ctx.failures.failed(obj.as_ref());
-    tracing::warn!(namespace = obj.namespace().as_deref(), name = %obj.name_any(), reason = err.reason(), error = %err, retry_in = ?delay, "reconcile failed");
-    Requeue::requeue(delay)
+    crate::runtime::error_policy(obj.as_ref(), err, &ctx.runtime)
 }
 
 #[tracing::instrument(skip_all, fields(namespace = obj.namespace().as_deref(), name = %obj.name_any()))]
 async fn reconcile(obj: Arc<RateLimitPolicy>, ctx: Arc<Context>) -> Result<Requeue, Error> {
-    let started = std::time::Instant::now();
-    let result = cycle::reconcile_inner(&obj, &ctx).await;
-    ctx.metrics.reconcile(CONTROLLER, started.elapsed(), result.as_ref().err().map(Error::reason));
+    let result = crate::runtime::wrap(obj.as_ref(), &ctx.runtime, reconcile_policy(&obj, &ctx)).await;
     ctx.forget_deleted();
-    if result.is_ok() {
-        ctx.failures.succeeded(obj.as_ref());
-    }
     result
+}
+
+/// One cycle: check the spec → is a cycle due? → observe (poll, members, target) → plan (pure) → apply → status.
+async fn reconcile_policy(policy: &RateLimitPolicy, ctx: &Context) -> Result<Requeue, Error> {
+    if policy.meta().deletion_timestamp.is_some() {
+        // The target's replicas stay as they are; nothing to undo.
+        return Ok(Requeue::await_change());
+    }
+    let now = ctx.runtime.now();
+    let ns = policy.namespace().ok_or(Error::MissingMetadata)?;
+    let state = ctx.state(policy);
+    let mut state = state.lock().await;
+    let checked = match check::check(&policy.spec, now) {
+        Ok(c) => c,
+        Err(message) => {
+            state.generation = policy.metadata.generation;
+            let invalid = vec![Desired::new(condition::READY, false, "InvalidSpec", message)];
+            apply::status(ctx, policy, plan::status(policy, invalid, plan::Figures::default(), None, now)).await?;
+            return Ok(Requeue::await_change());
+        }
+    };
+    let Some(override_changed) = state.start_cycle(policy.metadata.generation, &checked, now) else {
+        return Ok(crate::runtime::requeue_at(state.next_cycle(&checked, now), ctx.runtime.now()));
+    };
+    let observed = observe::observe(ctx, policy, &ns, &mut state, &checked, now).await;
+    if let Err(e) = &observed.rates
+        && !matches!(e, SourceError::NotConfigured)
+    {
+        ctx.runtime.metrics.usage_source_error(&ns, &policy.name_any(), e.reason());
+    }
+    let current = policy.status.clone().unwrap_or_default();
+    let (stabilizer, seeded) = (&state.stabilizer, state.seeded);
+    let inputs = plan::Inputs {
+        checked: &checked,
+        observed: &observed,
+        current: &current,
+        override_changed,
+        stabilizer,
+        seeded,
+        now,
+    };
+    let mut p = plan::plan(&inputs);
+    if let Some(history) = p.stabilizer.take() {
+        (state.stabilizer, state.seeded) = (history, true);
+    }
+    apply::plan(ctx, policy, &ns, &mut p, now).await;
+    let new = plan::status(policy, p.conditions, p.figures, Some(checked.limit.display()), now);
+    apply::status(ctx, policy, new).await?;
+    Ok(crate::runtime::requeue_at(state.next_cycle(&checked, now), ctx.runtime.now()))
+}
+
+fn as_signed(d: Duration) -> SignedDuration {
+    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
 }
 
 impl Context {
@@ -195,7 +267,7 @@ impl Context {
         if let Some(ar) = self.targets.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(ar);
         }
-        let ar = scale::resolve(&self.client, target).await?;
+        let ar = scale::resolve(&self.runtime.client, target).await?;
         if let Ok(mut m) = self.targets.lock() {
             m.insert(key, ar.clone());
         }
@@ -209,7 +281,7 @@ impl Context {
             states.retain(|r, _| {
                 let keep = store.get(r).is_some();
                 if !keep {
-                    self.metrics.forget_policy(r.namespace.as_deref().unwrap_or_default(), &r.name);
+                    self.runtime.metrics.forget_policy(r.namespace.as_deref().unwrap_or_default(), &r.name);
                 }
                 keep
             });

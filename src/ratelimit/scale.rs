@@ -124,6 +124,32 @@ pub fn targets(hpa: &HorizontalPodAutoscaler, target: &ScaleTargetRef) -> bool {
     r.kind == target.kind && r.name == target.name && same_group
 }
 
+/// The name of another RateLimitPolicy of the same namespace that scales the same target and wins over `policy`:
+/// the oldest one (then the first by name) keeps scaling, every later one holds. Deleted ones do not count.
+pub fn competing_policy(
+    policies: &[std::sync::Arc<crate::api::ratelimit::RateLimitPolicy>],
+    policy: &crate::api::ratelimit::RateLimitPolicy,
+) -> Option<String> {
+    use kube::ResourceExt;
+    let mine = policy.spec.scaling.as_ref().map(|s| &s.target_ref)?;
+    let rank = |p: &crate::api::ratelimit::RateLimitPolicy| {
+        (p.metadata.creation_timestamp.as_ref().map(|t| t.0), p.name_any())
+    };
+    policies
+        .iter()
+        .filter(|p| p.namespace() == policy.namespace() && p.name_any() != policy.name_any())
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.spec.scaling.as_ref().is_some_and(|s| same_target(&s.target_ref, mine)))
+        .filter(|p| rank(p) < rank(policy))
+        .min_by_key(|p| rank(p))
+        .map(|p| p.name_any())
+}
+
+/// Whether two target references name the same object: same kind and name, same API group.
+fn same_target(a: &ScaleTargetRef, b: &ScaleTargetRef) -> bool {
+    a.kind == b.kind && a.name == b.name && group_version(&a.api_version).0 == group_version(&b.api_version).0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +172,37 @@ mod tests {
 
     fn target(api_version: &str, kind: &str, name: &str) -> ScaleTargetRef {
         ScaleTargetRef { api_version: api_version.into(), kind: kind.into(), name: name.into() }
+    }
+
+    fn policy(name: &str, created: i64, t: ScaleTargetRef) -> std::sync::Arc<crate::api::ratelimit::RateLimitPolicy> {
+        let mut p: crate::api::ratelimit::RateLimitPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "keyward.dev/v1alpha1", "kind": "RateLimitPolicy",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"limit": {"requests": 10, "period": "1m"},
+                     "scaling": {"targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "x"},
+                                 "maxReplicas": 3, "capacityPerReplica": {"requests": 10, "period": "1s"}}}
+        }))
+        .expect("policy");
+        p.spec.scaling.as_mut().expect("scaling").target_ref = t;
+        p.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::from_second(1_800_000_000 + created).expect("t"),
+        ));
+        std::sync::Arc::new(p)
+    }
+
+    #[test]
+    fn the_oldest_policy_on_a_target_keeps_it_and_later_ones_hold() {
+        let gw = target("apps/v1", "Deployment", "gw");
+        let (a, b, c) = (policy("a", 0, gw.clone()), policy("b", 5, gw.clone()), policy("c", 9, gw.clone()));
+        let other = policy("d", -5, target("apps/v1", "Deployment", "other"));
+        let all = vec![a.clone(), b.clone(), c.clone(), other];
+        assert_eq!(competing_policy(&all, &a), None, "the oldest scales");
+        assert_eq!(competing_policy(&all, &b).as_deref(), Some("a"));
+        assert_eq!(competing_policy(&all, &c).as_deref(), Some("a"));
+        let same_age = policy("aa", 0, gw.clone());
+        assert_eq!(competing_policy(&[a.clone(), same_age.clone()], &same_age).as_deref(), Some("a"), "then by name");
+        let other_group = policy("e", 9, target("example.com/v1", "Deployment", "gw"));
+        assert_eq!(competing_policy(&all, &other_group), None, "another API group is another object");
     }
 
     #[test]

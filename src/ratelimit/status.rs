@@ -51,7 +51,7 @@ pub fn round2(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conditions::{Desired, merge};
+    use crate::runtime::conditions::{Desired, merge};
 
     fn status(usage: f64, utilization: f64, reason: &'static str, message: &str) -> RateLimitPolicyStatus {
         RateLimitPolicyStatus {

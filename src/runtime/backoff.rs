@@ -11,9 +11,16 @@ use kube::runtime::reflector::ObjectRef;
 /// The longest wait between retries.
 pub const MAX_DELAY: Duration = Duration::from_secs(300);
 
+/// One object's run of failures: how many, and the reason last shown on the object.
+#[derive(Default)]
+struct Streak {
+    count: u32,
+    shown: Option<&'static str>,
+}
+
 /// Consecutive failures per object.
 pub struct Backoff<K: Resource<DynamicType = ()>> {
-    failures: Mutex<HashMap<ObjectRef<K>, u32>>,
+    failures: Mutex<HashMap<ObjectRef<K>, Streak>>,
 }
 
 impl<K: Resource<DynamicType = ()>> Default for Backoff<K> {
@@ -29,9 +36,9 @@ impl<K: Resource<DynamicType = ()>> Backoff<K> {
             .failures
             .lock()
             .map(|mut m| {
-                let n = m.entry(ObjectRef::from_obj(obj)).or_insert(0);
-                *n = n.saturating_add(1);
-                *n
+                let s = m.entry(ObjectRef::from_obj(obj)).or_default();
+                s.count = s.count.saturating_add(1);
+                s.count
             })
             .unwrap_or(1);
         delay(n)
@@ -42,6 +49,16 @@ impl<K: Resource<DynamicType = ()>> Backoff<K> {
         if let Ok(mut m) = self.failures.lock() {
             m.remove(&ObjectRef::from_obj(obj));
         }
+    }
+
+    /// Records that a failure with `reason` is shown on `obj`; `false` when this run of failures already showed
+    /// the same reason (so a retry that fails the same way publishes nothing more).
+    pub fn note_reason(&self, obj: &K, reason: &'static str) -> bool {
+        let Ok(mut m) = self.failures.lock() else { return true };
+        let s = m.entry(ObjectRef::from_obj(obj)).or_default();
+        let new = s.shown != Some(reason);
+        s.shown = Some(reason);
+        new
     }
 }
 
@@ -92,7 +109,11 @@ mod tests {
         s.metadata.namespace = Some("ns".into());
         assert_eq!(b.failed(&s), Duration::from_secs(1));
         assert_eq!(b.failed(&s), Duration::from_secs(2));
+        assert!(b.note_reason(&s, "A"), "first failure of the run is shown");
+        assert!(!b.note_reason(&s, "A"), "the same reason again is not");
+        assert!(b.note_reason(&s, "B"), "a new reason is");
         b.succeeded(&s);
         assert_eq!(b.failed(&s), Duration::from_secs(1));
+        assert!(b.note_reason(&s, "B"), "a new run after a success shows again");
     }
 }

@@ -1,0 +1,112 @@
+//! Apply: the only writes of the ApiKey controller. The Secret first, so that everything after it (restarts,
+//! status) is derived from what was persisted; then the rollout restarts; then the status, only when it changed.
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use kube::runtime::reflector::ObjectRef;
+
+use super::book::Book;
+use super::observe::Observed;
+use super::plan::{Outcome, SecretWrite};
+use super::{CONTROLLER, Context, Error, MANAGER, restart, status};
+use crate::api::ApiKey;
+use crate::crashpoint::{self, Point};
+use crate::runtime::events::{Event, EventType};
+use crate::runtime::within_timeout;
+
+/// Writes the Secret as planned and publishes its event; returns the bookkeeping now persisted.
+///
+/// NB: the write carries the resourceVersion the DECISION was based on, not a later read: if the Secret changed in
+/// between (another instance rotated), it fails with 409 and the next reconcile decides again. Conditioning on a
+/// later read would let a stale decision rotate a second time and cut the legitimate previous key's grace short.
+pub async fn secret(ctx: &Context, apikey: &ApiKey, o: &Observed, write: SecretWrite) -> Result<Book, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.runtime.client.clone(), &o.ns);
+    let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+    let op = if write.create { "create" } else { "update" };
+    let serr = |source| Error::Secret { op, ns: o.ns.clone(), name: o.secret_name.clone(), source };
+    ctx.runtime.metrics.api_write(CONTROLLER, "Secret");
+    crashpoint::before_secret_write(&write.action);
+    let written = if write.create {
+        within_timeout(secrets.create(&pp, &write.secret)).await.map_err(serr)?
+    } else {
+        within_timeout(secrets.replace(&o.secret_name, &pp, &write.secret)).await.map_err(serr)?
+    };
+    crashpoint::after_secret_write(&write.action);
+    ctx.mark_verified(&o.ns, &o.secret_name, written.metadata.resource_version.as_deref());
+    if let Some(kind) = write.rotation {
+        ctx.runtime.metrics.rotation(kind);
+    }
+    ctx.runtime.publish(apikey, write.event).await;
+    Ok(write.book)
+}
+
+/// Restarts the workloads listed in `rolloutRestart` that have not been restarted for the key in `book`; returns
+/// when to look again if a restart waits for the debounce window. A missing target is reported only right after a
+/// rotation, so an idle reconcile publishes nothing.
+pub async fn restarts(
+    ctx: &Context,
+    apikey: &ApiKey,
+    ns: &str,
+    book: &Book,
+    just_rotated: bool,
+    now: Timestamp,
+) -> Result<Option<Timestamp>, Error> {
+    let Some(at) = book.rotated_at.filter(|_| book.has_key()) else { return Ok(None) };
+    let mut wait: Option<Timestamp> = None;
+    for t in &apikey.spec.rollout_restart {
+        let rerr = |source| Error::Restart { kind: t.kind, ns: ns.to_string(), name: t.name.clone(), source };
+        let current = restart::current(&ctx.runtime.client, ns, t).await.map_err(rerr)?;
+        let note = match current {
+            None if just_rotated => Some((
+                EventType::Warning,
+                "RolloutTargetMissing",
+                format!("{:?} {} does not exist; nothing to restart", t.kind, t.name),
+            )),
+            None => None,
+            Some(cur) => match restart::plan(cur.as_deref(), at, book.rotation_count, now) {
+                restart::RestartPlan::UpToDate => None,
+                restart::RestartPlan::WaitUntil(w) => {
+                    wait = Some(wait.map_or(w, |x| x.min(w)));
+                    None
+                }
+                restart::RestartPlan::Restart => {
+                    ctx.runtime.metrics.api_write(CONTROLLER, "RolloutRestart");
+                    crashpoint::hit(Point::BeforeRolloutRestart);
+                    restart::restart(&ctx.runtime.client, ns, t, &at.to_string()).await.map_err(rerr)?;
+                    crashpoint::hit(Point::AfterRolloutRestart);
+                    let note = format!("restarted {:?} {} for the key issued at {at}", t.kind, t.name);
+                    Some((EventType::Normal, "RolloutRestarted", note))
+                }
+            },
+        };
+        if let Some((type_, reason, note)) = note {
+            let ev = Event {
+                type_,
+                reason: reason.into(),
+                note: Some(note),
+                action: "RolloutRestart".into(),
+                secondary: None,
+            };
+            ctx.runtime.publish(apikey, ev).await;
+        }
+    }
+    Ok(wait)
+}
+
+/// Reports the key's state in the metrics and writes the status when it differs from what this controller owns.
+pub async fn status(ctx: &Context, apikey: &ApiKey, o: &Observed, outcome: &Outcome) -> Result<(), Error> {
+    let state = if outcome.ready.status { "Ready" } else { outcome.ready.reason };
+    ctx.runtime.metrics.set_key(&o.ns, &o.name, state, outcome.next_rotation);
+    if let Ok(mut r) = ctx.reported.lock() {
+        r.insert(ObjectRef::from_obj(apikey));
+    }
+    if status::owned(apikey.status.as_ref()) == outcome.status {
+        return Ok(());
+    }
+    ctx.runtime.apply_status(&o.ns, &o.name, &outcome.status).await.map_err(|source| Error::Status {
+        ns: o.ns.clone(),
+        name: o.name.clone(),
+        source,
+    })
+}

@@ -1,0 +1,202 @@
+//! Observe: everything a reconcile reads, into one [`Observed`] value. The ApiKey's own facts (names, the rotation
+//! request, the parsed rotation spec) cost nothing; the Secret is read as metadata only unless its data is needed
+//! (a due write that keeps key material, or the fingerprint check of a version not yet verified).
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+
+use super::book::Book;
+use super::plan::{self, Action, Inputs, SecretState};
+use super::read::{current_key, data_due, read_at_version};
+use super::{Context, Error, secret};
+use crate::api::apikey::ROTATE_ANNOTATION;
+use crate::api::{ApiKey, ApiKeySpec};
+use crate::keys::{self, KeyMaterial};
+use crate::schedule::RotationPlan;
+
+/// What one reconcile knows about an ApiKey and its Secret.
+pub struct Observed {
+    pub ns: String,
+    pub name: String,
+    pub uid: String,
+    /// The Secret's name (`spec.secretName` or the ApiKey's name).
+    pub secret_name: String,
+    /// `<namespace>/<name>/<uid>`: spreads jitter across keys.
+    pub jitter_key: String,
+    /// Value of the `keyward.dev/rotate` annotation on the cached ApiKey.
+    pub rotate_request: Option<String>,
+    /// Whether this ApiKey ever had a key (its status names one): a missing Secret then means it was deleted.
+    pub had_key: bool,
+    /// The parsed rotation spec, or why the spec (rotation or format) is invalid.
+    pub rotation: Result<RotationPlan, String>,
+    /// The Secret as read (or as assumed, see [`Observed::read`]).
+    pub secret: SecretState,
+    /// The Secret's resourceVersion the decision is based on: every write is conditional on it.
+    pub secret_version: Option<String>,
+    /// The whole Secret, when it was read with its data.
+    pub fetched: Option<Secret>,
+    /// Whether the Secret was read at all (`false`: assumed missing on a first-seen key).
+    pub read: bool,
+    /// `rateLimitPolicyRef` names a policy that does not exist (known only once the policies are listed).
+    pub policy_missing: bool,
+}
+
+impl Observed {
+    /// The decision's inputs at `now`.
+    pub fn inputs<'a>(&'a self, spec: &'a ApiKeySpec, now: Timestamp) -> Inputs<'a> {
+        Inputs {
+            spec,
+            rotate_request: self.rotate_request.as_deref(),
+            secret: &self.secret,
+            had_key: self.had_key,
+            jitter_key: &self.jitter_key,
+            now,
+        }
+    }
+
+    /// The bookkeeping of the Secret as read, if it is ours.
+    pub fn book(&self) -> Option<&Book> {
+        match &self.secret {
+            SecretState::Managed { book, .. } => Some(book),
+            _ => None,
+        }
+    }
+}
+
+/// The ApiKey's own facts, before any read; the Secret is assumed missing until [`read_secret`]. `None` for an
+/// object without namespace or uid.
+pub fn facts(apikey: &ApiKey, ctx: &Context) -> Option<Observed> {
+    let ns = apikey.namespace()?;
+    let uid = apikey.uid()?;
+    let name = apikey.name_any();
+    let status = apikey.status.as_ref();
+    Some(Observed {
+        secret_name: plan::secret_name(&apikey.spec, &name).to_string(),
+        jitter_key: format!("{ns}/{name}/{uid}"),
+        rotate_request: apikey.annotations().get(ROTATE_ANNOTATION).cloned(),
+        had_key: status.is_some_and(|s| s.key_id.is_some() || s.rotation_count.unwrap_or(0) > 0),
+        rotation: check_spec(apikey),
+        secret: SecretState::Missing,
+        secret_version: None,
+        fetched: None,
+        read: false,
+        policy_missing: policy_missing(apikey, ctx, &ns),
+        ns,
+        uid,
+        name,
+    })
+}
+
+/// The rotation spec and the key format, checked for what the schema cannot catch.
+///
+/// NB: a format the schema would refuse can still be stored (before a schema tightening): it is a bad spec like a
+/// bad schedule (Ready=False InvalidSpec, the existing key kept), not a reconcile error retried forever.
+fn check_spec(apikey: &ApiKey) -> Result<RotationPlan, String> {
+    let rotation = RotationPlan::from_spec(apikey.spec.rotation.as_ref()).map_err(|e| e.to_string())?;
+    keys::ResolvedFormat::resolve(&apikey.spec.format.clone().unwrap_or_default()).map_err(|e| match e {
+        keys::KeyError::InvalidSpec(m) => format!("format.{m}"),
+        e => format!("format: {e}"),
+    })?;
+    Ok(rotation)
+}
+
+/// Whether the referenced RateLimitPolicy is known not to exist.
+fn policy_missing(apikey: &ApiKey, ctx: &Context, ns: &str) -> bool {
+    let Some(policy) = apikey.spec.rate_limit_policy_ref.as_ref() else { return false };
+    let Some((store, ready)) = ctx.policies.get() else { return false };
+    ready.is_ready() && store.get(&ObjectRef::new(&policy.name).within(ns)).is_none()
+}
+
+/// Reads the Secret: its metadata, or all of it when the status says a write that keeps key material is due (one
+/// read instead of two when a thousand keys are due in the same second), and checks an unverified version's key
+/// against its fingerprint.
+pub(crate) async fn read_secret(ctx: &Context, apikey: &ApiKey, o: &mut Observed, now: Timestamp) -> Result<(), Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.runtime.client.clone(), &o.ns);
+    let serr = |source| Error::Secret { op: "read", ns: o.ns.clone(), name: o.secret_name.clone(), source };
+    let meta = if data_due(apikey, now) {
+        let full = secrets.get_opt(&o.secret_name).await.map_err(serr)?;
+        let meta = full.as_ref().map(|s| s.metadata.clone());
+        o.fetched = full;
+        meta
+    } else {
+        secrets.get_metadata_opt(&o.secret_name).await.map_err(serr)?.map(|m| m.metadata)
+    };
+    o.read = true;
+    let Some(meta) = meta else { return Ok(()) };
+    o.secret_version = meta.resource_version.clone();
+    if !secret::controlled_by(meta.owner_references.as_ref(), apikey) {
+        o.secret = SecretState::Foreign;
+        return Ok(());
+    }
+    let book = Book::from_annotations(meta.annotations.as_ref().unwrap_or(&Default::default()));
+    let tampered = book.has_key() && !verify(ctx, o, &secrets).await?;
+    o.secret = SecretState::Managed { book, tampered };
+    Ok(())
+}
+
+/// Whether the Secret's current key matches its fingerprint; each version is checked once.
+async fn verify(ctx: &Context, o: &mut Observed, secrets: &Api<Secret>) -> Result<bool, Error> {
+    let version = o.secret_version.clone().unwrap_or_default();
+    if ctx.verified(&o.ns, &o.secret_name, &version) {
+        return Ok(true);
+    }
+    let full = match o.fetched.take() {
+        Some(full) => full,
+        None => read_at_version(secrets, &o.ns, &o.secret_name, o.secret_version.as_deref()).await?,
+    };
+    let book = Book::from_annotations(full.metadata.annotations.as_ref().unwrap_or(&Default::default()));
+    let ok = current_key(&full).is_some_and(|k| Some(keys::key_id(&k)) == book.key_id);
+    if ok {
+        ctx.mark_verified(&o.ns, &o.secret_name, Some(&version));
+    }
+    o.fetched = Some(full);
+    Ok(ok)
+}
+
+/// Whether a requested rotation is still the ApiKey's request, on a fresh read.
+///
+/// NB: a requested rotation is decided on the CACHED ApiKey's request and the Secret as just read. When the cache
+/// is behind (another instance has already answered a newer request, so the Secret records it), the old request
+/// looks unanswered and the key would rotate again. The fresh read comes after the Secret read, so it holds every
+/// request the Secret has answered. Requests are rare; one read each.
+pub(crate) async fn request_is_current(ctx: &Context, o: &Observed) -> Result<bool, Error> {
+    let api: Api<ApiKey> = Api::namespaced(ctx.runtime.client.clone(), &o.ns);
+    let fresh = api.get_metadata(&o.name).await.map_err(|source| Error::ApiKey {
+        op: "read",
+        ns: o.ns.clone(),
+        name: o.name.clone(),
+        source,
+    })?;
+    let fresh_request = fresh.metadata.annotations.as_ref().and_then(|a| a.get(ROTATE_ANNOTATION));
+    Ok(fresh.metadata.uid.as_deref() == Some(o.uid.as_str()) && fresh_request == o.rotate_request.as_ref())
+}
+
+/// The key material a write keeps: the current key, read from the whole Secret at the decided version, for a
+/// rotation (it becomes the previous key) or the end of a grace period (it stays).
+pub(crate) async fn kept_material(
+    ctx: &Context,
+    o: &mut Observed,
+    action: &Action,
+) -> Result<Option<KeyMaterial>, Error> {
+    if !matches!(action, Action::Rotate { .. } | Action::DropPrevious) {
+        return Ok(None);
+    }
+    let full = match o.fetched.take() {
+        Some(full) => full,
+        None => {
+            let secrets: Api<Secret> = Api::namespaced(ctx.runtime.client.clone(), &o.ns);
+            read_at_version(&secrets, &o.ns, &o.secret_name, o.secret_version.as_deref()).await?
+        }
+    };
+    let current = current_key(&full);
+    o.fetched = Some(full);
+    Ok(current)
+}
+
+/// Whether `apikey` is being deleted (garbage collection removes its Secret with it).
+pub fn deleting(apikey: &ApiKey) -> bool {
+    apikey.meta().deletion_timestamp.is_some()
+}

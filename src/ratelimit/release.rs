@@ -1,0 +1,46 @@
+//! Usage released: this controller alone owns `status.usage`, `NearLimit` and `Exhausted` on ApiKeys, so it also
+//! removes them when a key stops referencing a policy, or its policy is deleted. A sweep over the ApiKey cache every
+//! few seconds finds such keys (no reconcile of a deleted policy ever runs); it writes only for those.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use super::Context;
+use super::apply::holds_usage;
+use crate::api::ApiKey;
+use crate::api::ratelimit::RateLimitPolicy;
+
+/// How often the ApiKey cache is swept for released keys.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Sweeps until the task is dropped; starts once both caches are in.
+pub async fn run(ctx: Arc<Context>, policies: Store<RateLimitPolicy>, policies_ready: crate::runtime::cache::Ready) {
+    if !(ctx.apikeys_ready.wait().await && policies_ready.wait().await) {
+        return;
+    }
+    loop {
+        for key in ctx.apikeys.state().into_iter().filter(|k| released(k, &policies)) {
+            let (ns, name) = (key.namespace().unwrap_or_default(), key.name_any());
+            // NB: an apply that owns nothing removes every field this manager applied before.
+            match ctx.keys.apply_status(&ns, &name, &serde_json::json!({})).await {
+                Ok(()) => tracing::debug!(namespace = %ns, apikey = %name, "usage released"),
+                Err(e) => tracing::warn!(namespace = %ns, apikey = %name, error = %e, "could not release usage"),
+            }
+        }
+        tokio::time::sleep(SWEEP_EVERY).await;
+    }
+}
+
+/// Whether `key` holds usage but references no policy, or one that does not exist. Pure.
+pub fn released(key: &ApiKey, policies: &Store<RateLimitPolicy>) -> bool {
+    if !holds_usage(key) || key.metadata.deletion_timestamp.is_some() {
+        return false;
+    }
+    match (key.spec.rate_limit_policy_ref.as_ref(), key.namespace()) {
+        (Some(r), Some(ns)) => policies.get(&ObjectRef::new(&r.name).within(&ns)).is_none(),
+        _ => true,
+    }
+}
