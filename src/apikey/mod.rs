@@ -373,4 +373,6 @@ fn log_decision(apikey: &ApiKey, o: &Observed, decision: &Decision) {
 }
 
 #[cfg(test)]
+mod scripted_tests;
+#[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use jiff::Timestamp;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
@@ -144,60 +144,55 @@ pub(super) struct ObjectsAt {
 
 impl Collector for ObjectsAt {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        {
-            let keys = read(&self.objects.keys);
-            let mut counts: Vec<(&str, u64)> = KEY_STATES.iter().map(|state| (*state, 0)).collect();
-            for (_, _, key) in entries(&keys) {
-                match counts.iter_mut().find(|(state, _)| *state == key.state) {
-                    Some((_, count)) => *count += 1,
-                    None => counts.push((key.state, 1)),
-                }
-            }
-            let mut family =
-                encoder.encode_descriptor("keyward_apikeys", "API keys by state.", None, MetricType::Gauge)?;
-            for (state, count) in &counts {
-                family.encode_family(&[("state", *state)])?.encode_gauge(count)?;
-            }
+        self.encode_keys(&mut encoder)?;
+        self.encode_policies(&mut encoder)
+    }
+}
 
-            let mut family = encoder.encode_descriptor(
-                "keyward_apikey_next_rotation",
-                "Seconds until each API key's next rotation (negative when overdue; absent when none is scheduled).",
-                Some(&Unit::Seconds),
-                MetricType::Gauge,
-            )?;
-            for (namespace, name, key) in entries(&keys) {
-                if let Some(at) = key.next_rotation {
-                    let seconds = at.duration_since(self.now).as_secs_f64();
-                    family.encode_family(&[("namespace", namespace), ("name", name)])?.encode_gauge(&seconds)?;
-                }
+/// One gauge family with a series per object (`namespace`, `name`) for which `value` has a figure.
+fn gauge_per_object<T, V: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    (name, help, unit): (&str, &str, Option<&Unit>),
+    objects: &Namespaced<T>,
+    value: impl Fn(&T) -> Option<V>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    for (namespace, object, entry) in entries(objects) {
+        if let Some(v) = value(entry) {
+            family.encode_family(&[("namespace", namespace), ("name", object)])?.encode_gauge(&v)?;
+        }
+    }
+    Ok(())
+}
+
+impl ObjectsAt {
+    fn encode_keys(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let keys = read(&self.objects.keys);
+        let mut counts: Vec<(&str, u64)> = KEY_STATES.iter().map(|state| (*state, 0)).collect();
+        for (_, _, key) in entries(&keys) {
+            match counts.iter_mut().find(|(state, _)| *state == key.state) {
+                Some((_, count)) => *count += 1,
+                None => counts.push((key.state, 1)),
             }
         }
+        let mut family = encoder.encode_descriptor("keyward_apikeys", "API keys by state.", None, MetricType::Gauge)?;
+        for (state, count) in &counts {
+            family.encode_family(&[("state", *state)])?.encode_gauge(count)?;
+        }
+        let help = "Seconds until each API key's next rotation (negative when overdue; absent when none is scheduled).";
+        gauge_per_object(encoder, ("keyward_apikey_next_rotation", help, Some(&Unit::Seconds)), &keys, |key| {
+            key.next_rotation.map(|at| at.duration_since(self.now).as_secs_f64())
+        })
+    }
 
+    fn encode_policies(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
         let policies = read(&self.objects.policies);
-        let mut family = encoder.encode_descriptor(
-            "keyward_ratelimitpolicy_utilization",
-            "Total usage of each policy divided by the gateway capacity at its current replicas (1.0 is full).",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (namespace, name, policy) in entries(&policies) {
-            if let Some(utilization) = policy.utilization {
-                family.encode_family(&[("namespace", namespace), ("name", name)])?.encode_gauge(&utilization)?;
-            }
-        }
-
-        let mut family = encoder.encode_descriptor(
-            "keyward_ratelimitpolicy_observed_usage_rps",
-            "Observed requests per second of each rate-limit policy's keys.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (namespace, name, policy) in entries(&policies) {
-            if let Some(rps) = policy.usage_rps {
-                family.encode_family(&[("namespace", namespace), ("name", name)])?.encode_gauge(&rps)?;
-            }
-        }
-
+        let help = "Total usage of each policy divided by the gateway capacity at its current replicas (1.0 is full).";
+        gauge_per_object(encoder, ("keyward_ratelimitpolicy_utilization", help, None), &policies, |p| p.utilization)?;
+        let help = "Observed requests per second of each rate-limit policy's keys.";
+        gauge_per_object(encoder, ("keyward_ratelimitpolicy_observed_usage_rps", help, None), &policies, |p| {
+            p.usage_rps
+        })?;
         let mut family = encoder.encode_descriptor(
             "keyward_ratelimitpolicy_replicas",
             "Replicas of each rate-limit policy's gateway: desired by Keyward, and current.",
@@ -213,7 +208,6 @@ impl Collector for ObjectsAt {
                 }
             }
         }
-
         let mut family = encoder.encode_descriptor(
             "keyward_usage_source_errors",
             "Failed reads of each rate-limit policy's usage source, by reason.",
