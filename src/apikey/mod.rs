@@ -10,7 +10,6 @@ pub mod book;
 mod events;
 pub mod observe;
 pub mod plan;
-mod read;
 pub mod restart;
 pub mod secret;
 pub mod status;
@@ -36,7 +35,7 @@ use crate::api::ApiKey;
 use crate::api::ratelimit::RateLimitPolicy;
 use crate::keys::{self, OsRandom};
 use crate::metrics::Metrics;
-use crate::runtime::{Plumbing, ReconcileError, cache};
+use crate::runtime::{Launch, Plumbing, ReconcileError, cache};
 use crate::schedule::RotationPlan;
 
 /// Field manager of this controller's server-side applies.
@@ -144,31 +143,27 @@ impl Context {
 }
 
 /// The ApiKey cache: shared with the RateLimitPolicy controller, filled by this controller polling its events.
-pub struct Keys<S> {
+pub struct KeyCache<S> {
     pub store: Store<ApiKey>,
     pub ready: cache::Ready,
     pub events: S,
 }
 
-/// Runs the controller until `shutdown` completes. `namespace` limits it to one namespace; `keys` is the ApiKey
-/// cache of the same scope (see [`cache::reflected`]).
-pub async fn run<S>(
-    ctx: Arc<Context>,
-    namespace: Option<String>,
-    keys: Keys<S>,
-    concurrency: u16,
-    synced: tokio::sync::oneshot::Sender<()>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) where
+/// Runs the controller until `launch.shutdown` completes; `keys` is the ApiKey cache of the same scope (see
+/// [`cache::reflected`]).
+pub async fn run<S, F>(ctx: Arc<Context>, keys: KeyCache<S>, launch: Launch<F>)
+where
     S: futures::Stream<Item = Result<watcher::Event<ApiKey>, watcher::Error>> + Send + 'static,
+    F: std::future::Future<Output = ()> + Send + 'static,
 {
+    let Launch { scope: namespace, concurrency, synced, shutdown } = launch;
     let client = ctx.runtime.client.clone();
     let shutdown = crate::runtime::drain::Shutdown::new(shutdown);
     let policies: Api<RateLimitPolicy> = cache::scoped(&client, namespace.as_deref());
     let (policy_reader, policies_ready, policy_events) =
         cache::reflected(policies, watcher::Config::default().any_semantic());
     let _ = ctx.policies.set((policy_reader, policies_ready.clone()));
-    let Keys { store: keys, ready: keys_ready, events: key_events } = keys;
+    let KeyCache { store: keys, ready: keys_ready, events: key_events } = keys;
     // NB: only what this controller acts on triggers it: the spec (generation), annotations (rotation requests),
     // deletion. Status writes (its own, and the RateLimitPolicy controller's usage) do not.
     let triggers = key_events.applied_objects().predicate_filter(trigger_hash, Default::default());
@@ -176,15 +171,8 @@ pub async fn run<S>(
     let store = keys.clone();
     let controller = Controller::for_stream(triggers, keys)
         .owns_stream(secret_triggers(&ctx, &client, namespace.as_deref()))
-        .watches_stream(policies_come_and_go(policy_events), move |policy| members(&store, &policy))
-        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
-        .trigger_backoff(crate::runtime::backoff::TriggersBackOffAlone)
-        .graceful_shutdown_on(async move {
-            let _ = shutdown.graceful.await;
-        })
-        .run(reconcile, error_policy, ctx)
-        .for_each(crate::runtime::drain::log_result);
-    crate::runtime::drain::run_bounded(controller, shutdown.started, "ApiKey").await;
+        .watches_stream(policies_come_and_go(policy_events), move |policy| members(&store, &policy));
+    crate::runtime::drive(controller, reconcile, error_policy, ctx, (concurrency, shutdown), "ApiKey").await;
     housekeeping.abort();
 }
 
@@ -271,9 +259,6 @@ fn trigger_hash(k: &ApiKey) -> Option<u64> {
     (m.generation, &m.annotations, m.deletion_timestamp.is_some()).hash(&mut h);
     Some(h.finish())
 }
-
-/// How long a shutdown waits for in-flight reconciles.
-pub const DRAIN_TIMEOUT: Duration = crate::runtime::drain::DRAIN_TIMEOUT;
 
 fn error_policy(obj: Arc<ApiKey>, err: &Error, ctx: Arc<Context>) -> Requeue {
     crate::runtime::error_policy(obj.as_ref(), err, &ctx.runtime)
@@ -364,7 +349,7 @@ fn log_decision(apikey: &ApiKey, o: &Observed, decision: &Decision) {
         tracing::debug!(
             action = ?decision.action,
             request = o.rotate_request.as_deref(),
-            answered = ?read::state_request(&o.secret),
+            answered = ?o.book().and_then(|b| b.rotate_request.as_deref()),
             secret_version = o.secret_version.as_deref(),
             apikey_version = apikey.resource_version().as_deref(),
             "decided"

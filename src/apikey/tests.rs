@@ -1,6 +1,6 @@
 //! Unit tests of the controller's own helpers (the decision table is tested in `plan`).
 
-use super::read::data_due;
+use super::observe::data_due;
 use super::*;
 use crate::api::apikey::ROTATE_ANNOTATION;
 

@@ -6,6 +6,9 @@ pub mod http;
 pub mod leader;
 
 use std::future::Future;
+use std::sync::Arc;
+
+use crate::runtime::Launch;
 
 /// Why the operator stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -158,34 +161,21 @@ async fn controllers<F: Future<Output = ()> + Send + 'static>(
     let mut runs = Vec::new();
     let mut synced = Vec::new();
     for scope in scopes {
-        let (apikey_synced, rx) = tokio::sync::oneshot::channel();
-        synced.push(rx);
-        let ctx = std::sync::Arc::new(crate::apikey::Context::new(client.clone(), metrics.clone()));
         // One ApiKey cache per scope, for both controllers.
         let api: kube::Api<crate::api::ApiKey> = crate::runtime::cache::scoped(client, scope.as_deref());
         let (store, ready, events) =
             crate::runtime::cache::reflected(api, kube::runtime::watcher::Config::default().any_semantic());
-        let shared = (store.clone(), ready.clone());
-        let keys = crate::apikey::Keys { store, ready, events };
-        runs.push(tokio::spawn(crate::apikey::run(
-            ctx,
-            scope.clone(),
-            keys,
-            options.concurrency,
-            apikey_synced,
-            stopped(),
-        )));
-        let (policy_synced, rx) = tokio::sync::oneshot::channel();
-        synced.push(rx);
-        runs.push(tokio::spawn(crate::ratelimit::run(
-            client.clone(),
-            metrics.clone(),
-            scope,
-            shared,
-            options.concurrency,
-            policy_synced,
-            stopped(),
-        )));
+        let mut launch = || {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            synced.push(rx);
+            Launch { scope: scope.clone(), concurrency: options.concurrency, synced: tx, shutdown: stopped() }
+        };
+        let apikeys = Arc::new(crate::apikey::Context::new(client.clone(), metrics.clone()));
+        let policies =
+            Arc::new(crate::ratelimit::Context::new(client.clone(), metrics.clone(), (store.clone(), ready.clone())));
+        let cache = crate::apikey::KeyCache { store, ready, events };
+        runs.push(tokio::spawn(crate::apikey::run(apikeys, cache, launch())));
+        runs.push(tokio::spawn(crate::ratelimit::run(policies, launch())));
     }
     let health = health.clone();
     let ready = tokio::spawn(async move {

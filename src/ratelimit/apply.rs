@@ -17,7 +17,7 @@ pub async fn plan(ctx: &Context, policy: &RateLimitPolicy, ns: &str, p: &mut Pla
     for w in std::mem::take(&mut p.keys) {
         let body = serde_json::json!({ "usage": w.status.usage, "conditions": w.status.conditions });
         let key_name = w.key.name_any();
-        if let Err(e) = ctx.keys.apply_status(ns, &key_name, &body).await {
+        if let Err(e) = ctx.key_status.apply_status(ns, &key_name, &body).await {
             tracing::warn!(apikey = %key_name, error = %e, "could not write the key's usage; the next poll retries");
             continue;
         }
@@ -75,6 +75,8 @@ impl Kind for RateLimitPolicy {
 pub fn holds_usage(key: &ApiKey) -> bool {
     key.status.as_ref().is_some_and(|s| {
         s.usage.is_some()
-            || s.conditions.iter().any(|c| c.type_ == super::keys::NEAR_LIMIT || c.type_ == super::keys::EXHAUSTED)
+            || s.conditions
+                .iter()
+                .any(|c| c.type_ == super::key_usage::NEAR_LIMIT || c.type_ == super::key_usage::EXHAUSTED)
     })
 }

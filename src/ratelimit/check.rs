@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::{DEFAULT_INTERVAL, DEFAULT_TARGET_UTILIZATION, keys, limits};
+use super::{DEFAULT_INTERVAL, DEFAULT_TARGET_UTILIZATION, key_usage, limits};
 use crate::api::ratelimit::{RateLimitPolicySpec, Scaling};
 use crate::scaling;
 
@@ -38,7 +38,7 @@ pub(super) fn check(spec: &RateLimitPolicySpec, now: Timestamp) -> Result<Checke
     let limit = limits::effective(spec, now);
     let field = if limit.active.is_some() { "temporaryOverrides[].period" } else { "limit.period" };
     let limit_rps = limit.per_second.ok_or_else(|| format!("{field}: {:?} is not a duration above 0", limit.period))?;
-    let near_limit_ratio = spec.near_limit_ratio.unwrap_or(keys::DEFAULT_NEAR_LIMIT_RATIO);
+    let near_limit_ratio = spec.near_limit_ratio.unwrap_or(key_usage::DEFAULT_NEAR_LIMIT_RATIO);
     if !(near_limit_ratio > 0.0 && near_limit_ratio <= 1.0) {
         return Err(format!("nearLimitRatio must be in (0, 1], got {near_limit_ratio}"));
     }

@@ -9,7 +9,7 @@
 
 mod apply;
 mod check;
-pub mod keys;
+pub mod key_usage;
 pub mod limits;
 mod observe;
 mod plan;
@@ -21,7 +21,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ApiResource};
 use kube::runtime::controller::{Action as Requeue, Controller};
@@ -34,7 +33,7 @@ use crate::api::ApiKey;
 use crate::api::ratelimit::{RateLimitPolicy, UsageSource};
 use crate::metrics::Metrics;
 use crate::runtime::conditions::Desired;
-use crate::runtime::{Plumbing, ReconcileError, cache};
+use crate::runtime::{Launch, Plumbing, ReconcileError, cache};
 use crate::scaling::Stabilizer;
 use crate::usage::{AnySource, SourceError};
 
@@ -128,7 +127,7 @@ pub struct Context {
     /// Client, clock, events, metrics and backoff of the policies.
     pub runtime: Plumbing<RateLimitPolicy>,
     /// Writes of ApiKey usage, under this controller's field manager.
-    keys: Plumbing<ApiKey>,
+    key_status: Plumbing<ApiKey>,
     http: reqwest::Client,
     states: Mutex<HashMap<ObjectRef<RateLimitPolicy>, Arc<tokio::sync::Mutex<PolicyState>>>>,
     /// Discovery results per `(apiVersion, kind)`.
@@ -139,30 +138,30 @@ pub struct Context {
     policies: OnceLock<Store<RateLimitPolicy>>,
 }
 
-/// Runs the controller until `shutdown` completes. `namespace` limits it to one namespace. The ApiKeys that
-/// reference a policy come from `keys`, the ApiKey controller's cache of the same scope (filled by that
-/// controller); keys changing never triggers a poll.
-pub async fn run(
-    client: kube::Client,
-    metrics: Arc<Metrics>,
-    namespace: Option<String>,
-    keys: (Store<ApiKey>, cache::Ready),
-    concurrency: u16,
-    synced: tokio::sync::oneshot::Sender<()>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) {
+impl Context {
+    /// A context with the system clock; the ApiKeys that reference a policy come from `keys`, the ApiKey
+    /// controller's cache of the same scope (filled by that controller); keys changing never triggers a poll.
+    pub fn new(client: kube::Client, metrics: Arc<Metrics>, keys: (Store<ApiKey>, cache::Ready)) -> Self {
+        let (apikeys, apikeys_ready) = keys;
+        Context {
+            runtime: Plumbing::new(client.clone(), metrics.clone(), CONTROLLER, MANAGER),
+            key_status: Plumbing::new(client, metrics, CONTROLLER, MANAGER),
+            http: crate::usage::http_client(),
+            states: Mutex::default(),
+            targets: Mutex::default(),
+            apikeys,
+            apikeys_ready,
+            policies: OnceLock::new(),
+        }
+    }
+}
+
+/// Runs the controller until `launch.shutdown` completes.
+pub async fn run<F: std::future::Future<Output = ()> + Send + 'static>(ctx: Arc<Context>, launch: Launch<F>) {
+    let Launch { scope: namespace, concurrency, synced, shutdown } = launch;
+    let client = ctx.runtime.client.clone();
+    let keys_ready = ctx.apikeys_ready.clone();
     let policies: Api<RateLimitPolicy> = cache::scoped(&client, namespace.as_deref());
-    let (reader, keys_ready) = keys;
-    let ctx = Arc::new(Context {
-        runtime: Plumbing::new(client.clone(), metrics.clone(), CONTROLLER, MANAGER),
-        keys: Plumbing::new(client, metrics, CONTROLLER, MANAGER),
-        http: crate::usage::http_client(),
-        states: Mutex::default(),
-        targets: Mutex::default(),
-        apikeys: reader,
-        apikeys_ready: keys_ready.clone(),
-        policies: OnceLock::new(),
-    });
     let shutdown = crate::runtime::drain::Shutdown::new(shutdown);
     let (policy_store, policies_ready, policy_events) =
         cache::reflected(policies, watcher::Config::default().any_semantic());
@@ -179,15 +178,7 @@ pub async fn run(
         }
     });
     let release = tokio::spawn(release::run(ctx.clone(), policy_store, policies_ready));
-    let controller = controller
-        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
-        .trigger_backoff(crate::runtime::backoff::TriggersBackOffAlone)
-        .graceful_shutdown_on(async move {
-            let _ = shutdown.graceful.await;
-        })
-        .run(reconcile, error_policy, ctx)
-        .for_each(crate::runtime::drain::log_result);
-    crate::runtime::drain::run_bounded(controller, shutdown.started, "RateLimitPolicy").await;
+    crate::runtime::drive(controller, reconcile, error_policy, ctx, (concurrency, shutdown), "RateLimitPolicy").await;
     ready.abort();
     release.abort();
 }

@@ -8,7 +8,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::check::{Checked, CheckedScaling};
 use super::observe::{Conflict, Observed, Target};
-use super::{condition, keys, scale, status};
+use super::{condition, key_usage, scale, status};
 use crate::api::ApiKey;
 use crate::api::common::Time;
 use crate::api::ratelimit::{RateLimitPolicy, RateLimitPolicyStatus};
@@ -34,7 +34,7 @@ impl Note {
 /// A member key's usage to write, and the event to publish once it is written.
 pub struct KeyWrite {
     pub key: Arc<ApiKey>,
-    pub status: keys::KeyStatus,
+    pub status: key_usage::KeyStatus,
     pub note: Option<Note>,
 }
 
@@ -102,7 +102,7 @@ pub fn plan(i: &Inputs<'_>) -> Plan {
 /// The limit in force: `OverrideActive`, and an event when an override starts or ends.
 fn limit(i: &Inputs<'_>, p: &mut Plan) {
     let effective = &i.checked.limit;
-    let was_active = keys::is_true(&i.current.conditions, condition::OVERRIDE_ACTIVE);
+    let was_active = key_usage::is_true(&i.current.conditions, condition::OVERRIDE_ACTIVE);
     match &effective.active {
         Some(a) => {
             let message = format!(
@@ -153,14 +153,14 @@ fn members(i: &Inputs<'_>, p: &mut Plan) {
     for key in &i.observed.members {
         let current = key.status.clone().unwrap_or_default();
         let Ok(rates) = &i.observed.rates else {
-            near += i32::from(keys::is_true(&current.conditions, keys::NEAR_LIMIT));
-            exhausted += i32::from(keys::is_true(&current.conditions, keys::EXHAUSTED));
+            near += i32::from(key_usage::is_true(&current.conditions, key_usage::NEAR_LIMIT));
+            exhausted += i32::from(key_usage::is_true(&current.conditions, key_usage::EXHAUSTED));
             continue;
         };
         let name = kube::ResourceExt::name_any(key.as_ref());
-        let rps = keys::key_rps(rates, &name, current.key_id.as_deref(), current.previous_key_id.as_deref());
+        let rps = key_usage::key_rps(rates, &name, current.key_id.as_deref(), current.previous_key_id.as_deref());
         let c = i.checked;
-        let want = keys::desired(
+        let want = key_usage::desired(
             &current.conditions,
             key.metadata.generation,
             rps,
@@ -171,12 +171,12 @@ fn members(i: &Inputs<'_>, p: &mut Plan) {
         );
         near += i32::from(want.near_limit());
         exhausted += i32::from(want.exhausted());
-        if !keys::worth_writing(current.usage.as_ref(), &current.conditions, &want) {
+        if !key_usage::worth_writing(current.usage.as_ref(), &current.conditions, &want) {
             continue;
         }
-        let note = if want.exhausted() && !keys::is_true(&current.conditions, keys::EXHAUSTED) {
+        let note = if want.exhausted() && !key_usage::is_true(&current.conditions, key_usage::EXHAUSTED) {
             Some(Note::new(EventType::Warning, "Exhausted", format!("{rps:.2} req/s reached the limit {display}")))
-        } else if want.near_limit() && !keys::is_true(&current.conditions, keys::NEAR_LIMIT) {
+        } else if want.near_limit() && !key_usage::is_true(&current.conditions, key_usage::NEAR_LIMIT) {
             let pct = want.usage.utilization * 100.0;
             Some(Note::new(
                 EventType::Normal,
@@ -253,7 +253,7 @@ fn held_by_conflict(i: &Inputs<'_>, conflict: &Conflict, p: &mut Plan) -> bool {
             format!("RateLimitPolicy {other} already scales {what}; this policy does not write its replicas"),
         ),
     };
-    if !keys::is_true(&i.current.conditions, SCALING_CONFLICT) {
+    if !key_usage::is_true(&i.current.conditions, SCALING_CONFLICT) {
         p.events.push(Note::new(EventType::Warning, "ScalingConflict", message.clone()));
     }
     p.conditions.push(Desired::new(SCALING_CONFLICT, true, reason, message.clone()));

@@ -30,6 +30,46 @@ pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 /// How long one write to the API server may take before the reconcile gives up and retries later.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How a controller is started: its scope, its concurrency, whom to tell once its caches are in, and when to stop.
+pub struct Launch<F> {
+    /// One namespace, or `None` for all.
+    pub scope: Option<String>,
+    /// Reconciles running at once.
+    pub concurrency: u16,
+    /// Told once the controller's caches are in.
+    pub synced: tokio::sync::oneshot::Sender<()>,
+    /// Completes when the controller should stop (in-flight reconciles drain, bounded).
+    pub shutdown: F,
+}
+
+/// Runs `controller` with `reconcile` and `error_policy` until `shutdown`: `concurrency` reconciles at once, each
+/// watch backing off on its own, in-flight reconciles drained (bounded) on shutdown.
+pub async fn drive<K, C, R, E>(
+    controller: kube::runtime::Controller<K>,
+    reconcile: impl FnMut(Arc<K>, Arc<C>) -> R,
+    error_policy: impl Fn(Arc<K>, &E, Arc<C>) -> Action,
+    ctx: Arc<C>,
+    (concurrency, shutdown): (u16, drain::Shutdown),
+    what: &str,
+) where
+    K: Kind,
+    C: Send + Sync + 'static,
+    R: Future<Output = Result<Action, E>> + Send + 'static,
+    E: ReconcileError,
+{
+    use futures::StreamExt;
+    let graceful = shutdown.graceful;
+    let run = controller
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .trigger_backoff(backoff::TriggersBackOffAlone)
+        .graceful_shutdown_on(async move {
+            let _ = graceful.await;
+        })
+        .run(reconcile, error_policy, ctx)
+        .for_each(drain::log_result);
+    drain::run_bounded(run, shutdown.started, what).await;
+}
+
 /// A Kubernetes kind a controller reconciles: namespaced, typed, with a status.
 pub trait Kind:
     Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
