@@ -1,4 +1,5 @@
-//! Small user commands beside the operator: request a rotation, check a key's format offline.
+//! The user commands beside the operator: `keyward rotate` (request a rotation) and `keyward verify-format` (check a
+//! key offline).
 
 use kube::api::{Api, Patch, PatchParams};
 

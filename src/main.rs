@@ -31,6 +31,9 @@ enum Cmd {
         /// Reconciles running at once per controller.
         #[arg(long, env = "KEYWARD_CONCURRENCY", default_value_t = 16)]
         concurrency: u16,
+        /// Usage polls in flight at once (sources whose last poll timed out share a quarter of this, apart).
+        #[arg(long, env = "KEYWARD_POLL_CONCURRENCY", default_value_t = keyward::ratelimit::poller::DEFAULT_POLL_CONCURRENCY)]
+        poll_concurrency: usize,
         /// Address for GET /healthz, /readyz and /metrics (OpenMetrics). Port 0 picks a free port (logged).
         #[arg(long, env = "KEYWARD_HTTP_ADDR", default_value = "0.0.0.0:8080")]
         http_addr: String,
@@ -137,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Run {
             namespaces,
             concurrency,
+            poll_concurrency,
             http_addr,
             leader_elect,
             lease_name,
@@ -161,8 +165,13 @@ async fn main() -> anyhow::Result<()> {
                 identity: keyward::operator::leader::identity(),
             });
             let namespaces = namespaces.into_iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
-            let options =
-                keyward::operator::Options { namespaces, concurrency, http_addr: Some(http_addr), leader_election };
+            let options = keyward::operator::Options {
+                namespaces,
+                concurrency,
+                poll_concurrency,
+                http_addr: Some(http_addr),
+                leader_election,
+            };
             if exit_on_stdin_close {
                 let stdin_closed = async {
                     let mut sink = tokio::io::sink();

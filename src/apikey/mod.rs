@@ -10,6 +10,7 @@ pub mod book;
 mod events;
 pub mod observe;
 pub mod plan;
+mod priority;
 pub mod restart;
 pub mod secret;
 pub mod status;
@@ -100,6 +101,8 @@ pub struct Context {
     policies: OnceLock<(Store<RateLimitPolicy>, cache::Ready)>,
     /// Keys whose state is in the metrics, to drop deleted ones.
     reported: Mutex<HashSet<ObjectRef<ApiKey>>>,
+    /// Revocation first (see [`priority`]); set by [`run`].
+    lanes: OnceLock<priority::Lanes>,
 }
 
 impl Context {
@@ -110,6 +113,7 @@ impl Context {
             verified: Mutex::default(),
             policies: OnceLock::new(),
             reported: Mutex::default(),
+            lanes: OnceLock::new(),
         }
     }
 
@@ -124,6 +128,27 @@ impl Context {
         if let (Ok(mut m), Some(rv)) = (self.verified.lock(), rv) {
             m.insert((ns.to_string(), name.to_string()), rv.to_string());
         }
+    }
+
+    /// Whether this version of the Secret was written or checked by this controller.
+    fn verified_meta(&self, s: &PartialObjectMeta<Secret>) -> bool {
+        let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
+        self.verified(&ns, &name, s.metadata.resource_version.as_deref().unwrap_or_default())
+    }
+
+    /// Marks the ApiKey that controls `secret` as possibly tampered with (its next reconcile takes a revocation
+    /// slot); returns the Secret.
+    fn suspect_owner(&self, secret: PartialObjectMeta<Secret>) -> PartialObjectMeta<Secret> {
+        let owner = secret
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true) && o.kind == "ApiKey");
+        if let (Some(lanes), Some(o), Some(ns)) = (self.lanes.get(), owner, secret.metadata.namespace.as_deref()) {
+            lanes.suspect(ObjectRef::new(&o.name).within(ns));
+        }
+        secret
     }
 
     /// Drops deleted keys from the metrics.
@@ -157,6 +182,8 @@ where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     let Launch { scope: namespace, concurrency, synced, shutdown } = launch;
+    let _ = ctx.lanes.set(priority::Lanes::new(concurrency));
+    let concurrency = concurrency.saturating_add(priority::REVOCATION_SLOTS);
     let client = ctx.runtime.client.clone();
     let shutdown = crate::runtime::drain::Shutdown::new(shutdown);
     let policies: Api<RateLimitPolicy> = cache::scoped(&client, namespace.as_deref());
@@ -190,12 +217,12 @@ fn secret_triggers(
         futures::future::ready(match event {
             // NB: a version this controller wrote (or already checked) was handled by the reconcile that made it;
             // reconciling again for it would only re-read, on a cached ApiKey whose status may not be in yet.
-            Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
-                let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
-                let rv = s.metadata.resource_version.as_deref().unwrap_or_default();
-                (!own.verified(&ns, &name, rv)).then_some(Ok(s))
-            }
-            Ok(watcher::Event::Delete(s)) => Some(Ok(s)),
+            // NB: a change seen live may be a tamper (its reconcile goes first); the initial list is just the
+            // start-up.
+            Ok(watcher::Event::Apply(s)) if !own.verified_meta(&s) => Some(Ok(own.suspect_owner(s))),
+            Ok(watcher::Event::InitApply(s)) if !own.verified_meta(&s) => Some(Ok(s)),
+            Ok(watcher::Event::Apply(_) | watcher::Event::InitApply(_)) => None,
+            Ok(watcher::Event::Delete(s)) => Some(Ok(own.suspect_owner(s))),
             Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
             Err(e) => Some(Err(e)),
         })
@@ -251,6 +278,14 @@ async fn housekeeping(
     }
 }
 
+/// A number in [0, 1) fixed per key, to spread the retries of keys turned away together.
+fn spread(k: &ApiKey) -> f64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    k.metadata.uid.hash(&mut h);
+    (h.finish() % 1000) as f64 / 1000.0
+}
+
 /// What a change must alter to trigger a reconcile: generation, annotations, deletion.
 fn trigger_hash(k: &ApiKey) -> Option<u64> {
     use std::hash::{Hash, Hasher};
@@ -266,6 +301,11 @@ fn error_policy(obj: Arc<ApiKey>, err: &Error, ctx: Arc<Context>) -> Requeue {
 
 #[tracing::instrument(skip_all, fields(namespace = obj.namespace().as_deref(), name = %obj.name_any()))]
 async fn reconcile(obj: Arc<ApiKey>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let _permit = match ctx.lanes.get().map(|l| l.admit(&obj, ctx.runtime.now(), spread(&obj))) {
+        Some(priority::Admission::Later(wait)) => return Ok(Requeue::requeue(wait)),
+        Some(priority::Admission::Go(permit)) => permit,
+        None => None,
+    };
     crate::runtime::wrap(obj.as_ref(), &ctx.runtime, async {
         let optimistic = obj.status.is_none();
         let result = reconcile_key(&obj, &ctx, optimistic).await;

@@ -32,6 +32,8 @@ pub struct Options {
     pub namespaces: Vec<String>,
     /// Reconciles running at once per controller.
     pub concurrency: u16,
+    /// Usage polls in flight at once (see [`crate::ratelimit::poller`]).
+    pub poll_concurrency: usize,
     /// Where to serve `/healthz`, `/readyz` and `/metrics`; `None` serves nothing.
     pub http_addr: Option<String>,
     /// Leader election; `None` reconciles without it.
@@ -40,7 +42,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { namespaces: Vec::new(), concurrency: 16, http_addr: None, leader_election: None }
+        Options {
+            namespaces: Vec::new(),
+            concurrency: 16,
+            poll_concurrency: crate::ratelimit::poller::DEFAULT_POLL_CONCURRENCY,
+            http_addr: None,
+            leader_election: None,
+        }
     }
 }
 
@@ -171,8 +179,12 @@ async fn controllers<F: Future<Output = ()> + Send + 'static>(
             Launch { scope: scope.clone(), concurrency: options.concurrency, synced: tx, shutdown: stopped() }
         };
         let apikeys = Arc::new(crate::apikey::Context::new(client.clone(), metrics.clone()));
-        let policies =
-            Arc::new(crate::ratelimit::Context::new(client.clone(), metrics.clone(), (store.clone(), ready.clone())));
+        let policies = Arc::new(crate::ratelimit::Context::new(
+            client.clone(),
+            metrics.clone(),
+            (store.clone(), ready.clone()),
+            options.poll_concurrency,
+        ));
         let cache = crate::apikey::KeyCache { store, ready, events };
         runs.push(tokio::spawn(crate::apikey::run(apikeys, cache, launch())));
         runs.push(tokio::spawn(crate::ratelimit::run(policies, launch())));

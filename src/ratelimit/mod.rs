@@ -13,6 +13,7 @@ pub mod key_usage;
 pub mod limits;
 mod observe;
 mod plan;
+pub mod poller;
 mod release;
 pub mod scale;
 pub mod status;
@@ -87,7 +88,14 @@ impl ReconcileError for Error {
 /// the scaling history, and when it last polled.
 #[derive(Default)]
 struct PolicyState {
+    /// The usage source between polls (a poll in flight owns it).
     source: Option<(UsageSource, AnySource)>,
+    /// The poll in flight, or finished and not yet used.
+    poll: poller::Slot,
+    /// The source's last poll timed out or failed to connect: its next poll takes the slow lane.
+    slow: bool,
+    /// Whether the active override changed at the start of the cycle whose poll is pending.
+    override_changed: bool,
     stabilizer: Stabilizer,
     /// The stabilizer was seeded with the replicas the target had when this process first saw it, so a fresh
     /// operator waits a whole scale-down window before it scales down.
@@ -129,6 +137,9 @@ pub struct Context {
     /// Writes of ApiKey usage, under this controller's field manager.
     key_status: Plumbing<ApiKey>,
     http: reqwest::Client,
+    poller: poller::Poller,
+    /// Policies whose poll finished, for [`run`] to reconcile; taken once.
+    woken: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef<RateLimitPolicy>>>>,
     states: Mutex<HashMap<ObjectRef<RateLimitPolicy>, Arc<tokio::sync::Mutex<PolicyState>>>>,
     /// Discovery results per `(apiVersion, kind)`.
     targets: Mutex<HashMap<(String, String), ApiResource>>,
@@ -140,10 +151,19 @@ pub struct Context {
 
 impl Context {
     /// A context with the system clock; the ApiKeys that reference a policy come from `keys`, the ApiKey
-    /// controller's cache of the same scope (filled by that controller); keys changing never triggers a poll.
-    pub fn new(client: kube::Client, metrics: Arc<Metrics>, keys: (Store<ApiKey>, cache::Ready)) -> Self {
+    /// controller's cache of the same scope (filled by that controller); keys changing never triggers a poll. At
+    /// most `poll_concurrency` usage polls run at once (see [`poller`]).
+    pub fn new(
+        client: kube::Client,
+        metrics: Arc<Metrics>,
+        keys: (Store<ApiKey>, cache::Ready),
+        poll_concurrency: usize,
+    ) -> Self {
         let (apikeys, apikeys_ready) = keys;
+        let (poller, woken) = poller::Poller::new(poll_concurrency);
         Context {
+            poller,
+            woken: Mutex::new(Some(woken)),
             runtime: Plumbing::new(client.clone(), metrics.clone(), CONTROLLER, MANAGER),
             key_status: Plumbing::new(client, metrics, CONTROLLER, MANAGER),
             http: crate::usage::http_client(),
@@ -165,7 +185,10 @@ pub async fn run<F: std::future::Future<Output = ()> + Send + 'static>(ctx: Arc<
     let shutdown = crate::runtime::drain::Shutdown::new(shutdown);
     let (policy_store, policies_ready, policy_events) =
         cache::reflected(policies, watcher::Config::default().any_semantic());
-    let controller = Controller::for_stream(policy_events.applied_objects(), policy_store.clone());
+    let mut controller = Controller::for_stream(policy_events.applied_objects(), policy_store.clone());
+    if let Some(woken) = ctx.woken.lock().ok().and_then(|mut w| w.take()) {
+        controller = controller.reconcile_on(tokio_stream_from(woken));
+    }
     let _ = ctx.policies.set(policy_store.clone());
     let ready = tokio::spawn({
         let policies_ready = policies_ready.clone();
@@ -213,16 +236,19 @@ async fn reconcile_policy(policy: &RateLimitPolicy, ctx: &Context) -> Result<Req
             return Ok(Requeue::await_change());
         }
     };
-    let Some(override_changed) = state.start_cycle(policy.metadata.generation, &checked, now) else {
-        return Ok(crate::runtime::requeue_at(state.next_cycle(&checked, now), ctx.runtime.now()));
+    let rates = match usage(ctx, policy, &mut state, &checked, now).await {
+        Step::Answer(rates) => rates,
+        Step::Wait(at) => return Ok(crate::runtime::requeue_at(at, ctx.runtime.now())),
     };
-    let observed = observe::observe(ctx, policy, &ns, &mut state, &checked, now).await;
+    let now = ctx.runtime.now();
+    let observed = observe::observe(ctx, policy, &ns, rates, &checked).await;
     if let Err(e) = &observed.rates
         && !matches!(e, SourceError::NotConfigured)
     {
         ctx.runtime.metrics.usage_source_error(&ns, &policy.name_any(), e.reason());
     }
     let current = policy.status.clone().unwrap_or_default();
+    let override_changed = std::mem::take(&mut state.override_changed);
     let (stabilizer, seeded) = (&state.stabilizer, state.seeded);
     let inputs = plan::Inputs {
         checked: &checked,
@@ -241,6 +267,76 @@ async fn reconcile_policy(policy: &RateLimitPolicy, ctx: &Context) -> Result<Req
     let new = plan::status(policy, p.conditions, p.figures, Some(checked.limit.display()), now);
     apply::status(ctx, policy, new).await?;
     Ok(crate::runtime::requeue_at(state.next_cycle(&checked, now), ctx.runtime.now()))
+}
+
+/// Where a cycle stands on its usage.
+enum Step {
+    /// The usage a poll answered (or why there is none): the cycle goes on.
+    Answer(Result<crate::usage::Rates, SourceError>),
+    /// Nothing to do until then (`None`: until the running poll wakes the policy).
+    Wait(Option<Timestamp>),
+}
+
+/// The usage for this cycle: a finished poll's answer, or a new poll when one is due (answered at once when it is
+/// quick, else it wakes the policy when done), or when to look again.
+async fn usage(
+    ctx: &Context,
+    policy: &RateLimitPolicy,
+    state: &mut PolicyState,
+    checked: &Checked,
+    now: Timestamp,
+) -> Step {
+    if state.poll.running() {
+        // NB: the finished poll wakes the policy; the requeue is only a safety net.
+        let net = now.checked_add(as_signed(checked.interval + MAX_POLL_TIMEOUT)).ok();
+        return Step::Wait(net);
+    }
+    if let Some(done) = state.poll.take_done() {
+        return Step::Answer(state.finish(done));
+    }
+    let Some(override_changed) = state.start_cycle(policy.metadata.generation, checked, now) else {
+        return Step::Wait(state.next_cycle(checked, now));
+    };
+    state.override_changed = override_changed;
+    let Some(spec) = policy.spec.usage.as_ref() else {
+        state.source = None;
+        return Step::Answer(Err(SourceError::NotConfigured));
+    };
+    let source = match state.source.take() {
+        Some((s, src)) if &s == spec => (s, src),
+        _ => match AnySource::from_spec(spec, ctx.http.clone()) {
+            Some(src) => (spec.clone(), src),
+            None => return Step::Answer(Err(SourceError::NotConfigured)),
+        },
+    };
+    let timeout = checked.interval.min(MAX_POLL_TIMEOUT).max(Duration::from_secs(1));
+    let me = ObjectRef::from_obj(policy);
+    state.poll = ctx.poller.start(me, source, state.slow, timeout, ctx.runtime.clock.clone());
+    state.poll.wait_briefly().await;
+    match state.poll.take_done() {
+        Some(done) => Step::Answer(state.finish(done)),
+        None => Step::Wait(now.checked_add(as_signed(checked.interval + MAX_POLL_TIMEOUT)).ok()),
+    }
+}
+
+impl PolicyState {
+    /// Takes back the source of a finished poll and remembers its lane; an empty answer is "no data", never zero
+    /// traffic.
+    fn finish(&mut self, done: poller::Polled) -> Result<crate::usage::Rates, SourceError> {
+        self.slow = poller::earns_slow_lane(&done.rates);
+        self.source = Some(done.source);
+        match done.rates {
+            Ok(rates) if rates.is_empty() => Err(SourceError::NoData),
+            other => other,
+        }
+    }
+}
+
+/// The policies a finished poll wakes, as a stream for `Controller::reconcile_on`.
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<RateLimitPolicy>>,
+) -> impl futures::Stream<Item = ObjectRef<RateLimitPolicy>> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 fn as_signed(d: Duration) -> SignedDuration {

@@ -2,17 +2,15 @@
 //! reference the policy, and the scale target (its replicas and anything else that scales it).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use jiff::Timestamp;
 use kube::api::ApiResource;
 use kube::{Resource, ResourceExt};
 
 use super::check::Checked;
-use super::{Context, MAX_POLL_TIMEOUT, PolicyState, scale};
+use super::{Context, scale};
 use crate::api::ApiKey;
 use crate::api::ratelimit::{RateLimitPolicy, ScaleTargetRef, UsageSource};
-use crate::usage::{AnySource, Rates, Source, SourceError};
+use crate::usage::{Rates, SourceError};
 
 /// What one cycle of a policy found.
 pub struct Observed {
@@ -48,16 +46,14 @@ pub enum Conflict {
     CheckFailed(String),
 }
 
-/// Polls the usage source and reads the members and the scale target.
+/// Reads the members and the scale target, beside the usage the policy's poll answered.
 pub async fn observe(
     ctx: &Context,
     policy: &RateLimitPolicy,
     ns: &str,
-    state: &mut PolicyState,
+    rates: Result<Rates, SourceError>,
     checked: &Checked,
-    now: Timestamp,
 ) -> Observed {
-    let rates = poll(state, policy.spec.usage.as_ref(), ctx, now, checked.interval).await;
     if let Ok(rates) = &rates {
         // The moment a poll's answer is in: `examples/bench/scale.rs` times poll → scale write from this line.
         tracing::debug!(total_rps = rates.values().sum::<f64>(), keys = rates.len(), "usage polled");
@@ -84,31 +80,6 @@ fn describe(policy: &RateLimitPolicy) -> String {
         Some(UsageSource { scrape: Some(s), .. }) => format!("{} metrics endpoint(s)", s.urls.len()),
         _ => "the usage source".to_string(),
     }
-}
-
-/// Polls the policy's source (rebuilt when `usage` changed), bounded by the poll timeout. An empty answer is
-/// "no data", never zero traffic.
-async fn poll(
-    state: &mut PolicyState,
-    spec: Option<&UsageSource>,
-    ctx: &Context,
-    now: Timestamp,
-    interval: Duration,
-) -> Result<Rates, SourceError> {
-    let Some(spec) = spec else {
-        state.source = None;
-        return Err(SourceError::NotConfigured);
-    };
-    if state.source.as_ref().is_none_or(|(s, _)| s != spec) {
-        state.source = AnySource::from_spec(spec, ctx.http.clone()).map(|src| (spec.clone(), src));
-    }
-    let Some((_, source)) = state.source.as_mut() else { return Err(SourceError::NotConfigured) };
-    let timeout = interval.min(MAX_POLL_TIMEOUT).max(Duration::from_secs(1));
-    let rates = source.poll(now, timeout).await?;
-    if rates.is_empty() {
-        return Err(SourceError::NoData);
-    }
-    Ok(rates)
 }
 
 /// The ApiKeys of the policy's namespace that reference it and are not being deleted.
