@@ -128,7 +128,8 @@ async fn a_reconcile_that_cannot_complete_shows_on_ready_with_a_warning() {
     .await;
     let (_, reason, message) = condition(&ak, "Ready").expect("Ready");
     assert_eq!(reason, "SecretWriteFailed", "{message}");
-    assert!(message.contains("team"), "the message names the refused label: {message}");
+    assert!(message.contains("metadata.labels") && message.contains("-payments"), "names the refused label: {message}");
+    assert!(!message.contains("StatusDetails"), "the server's message, not a debug dump: {message}");
     assert!(has_event(&ns, "ApiKey", "badlabel", "SecretWriteFailed"));
     // Fixing the spec heals it.
     apply(&ns, &apikey("badlabel", "  secretTemplate:\n    labels: {team: payments}"));

@@ -7,6 +7,7 @@ use kube::api::{Api, PostParams};
 use kube::runtime::reflector::ObjectRef;
 
 use super::book::Book;
+use super::events::event_for;
 use super::observe::Observed;
 use super::plan::{Outcome, SecretWrite};
 use super::{CONTROLLER, Context, Error, MANAGER, restart, status};
@@ -37,7 +38,7 @@ pub async fn secret(ctx: &Context, apikey: &ApiKey, o: &Observed, write: SecretW
     if let Some(kind) = write.rotation {
         ctx.runtime.metrics.rotation(kind);
     }
-    ctx.runtime.publish(apikey, write.event).await;
+    ctx.runtime.publish(apikey, event_for(&write.action, &write.book, &o.secret_name)).await;
     Ok(write.book)
 }
 
@@ -73,7 +74,9 @@ pub async fn restarts(
                 restart::RestartPlan::Restart => {
                     ctx.runtime.metrics.api_write(CONTROLLER, "RolloutRestart");
                     crashpoint::hit(Point::BeforeRolloutRestart);
-                    restart::restart(&ctx.runtime.client, ns, t, &at.to_string()).await.map_err(rerr)?;
+                    within_timeout(restart::restart(&ctx.runtime.client, ns, t, &at.to_string()))
+                        .await
+                        .map_err(rerr)?;
                     crashpoint::hit(Point::AfterRolloutRestart);
                     let note = format!("restarted {:?} {} for the key issued at {at}", t.kind, t.name);
                     Some((EventType::Normal, "RolloutRestarted", note))

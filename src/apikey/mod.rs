@@ -48,13 +48,13 @@ pub const CONTROLLER: &str = "apikey";
 /// Errors of one reconcile. Messages name objects and operations, never key material.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{op} Secret {ns}/{name}: {source}")]
+    #[error("{op} Secret {ns}/{name}: {}", crate::runtime::describe(source))]
     Secret { op: &'static str, ns: String, name: String, source: kube::Error },
-    #[error("{op} ApiKey {ns}/{name}: {source}")]
+    #[error("{op} ApiKey {ns}/{name}: {}", crate::runtime::describe(source))]
     ApiKey { op: &'static str, ns: String, name: String, source: kube::Error },
-    #[error("write status of ApiKey {ns}/{name}: {source}")]
+    #[error("write status of ApiKey {ns}/{name}: {}", crate::runtime::describe(source))]
     Status { ns: String, name: String, source: kube::Error },
-    #[error("restart {kind:?} {ns}/{name}: {source}")]
+    #[error("restart {kind:?} {ns}/{name}: {}", crate::runtime::describe(source))]
     Restart { kind: crate::api::apikey::RolloutKind, ns: String, name: String, source: kube::Error },
     #[error("key material: {0}")]
     Key(#[from] keys::KeyError),
@@ -336,11 +336,12 @@ async fn reconcile_key(apikey: &ApiKey, ctx: &Context, optimistic: bool) -> Resu
     // Secret is to issue, the read is skipped and the create tells whether it exists after all (409: read, decide
     // again). Saves a request per new key, at the API server's limit on a cold start.
     if !(optimistic
-        && plan::decide(&o.inputs(&apikey.spec, now), o.rotation.as_ref().map_err(Clone::clone)).is_first_issue())
+        && plan::decide(&plan::inputs(&o, &apikey.spec, now), o.rotation.as_ref().map_err(Clone::clone))
+            .is_first_issue())
     {
         observe::read_secret(ctx, apikey, &mut o, now).await?;
     }
-    let decision = plan::decide(&o.inputs(&apikey.spec, now), o.rotation.as_ref().map_err(Clone::clone));
+    let decision = plan::decide(&plan::inputs(&o, &apikey.spec, now), o.rotation.as_ref().map_err(Clone::clone));
     log_decision(apikey, &o, &decision);
     if matches!(decision.action, Action::Rotate { manual: true }) && !observe::request_is_current(ctx, &o).await? {
         tracing::debug!("the cached ApiKey is behind its rotation request; deciding again once it catches up");
@@ -375,7 +376,7 @@ async fn write_secret(
         }
         _ => None,
     };
-    let kept = observe::kept_material(ctx, o, action).await?;
+    let kept = observe::kept_material(ctx, o, action.keeps_material()).await?;
     let grace = o.rotation.as_ref().map(RotationPlan::grace_period).unwrap_or_default();
     let material = plan::Material { new_key, kept };
     match plan::write(apikey, o, action, &material, grace, now) {

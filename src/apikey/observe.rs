@@ -10,12 +10,22 @@ use kube::{Resource, ResourceExt};
 
 use super::book;
 use super::book::Book;
-use super::plan::{self, Action, Inputs, SecretState};
 use super::{Context, Error, secret};
+use crate::api::ApiKey;
 use crate::api::apikey::ROTATE_ANNOTATION;
-use crate::api::{ApiKey, ApiKeySpec};
 use crate::keys::{self, KeyMaterial};
 use crate::schedule::RotationPlan;
+
+/// The Secret as observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretState {
+    /// No Secret of that name.
+    Missing,
+    /// A Secret of that name that this ApiKey does not control: never touched.
+    Foreign,
+    /// Our Secret, with its bookkeeping; `tampered` when its key material no longer matches its `key-id`.
+    Managed { book: Book, tampered: bool },
+}
 
 /// What one reconcile knows about an ApiKey and its Secret.
 pub struct Observed {
@@ -45,18 +55,6 @@ pub struct Observed {
 }
 
 impl Observed {
-    /// The decision's inputs at `now`.
-    pub fn inputs<'a>(&'a self, spec: &'a ApiKeySpec, now: Timestamp) -> Inputs<'a> {
-        Inputs {
-            spec,
-            rotate_request: self.rotate_request.as_deref(),
-            secret: &self.secret,
-            had_key: self.had_key,
-            jitter_key: &self.jitter_key,
-            now,
-        }
-    }
-
     /// The bookkeeping of the Secret as read, if it is ours.
     pub fn book(&self) -> Option<&Book> {
         match &self.secret {
@@ -74,7 +72,7 @@ pub fn facts(apikey: &ApiKey, ctx: &Context) -> Option<Observed> {
     let name = apikey.name_any();
     let status = apikey.status.as_ref();
     Some(Observed {
-        secret_name: plan::secret_name(&apikey.spec, &name).to_string(),
+        secret_name: secret::secret_name(&apikey.spec, &name).to_string(),
         jitter_key: format!("{ns}/{name}/{uid}"),
         rotate_request: apikey.annotations().get(ROTATE_ANNOTATION).cloned(),
         had_key: status.is_some_and(|s| s.key_id.is_some() || s.rotation_count.unwrap_or(0) > 0),
@@ -174,14 +172,10 @@ pub(crate) async fn request_is_current(ctx: &Context, o: &Observed) -> Result<bo
     Ok(fresh.metadata.uid.as_deref() == Some(o.uid.as_str()) && fresh_request == o.rotate_request.as_ref())
 }
 
-/// The key material a write keeps: the current key, read from the whole Secret at the decided version, for a
-/// rotation (it becomes the previous key) or the end of a grace period (it stays).
-pub(crate) async fn kept_material(
-    ctx: &Context,
-    o: &mut Observed,
-    action: &Action,
-) -> Result<Option<KeyMaterial>, Error> {
-    if !matches!(action, Action::Rotate { .. } | Action::DropPrevious) {
+/// The key material a write keeps (`keeps`: see [`super::plan::Action::keeps_material`]): the current key, read
+/// from the whole Secret at the decided version.
+pub(crate) async fn kept_material(ctx: &Context, o: &mut Observed, keeps: bool) -> Result<Option<KeyMaterial>, Error> {
+    if !keeps {
         return Ok(None);
     }
     let full = match o.fetched.take() {

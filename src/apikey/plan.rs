@@ -6,25 +6,13 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 
 use super::book::Book;
-use super::events::event_for;
 use super::observe::Observed;
+pub use super::observe::SecretState;
 use super::{secret, status};
 use crate::api::{ApiKey, ApiKeySpec, ApiKeyStatus};
 use crate::keys::{self, KeyMaterial};
 use crate::runtime::conditions::Desired;
-use crate::runtime::events::Event;
 use crate::schedule::RotationPlan;
-
-/// The Secret as observed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SecretState {
-    /// No Secret of that name.
-    Missing,
-    /// A Secret of that name that this ApiKey does not control: never touched.
-    Foreign,
-    /// Our Secret, with its bookkeeping; `tampered` when its key material no longer matches its `key-id`.
-    Managed { book: Book, tampered: bool },
-}
 
 /// Why a fresh key is issued without keeping the old one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +57,14 @@ pub struct Decision {
     pub requeue_at: Option<Timestamp>,
 }
 
+impl Action {
+    /// Whether the write keeps the current key: a rotation (it becomes the previous key) or the end of a grace
+    /// period (it stays).
+    pub fn keeps_material(&self) -> bool {
+        matches!(self, Action::Rotate { .. } | Action::DropPrevious)
+    }
+}
+
 impl Decision {
     /// Whether the decision is to issue this ApiKey's first key.
     pub fn is_first_issue(&self) -> bool {
@@ -99,9 +95,16 @@ pub mod reason {
     pub const POLICY_NOT_FOUND: &str = "RateLimitPolicyNotFound";
 }
 
-/// The Secret's name: `spec.secretName`, defaulting to the ApiKey's name.
-pub fn secret_name<'a>(spec: &'a ApiKeySpec, apikey_name: &'a str) -> &'a str {
-    spec.secret_name.as_deref().unwrap_or(apikey_name)
+/// The decision's inputs from what a reconcile observed, at `now`.
+pub fn inputs<'a>(o: &'a Observed, spec: &'a ApiKeySpec, now: Timestamp) -> Inputs<'a> {
+    Inputs {
+        spec,
+        rotate_request: o.rotate_request.as_deref(),
+        secret: &o.secret,
+        had_key: o.had_key,
+        jitter_key: &o.jitter_key,
+        now,
+    }
 }
 
 /// Decides this reconcile's action. `plan` is the parsed rotation spec, or the reason it does not parse.
@@ -257,7 +260,7 @@ pub fn next_due(
     (next_rotation, requeue)
 }
 
-/// The one Secret write a decision makes: the whole Secret, the bookkeeping it persists, and what to say about it.
+/// The one Secret write a decision makes: the whole Secret and the bookkeeping it persists.
 pub struct SecretWrite {
     /// The Secret to write, conditional on the resourceVersion the decision was based on.
     pub secret: Secret,
@@ -265,8 +268,6 @@ pub struct SecretWrite {
     pub create: bool,
     /// The bookkeeping in the written Secret's annotations.
     pub book: Book,
-    /// The event published once the write succeeded.
-    pub event: Event,
     /// The `keyward_rotations_total` label, for a write that replaced the key.
     pub rotation: Option<&'static str>,
     /// The action the write carries out (crash points are placed by it).
@@ -306,7 +307,6 @@ pub fn write(
     Some(SecretWrite {
         secret,
         create: matches!(o.secret, SecretState::Missing),
-        event: event_for(action, &book, &o.secret_name),
         rotation: rotation_label(action),
         action: action.clone(),
         book,

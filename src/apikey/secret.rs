@@ -8,8 +8,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::Resource;
 
 use super::book::{self, Book};
-use crate::api::ApiKey;
+use crate::api::{ApiKey, ApiKeySpec};
 use crate::keys::KeyMaterial;
+
+/// The Secret's name: `spec.secretName`, defaulting to the ApiKey's name.
+pub fn secret_name<'a>(spec: &'a ApiKeySpec, apikey_name: &'a str) -> &'a str {
+    spec.secret_name.as_deref().unwrap_or(apikey_name)
+}
 
 /// Whether `owners` names `apikey` as controller.
 pub fn controlled_by(owners: Option<&Vec<OwnerReference>>, apikey: &ApiKey) -> bool {

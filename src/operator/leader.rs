@@ -112,6 +112,8 @@ fn changed(manager: &Arc<LeaseManager>) -> Pin<Box<dyn Future<Output = LeaseResu
     Box::pin(async move { m.changed().await })
 }
 
+/// Keeps competing for the Lease until `stop`: follows the manager's view, the Lease as watched (renewals, another
+/// holder, a release), and its expiry; publishes leadership on `tx`.
 async fn compete(
     manager: LeaseManager,
     builder: impl Fn() -> LeaseManagerBuilder + Send + 'static,
@@ -122,85 +124,114 @@ async fn compete(
 ) {
     let config = watcher::Config::default().fields(&format!("metadata.name={}", cfg.lease_name));
     let mut events = watcher(leases, config).default_backoff().applied_objects().boxed();
-    let mut manager = Arc::new(manager);
+    let manager = Arc::new(manager);
     // NB: one `changed()` future lives across turns: cancelling it mid-renewal would make the manager renew again
     // at once (a renew storm). It is replaced only when it completes, or when a standby sees the Lease released.
     let mut pending = changed(&manager);
-    let mut leader = false;
-    // Until when the Lease, as last seen, keeps this replica the leader.
-    let mut valid_until: Option<Instant> = None;
+    let mut c = Contender { manager, cfg, tx, leader: false, valid_until: None };
     loop {
-        let expiry = async {
-            match (leader, valid_until) {
-                (true, Some(t)) => tokio::time::sleep_until(t).await,
-                _ => std::future::pending::<()>().await,
-            }
-        };
+        let expiry = c.expiry();
         tokio::select! {
-            _ = &mut stop => {
-                if leader {
-                    tx.send_replace(false);
-                }
-                if let Err(e) = manager.release().await {
-                    tracing::warn!(error = %e, "could not release the Lease; it will expire on its own");
-                } else {
-                    tracing::info!(lease = %cfg.lease_name, "released the Lease");
-                }
-                return;
-            }
+            _ = &mut stop => return c.release().await,
             result = &mut pending => {
-                pending = changed(&manager);
-                match result {
-                Ok(is_leader) => {
-                    if is_leader && !leader {
-                        tracing::info!(identity = %cfg.identity, lease = %cfg.lease_name, "acquired the Lease: leading");
-                        valid_until = Some(Instant::now() + cfg.duration);
-                    }
-                    if !is_leader && leader {
-                        tracing::error!(identity = %cfg.identity, "the Lease was taken over");
-                    }
-                    leader = is_leader;
-                    tx.send_replace(leader);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "leader election: Lease update failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                }
+                c.on_change(result).await;
+                pending = changed(&c.manager);
             }
             event = events.next() => {
                 let Some(Ok(lease)) = event else { continue };
-                let spec = lease.spec.unwrap_or_default();
-                let holder = spec.holder_identity.as_deref();
-                if holder == Some(cfg.identity.as_str()) {
-                    if let (Some(renew), Some(secs)) = (spec.renew_time, spec.lease_duration_seconds) {
-                        let until = renew.0 + jiff::SignedDuration::from_secs(i64::from(secs));
-                        let left = until.duration_since(jiff::Timestamp::now());
-                        let left = Duration::try_from(left).unwrap_or_default();
-                        valid_until = Some(Instant::now() + left);
-                    }
-                } else if leader {
-                    tracing::error!(identity = %cfg.identity, holder = ?holder, "the Lease names another holder");
-                    leader = false;
-                    tx.send_replace(false);
-                } else if holder.is_none() {
-                    // NB: released. The manager trusts its cached expiry until it passes; a fresh one reads the
-                    // Lease, so the standby takes over now rather than at the old expiry.
-                    match builder().build().await {
-                        Ok(fresh) => {
-                            manager = Arc::new(fresh);
-                            pending = changed(&manager);
-                        }
-                        Err(e) => tracing::warn!(error = %e, "leader election: cannot re-read the released Lease"),
-                    }
+                if c.on_lease(lease, &builder).await {
+                    pending = changed(&c.manager);
                 }
             }
-            () = expiry => {
-                tracing::error!(identity = %cfg.identity, "the Lease was not renewed before it expired");
-                leader = false;
-                tx.send_replace(false);
+            () = expiry => c.lose("the Lease was not renewed before it expired"),
+        }
+    }
+}
+
+/// One replica's side of the election.
+struct Contender {
+    manager: Arc<LeaseManager>,
+    cfg: LeaderConfig,
+    tx: watch::Sender<bool>,
+    leader: bool,
+    /// Until when the Lease, as last seen, keeps this replica the leader.
+    valid_until: Option<Instant>,
+}
+
+impl Contender {
+    /// Completes when the Lease, as last seen, expires while this replica leads; never otherwise.
+    fn expiry(&self) -> impl Future<Output = ()> + use<> {
+        let until = self.valid_until.filter(|_| self.leader);
+        async move {
+            match until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending::<()>().await,
             }
         }
+    }
+
+    async fn release(self) {
+        if self.leader {
+            self.tx.send_replace(false);
+        }
+        match self.manager.release().await {
+            Ok(_) => tracing::info!(lease = %self.cfg.lease_name, "released the Lease"),
+            Err(e) => tracing::warn!(error = %e, "could not release the Lease; it will expire on its own"),
+        }
+    }
+
+    async fn on_change(&mut self, result: LeaseResult<bool>) {
+        match result {
+            Ok(is_leader) => {
+                if is_leader && !self.leader {
+                    tracing::info!(identity = %self.cfg.identity, lease = %self.cfg.lease_name, "acquired the Lease: leading");
+                    self.valid_until = Some(Instant::now() + self.cfg.duration);
+                }
+                if !is_leader && self.leader {
+                    tracing::error!(identity = %self.cfg.identity, "the Lease was taken over");
+                }
+                self.leader = is_leader;
+                self.tx.send_replace(is_leader);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "leader election: Lease update failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    /// Follows the Lease as watched; returns whether the manager was replaced (its `changed()` must be renewed).
+    async fn on_lease(&mut self, lease: Lease, builder: &impl Fn() -> LeaseManagerBuilder) -> bool {
+        let spec = lease.spec.unwrap_or_default();
+        let holder = spec.holder_identity.as_deref();
+        if holder == Some(self.cfg.identity.as_str()) {
+            if let (Some(renew), Some(secs)) = (spec.renew_time, spec.lease_duration_seconds) {
+                let until = renew.0.checked_add(jiff::SignedDuration::from_secs(i64::from(secs))).unwrap_or(renew.0);
+                let left = Duration::try_from(until.duration_since(jiff::Timestamp::now())).unwrap_or_default();
+                self.valid_until = Some(Instant::now() + left);
+            }
+        } else if self.leader {
+            tracing::error!(identity = %self.cfg.identity, holder = ?holder, "the Lease names another holder");
+            self.leader = false;
+            self.tx.send_replace(false);
+        } else if holder.is_none() {
+            // NB: released. The manager trusts its cached expiry until it passes; a fresh one reads the Lease, so
+            // the standby takes over now rather than at the old expiry.
+            match builder().build().await {
+                Ok(fresh) => {
+                    self.manager = Arc::new(fresh);
+                    return true;
+                }
+                Err(e) => tracing::warn!(error = %e, "leader election: cannot re-read the released Lease"),
+            }
+        }
+        false
+    }
+
+    fn lose(&mut self, why: &str) {
+        tracing::error!(identity = %self.cfg.identity, "{why}");
+        self.leader = false;
+        self.tx.send_replace(false);
     }
 }
 

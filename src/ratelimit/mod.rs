@@ -65,7 +65,7 @@ pub mod condition {
 /// are reported in conditions, and the next poll tries again.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("write status of RateLimitPolicy {ns}/{name}: {source}")]
+    #[error("write status of RateLimitPolicy {ns}/{name}: {}", crate::runtime::describe(source))]
     Status { ns: String, name: String, source: kube::Error },
     #[error("RateLimitPolicy has no namespace")]
     MissingMetadata,

@@ -21,7 +21,7 @@ pub enum ScaleError {
     ClusterScoped { api_version: String, kind: String },
     #[error("scaling.targetRef: {kind} {ns}/{name} does not exist")]
     NotFound { kind: String, ns: String, name: String },
-    #[error("{op} the scale of {kind} {ns}/{name}: {source}")]
+    #[error("{op} the scale of {kind} {ns}/{name}: {}", crate::runtime::describe(source))]
     Api { op: &'static str, kind: String, ns: String, name: String, source: kube::Error },
 }
 
@@ -94,13 +94,9 @@ pub async fn write(
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
     let patch = serde_json::json!({ "spec": { "replicas": replicas } });
     let pp = PatchParams { field_manager: Some(super::MANAGER.into()), ..Default::default() };
-    api.patch_scale(name, &pp, &Patch::Merge(&patch)).await.map(|_| ()).map_err(|source| ScaleError::Api {
-        op: "write",
-        kind: ar.kind.clone(),
-        ns: ns.into(),
-        name: name.into(),
-        source,
-    })
+    crate::runtime::within_timeout(api.patch_scale(name, &pp, &Patch::Merge(&patch))).await.map(|_| ()).map_err(
+        |source| ScaleError::Api { op: "write", kind: ar.kind.clone(), ns: ns.into(), name: name.into(), source },
+    )
 }
 
 /// The name of a HorizontalPodAutoscaler in `ns` that targets the same object, if any.

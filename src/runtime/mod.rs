@@ -153,7 +153,7 @@ impl<K: Kind> Plumbing<K> {
     /// Publishes an event on `obj`; a failure to publish is logged, never fatal.
     pub async fn publish<R: Resource<DynamicType = ()>>(&self, obj: &R, ev: Event) {
         self.metrics.api_write(self.controller, "Event");
-        if let Err(e) = self.events.publish(&ev, &obj.object_ref(&())).await {
+        if let Err(e) = within_timeout(self.events.publish(&ev, &obj.object_ref(&()))).await {
             tracing::warn!(error = %e, reason = %ev.reason, "could not publish event");
         }
     }
@@ -215,6 +215,15 @@ pub fn error_policy<K: Kind, E: ReconcileError>(obj: &K, err: &E, p: &Plumbing<K
         tracing::warn!(namespace = ns.as_deref(), %name, reason = err.reason(), error = %err, retry_in = ?delay, "reconcile failed");
     }
     Action::requeue(delay)
+}
+
+/// What went wrong with a request, for messages on objects: the API server's own message and code (not the debug
+/// dump of its Status), or the client error.
+pub fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} (HTTP {})", s.message, s.code),
+        e => e.to_string(),
+    }
 }
 
 /// `write`, failed with a timeout error after [`WRITE_TIMEOUT`].

@@ -1,6 +1,7 @@
 //! next_book, next_due, idempotence of applied decisions, and jitter.
 
 use super::*;
+use crate::apikey::secret::secret_name;
 
 // --- next_book ---------------------------------------------------------------------------------------------------
 
