@@ -34,6 +34,10 @@ enum Cmd {
         /// Usage polls in flight at once (sources whose last poll timed out share a quarter of this, apart).
         #[arg(long, env = "KEYWARD_POLL_CONCURRENCY", default_value_t = keyward::ratelimit::poller::DEFAULT_POLL_CONCURRENCY)]
         poll_concurrency: usize,
+        /// Every key's Secret is looked at at least this often, even when nothing happens, so an edit that escapes
+        /// the watch (a removed label) is found; spread per key over the second half of the period.
+        #[arg(long, env = "KEYWARD_RECHECK_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+        recheck_interval: std::time::Duration,
         /// Address for GET /healthz, /readyz and /metrics (OpenMetrics). Port 0 picks a free port (logged).
         #[arg(long, env = "KEYWARD_HTTP_ADDR", default_value = "0.0.0.0:8080")]
         http_addr: String,
@@ -141,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
             namespaces,
             concurrency,
             poll_concurrency,
+            recheck_interval,
             http_addr,
             leader_elect,
             lease_name,
@@ -169,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
                 namespaces,
                 concurrency,
                 poll_concurrency,
+                recheck_interval,
                 http_addr: Some(http_addr),
                 leader_election,
             };

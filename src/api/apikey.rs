@@ -28,12 +28,20 @@ pub const ROTATE_ANNOTATION: &str = "keyward.dev/rotate";
     // NB: a "date" column renders future times as <invalid> in kubectl, so the next rotation is shown as text.
     printcolumn = r#"{"name":"Next Rotation","type":"string","jsonPath":".status.nextRotationTime"}"#,
     printcolumn = r#"{"name":"Utilization","type":"number","jsonPath":".status.usage.utilization"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // NB: a rename would leave the old Secret holding a live key that suspension and expiry no longer reach.
+    validation = kube::core::Rule::new(
+        "(has(self.spec.secretName) ? self.spec.secretName : self.metadata.name) == \
+         (has(oldSelf.spec.secretName) ? oldSelf.spec.secretName : oldSelf.metadata.name)"
+    )
+    .message("spec.secretName is immutable: create a new ApiKey for another Secret (a rename would leave the old Secret's key valid)")
+    .field_path(".spec.secretName")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeySpec {
     /// Name of the Secret that holds the key, in the ApiKey's namespace. Defaults to the ApiKey's name.
-    /// Keyward never overwrites a Secret of this name that it does not own.
+    /// Keyward never overwrites a Secret of this name that it does not own. Immutable: a rename would leave the
+    /// old Secret's key valid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub secret_name: Option<String>,

@@ -3,13 +3,13 @@
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
 
 use super::book::Book;
 use super::events::event_for;
 use super::observe::Observed;
-use super::plan::{Outcome, SecretWrite};
+use super::plan::{Action, Outcome, SecretWrite};
 use super::{CONTROLLER, Context, Error, MANAGER, restart, status};
 use crate::api::ApiKey;
 use crate::crashpoint::{self, Point};
@@ -21,25 +21,72 @@ use crate::runtime::within_timeout;
 /// NB: the write carries the resourceVersion the DECISION was based on, not a later read: if the Secret changed in
 /// between (another instance rotated), it fails with 409 and the next reconcile decides again. Conditioning on a
 /// later read would let a stale decision rotate a second time and cut the legitimate previous key's grace short.
-pub async fn secret(ctx: &Context, apikey: &ApiKey, o: &Observed, write: SecretWrite) -> Result<Book, Error> {
+pub async fn secret(ctx: &Context, apikey: &ApiKey, o: &Observed, mut write: SecretWrite) -> Result<Book, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.runtime.client.clone(), &o.ns);
-    let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
-    let op = if write.create { "create" } else { "update" };
-    let serr = |source| Error::Secret { op, ns: o.ns.clone(), name: o.secret_name.clone(), source };
     ctx.runtime.metrics.api_write(CONTROLLER, "Secret");
     crashpoint::before_secret_write(&write.action);
-    let written = if write.create {
-        within_timeout(secrets.create(&pp, &write.secret)).await.map_err(serr)?
-    } else {
-        within_timeout(secrets.replace(&o.secret_name, &pp, &write.secret)).await.map_err(serr)?
+    let written = put(&secrets, o, &write).await;
+    wipe(&mut write.secret);
+    let version = match written {
+        Ok(mut written) => {
+            wipe(&mut written);
+            written.metadata.resource_version
+        }
+        Err(source) if matches!(write.action, Action::Remove(_)) => revoke_by_deletion(&secrets, o, source).await?,
+        Err(source) => {
+            let op = if write.create { "create" } else { "update" };
+            return Err(Error::Secret { op, ns: o.ns.clone(), name: o.secret_name.clone(), source });
+        }
     };
     crashpoint::after_secret_write(&write.action);
-    ctx.mark_verified(&o.ns, &o.secret_name, written.metadata.resource_version.as_deref());
+    ctx.mark_verified(&o.ns, &o.secret_name, version.as_deref());
     if let Some(kind) = write.rotation {
         ctx.runtime.metrics.rotation(kind);
     }
     ctx.runtime.publish(apikey, event_for(&write.action, &write.book, &o.secret_name)).await;
     Ok(write.book)
+}
+
+/// Creates or replaces the Secret, within the write timeout.
+async fn put(secrets: &Api<Secret>, o: &Observed, write: &SecretWrite) -> Result<Secret, kube::Error> {
+    let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+    if write.create {
+        within_timeout(secrets.create(&pp, &write.secret)).await
+    } else {
+        within_timeout(secrets.replace(&o.secret_name, &pp, &write.secret)).await
+    }
+}
+
+/// A revocation whose update was refused: an `immutable` Secret (422) is deleted instead, on condition that it is
+/// still the version decided on; anything else is `RevocationBlocked` (a conflict stays a race to decide again).
+async fn revoke_by_deletion(
+    secrets: &Api<Secret>,
+    o: &Observed,
+    refused: kube::Error,
+) -> Result<Option<String>, Error> {
+    let blocked = |source| Error::RevocationBlocked { ns: o.ns.clone(), name: o.secret_name.clone(), source };
+    match &refused {
+        kube::Error::Api(s) if s.code == 409 => {
+            return Err(Error::Secret { op: "update", ns: o.ns.clone(), name: o.secret_name.clone(), source: refused });
+        }
+        kube::Error::Api(s) if s.code == 422 => {}
+        _ => return Err(blocked(refused)),
+    }
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions { resource_version: o.secret_version.clone(), uid: None }),
+        ..DeleteParams::default()
+    };
+    tracing::info!(secret = %o.secret_name, "the Secret refuses the update (immutable); deleting it to revoke the key");
+    within_timeout(secrets.delete(&o.secret_name, &dp)).await.map_err(blocked)?;
+    Ok(None)
+}
+
+/// Overwrites the key material a Secret value holds in this process's memory.
+pub fn wipe(secret: &mut Secret) {
+    use zeroize::Zeroize;
+    for value in secret.data.iter_mut().flat_map(|d| d.values_mut()) {
+        value.0.zeroize();
+    }
 }
 
 /// Restarts the workloads listed in `rolloutRestart` that have not been restarted for the key in `book`; returns

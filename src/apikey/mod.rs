@@ -62,6 +62,8 @@ pub enum Error {
     MissingMetadata,
     #[error("Secret {ns}/{name} changed while being reconciled; deciding again")]
     Stale { ns: String, name: String },
+    #[error("cannot remove the key material from Secret {ns}/{name}: {}", crate::runtime::describe(source))]
+    RevocationBlocked { ns: String, name: String, source: kube::Error },
 }
 
 impl ReconcileError for Error {
@@ -75,6 +77,7 @@ impl ReconcileError for Error {
             Error::Key(e) => e.reason(),
             Error::MissingMetadata => "InvalidObject",
             Error::Stale { .. } => "SecretWriteConflict",
+            Error::RevocationBlocked { .. } => "RevocationBlocked",
         }
     }
 
@@ -103,7 +106,13 @@ pub struct Context {
     reported: Mutex<HashSet<ObjectRef<ApiKey>>>,
     /// Revocation first (see [`priority`]); set by [`run`].
     lanes: OnceLock<priority::Lanes>,
+    /// How often every key's Secret is looked at even when nothing happens (spread per key over the second half of
+    /// this period), so an edit that escapes the watch (a removed label) is still found.
+    recheck: Duration,
 }
+
+/// Default of [`Context::with_recheck`].
+pub const DEFAULT_RECHECK: Duration = Duration::from_secs(600);
 
 impl Context {
     /// A context with the system clock.
@@ -114,7 +123,22 @@ impl Context {
             policies: OnceLock::new(),
             reported: Mutex::default(),
             lanes: OnceLock::new(),
+            recheck: DEFAULT_RECHECK,
         }
+    }
+
+    /// Looks at every key's Secret at least every `recheck` (at least a second).
+    pub fn with_recheck(mut self, recheck: Duration) -> Self {
+        self.recheck = recheck.max(Duration::from_secs(1));
+        self
+    }
+
+    /// When `o`'s key is next looked at even if nothing is due: within the second half of the recheck period, at a
+    /// point fixed per key so that keys started together spread out.
+    fn recheck_at(&self, o: &Observed, now: Timestamp) -> Option<Timestamp> {
+        let fraction = 0.5 + spread_of(&o.uid) / 2.0;
+        let wait = jiff::SignedDuration::try_from(self.recheck.mul_f64(fraction)).ok()?;
+        now.checked_add(wait).ok()
     }
 
     fn verified(&self, ns: &str, name: &str, rv: &str) -> bool {
@@ -280,10 +304,13 @@ async fn housekeeping(
 
 /// A number in [0, 1) fixed per key, to spread the retries of keys turned away together.
 fn spread(k: &ApiKey) -> f64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    k.metadata.uid.hash(&mut h);
-    (h.finish() % 1000) as f64 / 1000.0
+    spread_of(k.metadata.uid.as_deref().unwrap_or_default())
+}
+
+fn spread_of(uid: &str) -> f64 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(uid.as_bytes());
+    f64::from(u16::from_be_bytes([d[0], d[1]])) / 65536.0
 }
 
 /// What a change must alter to trigger a reconcile: generation, annotations, deletion.
@@ -357,7 +384,7 @@ async fn reconcile_key(apikey: &ApiKey, ctx: &Context, optimistic: bool) -> Resu
         None => None,
     };
     let mut outcome = plan::outcome(apikey, &o, &decision, book.as_ref(), now);
-    outcome.requeue_at = [outcome.requeue_at, restart_wait].into_iter().flatten().min();
+    outcome.requeue_at = [outcome.requeue_at, restart_wait, ctx.recheck_at(&o, now)].into_iter().flatten().min();
     apply::status(ctx, apikey, &o, &outcome).await?;
     Ok(crate::runtime::requeue_at(outcome.requeue_at, now))
 }

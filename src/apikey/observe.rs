@@ -54,6 +54,15 @@ pub struct Observed {
     pub policy_missing: bool,
 }
 
+impl Drop for Observed {
+    /// The whole Secret read (key material included) is wiped when the reconcile is done with it.
+    fn drop(&mut self) {
+        if let Some(full) = self.fetched.as_mut() {
+            super::apply::wipe(full);
+        }
+    }
+}
+
 impl Observed {
     /// The bookkeeping of the Secret as read, if it is ours.
     pub fn book(&self) -> Option<&Book> {

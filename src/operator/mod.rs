@@ -34,6 +34,8 @@ pub struct Options {
     pub concurrency: u16,
     /// Usage polls in flight at once (see [`crate::ratelimit::poller`]).
     pub poll_concurrency: usize,
+    /// Every key's Secret is looked at at least this often (see [`crate::apikey::Context::with_recheck`]).
+    pub recheck_interval: std::time::Duration,
     /// Where to serve `/healthz`, `/readyz` and `/metrics`; `None` serves nothing.
     pub http_addr: Option<String>,
     /// Leader election; `None` reconciles without it.
@@ -46,6 +48,7 @@ impl Default for Options {
             namespaces: Vec::new(),
             concurrency: 16,
             poll_concurrency: crate::ratelimit::poller::DEFAULT_POLL_CONCURRENCY,
+            recheck_interval: crate::apikey::DEFAULT_RECHECK,
             http_addr: None,
             leader_election: None,
         }
@@ -178,7 +181,9 @@ async fn controllers<F: Future<Output = ()> + Send + 'static>(
             synced.push(rx);
             Launch { scope: scope.clone(), concurrency: options.concurrency, synced: tx, shutdown: stopped() }
         };
-        let apikeys = Arc::new(crate::apikey::Context::new(client.clone(), metrics.clone()));
+        let apikeys = Arc::new(
+            crate::apikey::Context::new(client.clone(), metrics.clone()).with_recheck(options.recheck_interval),
+        );
         let policies = Arc::new(crate::ratelimit::Context::new(
             client.clone(),
             metrics.clone(),
