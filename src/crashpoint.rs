@@ -67,7 +67,7 @@ impl Point {
         match action {
             Action::Issue(_) | Action::Rotate { .. } => Some((Point::BeforeSecretWrite, Point::AfterSecretWrite)),
             Action::DropPrevious => Some((Point::BeforeGraceRemoval, Point::AfterGraceRemoval)),
-            Action::Remove(_) | Action::Nothing => None,
+            Action::Remove(_) | Action::Reseal | Action::Nothing => None,
         }
     }
 }

@@ -38,6 +38,12 @@ enum Cmd {
         /// the watch (a removed label) is found; spread per key over the second half of the period.
         #[arg(long, env = "KEYWARD_RECHECK_INTERVAL", default_value = "10m", value_parser = parse_duration)]
         recheck_interval: std::time::Duration,
+        /// Name of the Secret holding the seal key (HMAC of each key Secret's bookkeeping), created on first start.
+        #[arg(long, env = "KEYWARD_SEAL_SECRET", default_value = "keyward-seal")]
+        seal_secret: String,
+        /// Namespace of the seal key Secret (default: $POD_NAMESPACE, else the kubeconfig's namespace).
+        #[arg(long, env = "KEYWARD_SEAL_NAMESPACE")]
+        seal_namespace: Option<String>,
         /// Address for GET /healthz, /readyz and /metrics (OpenMetrics). Port 0 picks a free port (logged).
         #[arg(long, env = "KEYWARD_HTTP_ADDR", default_value = "0.0.0.0:8080")]
         http_addr: String,
@@ -108,6 +114,14 @@ enum LogFormat {
     Json,
 }
 
+/// The operator's namespace: `$POD_NAMESPACE`, else the kubeconfig's.
+fn own_namespace(client: &kube::Client) -> String {
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| client.default_namespace().to_string())
+}
+
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     keyward::api::duration::parse(s).map_err(|e| e.to_string())
 }
@@ -146,6 +160,8 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             poll_concurrency,
             recheck_interval,
+            seal_secret,
+            seal_namespace,
             http_addr,
             leader_elect,
             lease_name,
@@ -162,9 +178,7 @@ async fn main() -> anyhow::Result<()> {
             let client = client().await?;
             let leader_election = leader_elect.then(|| keyward::operator::leader::LeaderConfig {
                 lease_name,
-                lease_namespace: lease_namespace
-                    .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
-                    .unwrap_or_else(|| client.default_namespace().to_string()),
+                lease_namespace: lease_namespace.unwrap_or_else(|| own_namespace(&client)),
                 duration: lease_duration,
                 grace: lease_grace,
                 identity: keyward::operator::leader::identity(),
@@ -175,6 +189,10 @@ async fn main() -> anyhow::Result<()> {
                 concurrency,
                 poll_concurrency,
                 recheck_interval,
+                seal: Some(keyward::operator::seal::SealConfig {
+                    namespace: seal_namespace.unwrap_or_else(|| own_namespace(&client)),
+                    name: seal_secret,
+                }),
                 http_addr: Some(http_addr),
                 leader_election,
             };

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use keyward::api::{ApiKey, ApiKeySpec};
 use keyward::apikey::book::Book;
+use keyward::apikey::seal::{Sealed, Sealer};
 use keyward::apikey::{plan, secret, status};
 use keyward::keys::{self, OsRandom};
 
@@ -41,6 +42,7 @@ pub(crate) async fn ceiling(client: &kube::Client, n: usize, conc: usize) -> any
     let t0 = Instant::now();
     let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sealer = Arc::new(Sealer::ephemeral());
     let progress = tokio::spawn({
         let done = done.clone();
         async move {
@@ -53,6 +55,7 @@ pub(crate) async fn ceiling(client: &kube::Client, n: usize, conc: usize) -> any
     let result: anyhow::Result<()> = stream::iter(created)
         .map(|ak| {
             let (apikeys, secrets, pp, done) = (apikeys.clone(), secrets.clone(), pp.clone(), done.clone());
+            let sealer = sealer.clone();
             async move {
                 let name = ak.name_any();
                 // What Keyward computes for a new key, with no reads and no decisions.
@@ -61,7 +64,11 @@ pub(crate) async fn ceiling(client: &kube::Client, n: usize, conc: usize) -> any
                 let now = Timestamp::from_second(Timestamp::now().as_second())?;
                 let bk = Book { key_id: Some(id.clone()), rotated_at: Some(now), ..Book::default() };
                 let material = secret::Material { current: Some(&key), previous: None };
-                let s = secret::build(&ak, &name, &bk, &material, None);
+                // The seal costs what Keyward's costs (one HMAC), under a key of this process.
+                let uid = ak.uid().unwrap_or_default();
+                let sealed = Sealed { uid: &uid, secret: &name, book: &bk, current: Some(&key), previous: None };
+                let seal = sealer.seal(&sealed);
+                let s = secret::build(&ak, &name, (&bk, &seal), &material, None);
                 retry("create Secret", || secrets.create(&pp, &s)).await?;
                 let st = status::desired(&ak, Some(&bk), &plan::issued_condition(Some(&id)), None, now);
                 let body = json!({"apiVersion": "keyward.dev/v1alpha1", "kind": "ApiKey", "status": st});

@@ -43,7 +43,10 @@ pub async fn secret(ctx: &Context, apikey: &ApiKey, o: &Observed, mut write: Sec
     if let Some(kind) = write.rotation {
         ctx.runtime.metrics.rotation(kind);
     }
-    ctx.runtime.publish(apikey, event_for(&write.action, &write.book, &o.secret_name)).await;
+    // NB: a reseal changes nothing a reader cares about (it runs once per key after an upgrade or a seal key change).
+    if !matches!(write.action, Action::Reseal) {
+        ctx.runtime.publish(apikey, event_for(&write.action, &write.book, &o.secret_name)).await;
+    }
     Ok(write.book)
 }
 
@@ -57,8 +60,9 @@ async fn put(secrets: &Api<Secret>, o: &Observed, write: &SecretWrite) -> Result
     }
 }
 
-/// A revocation whose update was refused: an `immutable` Secret (422) is deleted instead, on condition that it is
-/// still the version decided on; anything else is `RevocationBlocked` (a conflict stays a race to decide again).
+/// A revocation whose update was refused: an `immutable` Secret (the update is invalid) is deleted instead, on
+/// condition that it is still the version decided on; anything else (an admission policy, a webhook, RBAC) is
+/// `RevocationBlocked`, retried with backoff; a conflict stays a race to decide again.
 async fn revoke_by_deletion(
     secrets: &Api<Secret>,
     o: &Observed,
@@ -72,11 +76,17 @@ async fn revoke_by_deletion(
         kube::Error::Api(s) if s.code == 422 => {}
         _ => return Err(blocked(refused)),
     }
+    let mut current = within_timeout(secrets.get(&o.secret_name)).await.map_err(blocked)?;
+    let immutable = current.immutable == Some(true);
+    wipe(&mut current);
+    if !immutable || current.metadata.resource_version != o.secret_version {
+        return Err(blocked(refused));
+    }
     let dp = DeleteParams {
         preconditions: Some(Preconditions { resource_version: o.secret_version.clone(), uid: None }),
         ..DeleteParams::default()
     };
-    tracing::info!(secret = %o.secret_name, "the Secret refuses the update (immutable); deleting it to revoke the key");
+    tracing::info!(secret = %o.secret_name, "the Secret is immutable; deleting it to revoke the key");
     within_timeout(secrets.delete(&o.secret_name, &dp)).await.map_err(blocked)?;
     Ok(None)
 }

@@ -52,6 +52,7 @@ pub(super) fn event_for(action: &Action, b: &Book, secret: &str) -> Event {
         Action::Remove(Revocation::Expired) => {
             (EventType::Normal, "Expired", "the key expired; key material removed".to_string())
         }
+        Action::Reseal => (EventType::Normal, "Sealed", format!("Secret {secret} sealed with the current seal key")),
         Action::Nothing => (EventType::Normal, "Reconciled", String::new()),
     };
     Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None }

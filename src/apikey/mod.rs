@@ -12,6 +12,7 @@ pub mod observe;
 pub mod plan;
 mod priority;
 pub mod restart;
+pub mod seal;
 pub mod secret;
 pub mod status;
 
@@ -106,6 +107,8 @@ pub struct Context {
     reported: Mutex<HashSet<ObjectRef<ApiKey>>>,
     /// Revocation first (see [`priority`]); set by [`run`].
     lanes: OnceLock<priority::Lanes>,
+    /// The operator's seal keys (see [`seal`]).
+    sealer: seal::Sealer,
     /// How often every key's Secret is looked at even when nothing happens (spread per key over the second half of
     /// this period), so an edit that escapes the watch (a removed label) is still found.
     recheck: Duration,
@@ -124,7 +127,14 @@ impl Context {
             reported: Mutex::default(),
             lanes: OnceLock::new(),
             recheck: DEFAULT_RECHECK,
+            sealer: seal::Sealer::ephemeral(),
         }
+    }
+
+    /// Seals with the operator's keys instead of a key of this process alone.
+    pub fn with_sealer(mut self, sealer: seal::Sealer) -> Self {
+        self.sealer = sealer;
+        self
     }
 
     /// Looks at every key's Secret at least every `recheck` (at least a second).
@@ -403,10 +413,10 @@ async fn write_secret(
         }
         _ => None,
     };
-    let kept = observe::kept_material(ctx, o, action.keeps_material()).await?;
+    let (kept, kept_previous) = observe::kept_material(ctx, o, action.keeps_material()).await?;
     let grace = o.rotation.as_ref().map(RotationPlan::grace_period).unwrap_or_default();
-    let material = plan::Material { new_key, kept };
-    match plan::write(apikey, o, action, &material, grace, now) {
+    let material = plan::Material { new_key, kept, kept_previous };
+    match plan::write(apikey, o, action, &material, (grace, &ctx.sealer), now) {
         Some(write) => apply::secret(ctx, apikey, o, write).await.map(Some),
         None => Ok(None),
     }

@@ -10,6 +10,7 @@ use kube::{Resource, ResourceExt};
 
 use super::book;
 use super::book::Book;
+use super::seal::{self, Sealed, Sealer, Verdict};
 use super::{Context, Error, secret};
 use crate::api::ApiKey;
 use crate::api::apikey::ROTATE_ANNOTATION;
@@ -24,7 +25,8 @@ pub enum SecretState {
     /// A Secret of that name that this ApiKey does not control: never touched.
     Foreign,
     /// Our Secret, with its bookkeeping; `tampered` when its key material no longer matches its `key-id`.
-    Managed { book: Book, tampered: bool },
+    /// `reseal`: unchanged, but sealed by a previous seal key or not at all (written before seals): worth sealing.
+    Managed { book: Book, tampered: bool, reseal: bool },
 }
 
 /// What one reconcile knows about an ApiKey and its Secret.
@@ -139,28 +141,112 @@ pub(crate) async fn read_secret(ctx: &Context, apikey: &ApiKey, o: &mut Observed
         return Ok(());
     }
     let book = Book::from_annotations(meta.annotations.as_ref().unwrap_or(&Default::default()));
-    let tampered = book.has_key() && !verify(ctx, o, &secrets).await?;
-    o.secret = SecretState::Managed { book, tampered };
+    let found = verify(ctx, apikey, o, &secrets, now).await?;
+    o.secret = SecretState::Managed { book, tampered: found.tampered, reseal: found.reseal };
     Ok(())
 }
 
-/// Whether the Secret's current key matches its fingerprint; each version is checked once.
-async fn verify(ctx: &Context, o: &mut Observed, secrets: &Api<Secret>) -> Result<bool, Error> {
+/// What the whole Secret says about itself (see [`inspect`]); each version is checked once, then trusted.
+async fn verify(
+    ctx: &Context,
+    apikey: &ApiKey,
+    o: &mut Observed,
+    secrets: &Api<Secret>,
+    now: Timestamp,
+) -> Result<Inspection, Error> {
     let version = o.secret_version.clone().unwrap_or_default();
     if ctx.verified(&o.ns, &o.secret_name, &version) {
-        return Ok(true);
+        return Ok(Inspection { tampered: false, reseal: false });
     }
     let full = match o.fetched.take() {
         Some(full) => full,
         None => read_at_version(secrets, &o.ns, &o.secret_name, o.secret_version.as_deref()).await?,
     };
-    let book = Book::from_annotations(full.metadata.annotations.as_ref().unwrap_or(&Default::default()));
-    let ok = current_key(&full).is_some_and(|k| Some(keys::key_id(&k)) == book.key_id);
-    if ok {
+    let grace = o.rotation.as_ref().ok().map(RotationPlan::grace_period);
+    let status = status_book(apikey);
+    let found = inspect(&ctx.sealer, (&o.uid, &o.secret_name), &full, status.as_ref(), grace, now);
+    if !found.tampered && !found.reseal {
         ctx.mark_verified(&o.ns, &o.secret_name, Some(&version));
     }
     o.fetched = Some(full);
-    Ok(ok)
+    Ok(found)
+}
+
+/// What a whole Secret says about itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inspection {
+    /// Edited behind Keyward's back: a key or fingerprint that does not match, a seal that does not verify, or
+    /// bookkeeping that cannot be (a rotation in the future, a grace longer than the spec's).
+    pub tampered: bool,
+    /// Unchanged, but not sealed by the current seal key.
+    pub reseal: bool,
+}
+
+/// How far in the future a rotation time may be (clock skew between replicas) before it is impossible.
+const SKEW: jiff::SignedDuration = jiff::SignedDuration::from_mins(5);
+
+/// Inspects a whole Secret of the ApiKey `(uid, secret name)`: fingerprints, plausibility, seal. Without a seal
+/// (a Secret written before seals existed), it is trusted only if its bookkeeping is exactly what the ApiKey's
+/// status (written by Keyward from that Secret) says. Pure.
+pub fn inspect(
+    sealer: &Sealer,
+    (uid, secret_name): (&str, &str),
+    full: &Secret,
+    status: Option<&Book>,
+    grace: Option<std::time::Duration>,
+    now: Timestamp,
+) -> Inspection {
+    let annotations = full.metadata.annotations.clone().unwrap_or_default();
+    let book = Book::from_annotations(&annotations);
+    let (current, previous) = (key_at(full, book::DATA_KEY), key_at(full, book::DATA_PREVIOUS_KEY));
+    let consistent = fingerprint_of(book.key_id.as_deref(), current.as_ref())
+        && fingerprint_of(book.previous_key_id.as_deref(), previous.as_ref())
+        && plausible(&book, grace, now);
+    let sealed =
+        Sealed { uid, secret: secret_name, book: &book, current: current.as_ref(), previous: previous.as_ref() };
+    let (trusted, reseal) = match sealer.verify(&sealed, annotations.get(seal::SEAL).map(String::as_str)) {
+        Verdict::Valid => (true, false),
+        Verdict::ValidUnderPrevious => (true, true),
+        Verdict::Missing => (status == Some(&book), true),
+        Verdict::Invalid => (false, false),
+    };
+    let tampered = !(consistent && trusted);
+    Inspection { tampered, reseal: reseal && !tampered }
+}
+
+/// Whether a fingerprint and a key go together: both absent, or the key's fingerprint.
+fn fingerprint_of(id: Option<&str>, key: Option<&KeyMaterial>) -> bool {
+    match (id, key) {
+        (None, None) => true,
+        (Some(id), Some(k)) => keys::key_id(k) == id,
+        _ => false,
+    }
+}
+
+/// Whether the bookkeeping could have been written by Keyward: no rotation in the future, no grace beyond the
+/// spec's (when the spec can say).
+fn plausible(b: &Book, grace: Option<std::time::Duration>, now: Timestamp) -> bool {
+    let future = b.rotated_at.is_some_and(|t| now.checked_add(SKEW).is_ok_and(|limit| t > limit));
+    let too_long =
+        match (b.previous_expires_at, b.rotated_at, grace.and_then(|g| jiff::SignedDuration::try_from(g).ok())) {
+            (Some(end), Some(at), Some(g)) => at.checked_add(g).is_ok_and(|limit| end > limit),
+            (Some(_), None, _) => true,
+            _ => false,
+        };
+    !future && !too_long
+}
+
+/// The bookkeeping the ApiKey's status reports (Keyward writes it from the Secret).
+fn status_book(apikey: &ApiKey) -> Option<Book> {
+    let s = apikey.status.as_ref()?;
+    Some(Book {
+        key_id: s.key_id.clone(),
+        rotated_at: s.last_rotation_time.as_ref().map(|t| t.0),
+        previous_key_id: s.previous_key_id.clone(),
+        previous_expires_at: s.previous_key_expires_at.as_ref().map(|t| t.0),
+        rotation_count: s.rotation_count.unwrap_or(0),
+        rotate_request: s.last_rotate_request.clone(),
+    })
 }
 
 /// Whether a requested rotation is still the ApiKey's request, on a fresh read.
@@ -181,11 +267,15 @@ pub(crate) async fn request_is_current(ctx: &Context, o: &Observed) -> Result<bo
     Ok(fresh.metadata.uid.as_deref() == Some(o.uid.as_str()) && fresh_request == o.rotate_request.as_ref())
 }
 
-/// The key material a write keeps (`keeps`: see [`super::plan::Action::keeps_material`]): the current key, read
-/// from the whole Secret at the decided version.
-pub(crate) async fn kept_material(ctx: &Context, o: &mut Observed, keeps: bool) -> Result<Option<KeyMaterial>, Error> {
+/// The key material a write keeps (`keeps`: see [`super::plan::Action::keeps_material`]): the current and the
+/// previous key, read from the whole Secret at the decided version.
+pub(crate) async fn kept_material(
+    ctx: &Context,
+    o: &mut Observed,
+    keeps: bool,
+) -> Result<(Option<KeyMaterial>, Option<KeyMaterial>), Error> {
     if !keeps {
-        return Ok(None);
+        return Ok((None, None));
     }
     let full = match o.fetched.take() {
         Some(full) => full,
@@ -194,9 +284,9 @@ pub(crate) async fn kept_material(ctx: &Context, o: &mut Observed, keeps: bool) 
             read_at_version(&secrets, &o.ns, &o.secret_name, o.secret_version.as_deref()).await?
         }
     };
-    let current = current_key(&full);
+    let kept = (key_at(&full, book::DATA_KEY), key_at(&full, book::DATA_PREVIOUS_KEY));
     o.fetched = Some(full);
-    Ok(current)
+    Ok(kept)
 }
 
 /// Whether `apikey` is being deleted (garbage collection removes its Secret with it).
@@ -232,8 +322,8 @@ async fn read_at_version(secrets: &Api<Secret>, ns: &str, name: &str, version: O
     Ok(full)
 }
 
-/// The current key in a Secret's data, if it is readable.
-fn current_key(s: &Secret) -> Option<KeyMaterial> {
-    let bytes = s.data.as_ref()?.get(book::DATA_KEY)?;
+/// The key in a Secret's data entry, if it is readable.
+fn key_at(s: &Secret, entry: &str) -> Option<KeyMaterial> {
+    let bytes = s.data.as_ref()?.get(entry)?;
     KeyMaterial::from_secret_bytes(bytes.0.clone()).ok()
 }

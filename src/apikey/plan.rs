@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Secret;
 use super::book::Book;
 use super::observe::Observed;
 pub use super::observe::SecretState;
+use super::seal::{Sealed, Sealer};
 use super::{secret, status};
 use crate::api::{ApiKey, ApiKeySpec, ApiKeyStatus};
 use crate::keys::{self, KeyMaterial};
@@ -45,6 +46,8 @@ pub enum Action {
     },
     /// The grace period ended: remove the previous key.
     DropPrevious,
+    /// Nothing changes but the seal: the Secret was sealed by a previous seal key, or before seals existed.
+    Reseal,
     Remove(Revocation),
 }
 
@@ -61,7 +64,7 @@ impl Action {
     /// Whether the write keeps the current key: a rotation (it becomes the previous key) or the end of a grace
     /// period (it stays).
     pub fn keeps_material(&self) -> bool {
-        matches!(self, Action::Rotate { .. } | Action::DropPrevious)
+        matches!(self, Action::Rotate { .. } | Action::DropPrevious | Action::Reseal)
     }
 }
 
@@ -173,6 +176,8 @@ pub fn decide(i: &Inputs<'_>, plan: Result<&RotationPlan, String>) -> Decision {
                 Action::Rotate { manual }
             } else if b.previous_expires_at.is_some_and(|e| e <= i.now) && b.has_previous() {
                 Action::DropPrevious
+            } else if matches!(i.secret, SecretState::Managed { reseal: true, .. }) {
+                Action::Reseal
             } else {
                 Action::Nothing
             }
@@ -227,6 +232,7 @@ pub fn next_book(
             }
         }
         Action::DropPrevious => Book { previous_key_id: None, previous_expires_at: None, ..book.clone() },
+        Action::Reseal => book.clone(),
         Action::Remove(_) => Book {
             key_id: None,
             rotated_at: None,
@@ -279,6 +285,8 @@ pub struct SecretWrite {
 pub struct Material {
     pub new_key: Option<KeyMaterial>,
     pub kept: Option<KeyMaterial>,
+    /// The previous key as read (kept only by a reseal).
+    pub kept_previous: Option<KeyMaterial>,
 }
 
 /// Which Secret to write, with which bookkeeping and material, for `action`; `None` for [`Action::Nothing`].
@@ -287,7 +295,7 @@ pub fn write(
     o: &Observed,
     action: &Action,
     material: &Material,
-    grace: std::time::Duration,
+    (grace, sealer): (std::time::Duration, &Sealer),
     now: Timestamp,
 ) -> Option<SecretWrite> {
     if matches!(action, Action::Nothing) {
@@ -299,11 +307,18 @@ pub fn write(
     let (current, previous) = match action {
         Action::Rotate { .. } => (material.new_key.as_ref(), material.kept.as_ref().filter(|_| book.has_previous())),
         Action::DropPrevious => (material.kept.as_ref(), None),
+        Action::Reseal => (material.kept.as_ref(), material.kept_previous.as_ref()),
         Action::Issue(_) => (material.new_key.as_ref(), None),
         Action::Remove(_) | Action::Nothing => (None, None),
     };
-    let secret =
-        secret::build(apikey, &o.secret_name, &book, &secret::Material { current, previous }, o.secret_version.clone());
+    let seal = sealer.seal(&Sealed { uid: &o.uid, secret: &o.secret_name, book: &book, current, previous });
+    let secret = secret::build(
+        apikey,
+        &o.secret_name,
+        (&book, &seal),
+        &secret::Material { current, previous },
+        o.secret_version.clone(),
+    );
     Some(SecretWrite {
         secret,
         create: matches!(o.secret, SecretState::Missing),

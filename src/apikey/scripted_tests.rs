@@ -31,8 +31,13 @@ fn step(method: Method, path: &'static str, status: u16, body: Value) -> Step {
 fn scripted(steps: Vec<Step>) -> (Arc<Context>, tokio::task::JoinHandle<Vec<String>>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
-    let ctx = Arc::new(Context::new(client, crate::metrics::Metrics::new()));
+    let ctx = Arc::new(Context::new(client, crate::metrics::Metrics::new()).with_sealer(sealer()));
     (ctx, tokio::spawn(play(handle, steps)))
+}
+
+/// The seal keys of the scripted operator.
+fn sealer() -> seal::Sealer {
+    seal::Sealer::new(vec![7; seal::KEY_BYTES], None).expect("key")
 }
 
 async fn play(mut handle: Handle, steps: Vec<Step>) -> Vec<String> {
@@ -125,10 +130,18 @@ async fn a_rotation_request_the_cache_has_not_caught_up_with_is_not_answered() {
     // holds the ApiKey with the older request r1, which therefore looks unanswered.
     let obj = apikey(json!({(ROTATE_ANNOTATION): "r1"}), json!({"keyId": id, "lastRotateRequest": "r0"}));
     let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key.as_bytes());
+    let bk = Book {
+        key_id: Some(id.clone()),
+        rotated_at: Some("2026-01-01T00:00:00Z".parse().expect("ts")),
+        rotate_request: Some("r2".into()),
+        ..Book::default()
+    };
+    let seal = sealer().seal(&seal::Sealed { uid: "u1", secret: "k", book: &bk, current: Some(&key), previous: None });
+    let mut annotations = serde_json::to_value(bk.to_annotations()).expect("annotations");
+    annotations[seal::SEAL] = json!(seal);
     let full = json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "k", "namespace": "ns", "resourceVersion": "5", "ownerReferences": owner("u1"),
-                     "annotations": {(book::KEY_ID): id, (book::ROTATED_AT): "2026-01-01T00:00:00Z",
-                                     (book::ROTATE_REQUEST): "r2"}},
+                     "annotations": annotations},
         "data": {(book::DATA_KEY): b64}});
     let fresh = json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
                        "metadata": {"name": "k", "namespace": "ns", "uid": "u1", "annotations": {(ROTATE_ANNOTATION): "r2"}}});

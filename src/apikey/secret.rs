@@ -33,7 +33,7 @@ pub struct Material<'a> {
 pub fn build(
     apikey: &ApiKey,
     name: &str,
-    book: &Book,
+    (book, seal): (&Book, &str),
     material: &Material<'_>,
     resource_version: Option<String>,
 ) -> Secret {
@@ -47,6 +47,7 @@ pub fn build(
     labels.insert(book::MANAGED_BY_LABEL.to_string(), book::MANAGED_BY.to_string());
     labels.insert(book::APIKEY_LABEL.to_string(), apikey.meta().name.clone().unwrap_or_default());
     annotations.extend(book.to_annotations());
+    annotations.insert(super::seal::SEAL.to_string(), seal.to_string());
 
     let mut data = BTreeMap::new();
     if let Some(k) = material.current {
@@ -107,7 +108,13 @@ mod tests {
         let key = generate(&Default::default(), &mut OsRandom).expect("key");
         let prev = generate(&Default::default(), &mut OsRandom).expect("key");
         let book = Book { key_id: Some(key_id(&key)), rotation_count: 2, ..Book::default() };
-        let s = build(&a, "svc-key", &book, &Material { current: Some(&key), previous: Some(&prev) }, Some("7".into()));
+        let s = build(
+            &a,
+            "svc-key",
+            (&book, "seal"),
+            &Material { current: Some(&key), previous: Some(&prev) },
+            Some("7".into()),
+        );
         let labels = s.metadata.labels.as_ref().expect("labels");
         assert_eq!(labels.get("gw").map(String::as_str), Some("yes"), "template labels are copied");
         assert_eq!(labels.get(book::MANAGED_BY_LABEL).map(String::as_str), Some("keyward"), "ours win");
@@ -127,7 +134,7 @@ mod tests {
 
     #[test]
     fn removed_material_leaves_no_data() {
-        let s = build(&apikey(), "svc", &Book::default(), &Material { current: None, previous: None }, None);
+        let s = build(&apikey(), "svc", (&Book::default(), "seal"), &Material { current: None, previous: None }, None);
         assert!(s.data.as_ref().is_some_and(BTreeMap::is_empty));
     }
 

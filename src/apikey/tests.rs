@@ -1,8 +1,11 @@
 //! Unit tests of the controller's own helpers (the decision table is tested in `plan`).
 
+use super::book::{self, Book};
 use super::observe::data_due;
 use super::*;
 use crate::api::apikey::ROTATE_ANNOTATION;
+use crate::keys::KeyMaterial;
+use k8s_openapi::api::core::v1::Secret;
 
 fn key(generation: i64, rotate: Option<&str>, key_id: Option<&str>) -> ApiKey {
     let mut k: ApiKey = serde_json::from_value(serde_json::json!({
@@ -51,4 +54,121 @@ fn only_spec_annotations_and_deletion_trigger_a_reconcile() {
     deleting.metadata.deletion_timestamp =
         Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
     assert_ne!(trigger_hash(&deleting), base, "deletion");
+}
+
+mod inspection {
+    use super::super::observe::{Inspection, inspect};
+    use super::super::seal::{SEAL, Sealed, Sealer};
+    use super::*;
+    use crate::keys::{OsRandom, generate, key_id};
+    use k8s_openapi::ByteString;
+
+    const UID: &str = "u";
+    const NAME: &str = "s";
+
+    fn sealer() -> Sealer {
+        Sealer::new(vec![3; 32], None).expect("key")
+    }
+
+    fn now() -> Timestamp {
+        "2026-06-01T00:00:00Z".parse().expect("now")
+    }
+
+    /// A Secret as Keyward writes it (sealed by `by`, unless `None`).
+    fn secret(b: &Book, current: Option<&KeyMaterial>, previous: Option<&KeyMaterial>, by: Option<&Sealer>) -> Secret {
+        let mut annotations = b.to_annotations();
+        if let Some(s) = by {
+            annotations.insert(SEAL.into(), s.seal(&Sealed { uid: UID, secret: NAME, book: b, current, previous }));
+        }
+        let mut data = std::collections::BTreeMap::new();
+        if let Some(k) = current {
+            data.insert(book::DATA_KEY.to_string(), ByteString(k.as_bytes().to_vec()));
+        }
+        if let Some(k) = previous {
+            data.insert(book::DATA_PREVIOUS_KEY.to_string(), ByteString(k.as_bytes().to_vec()));
+        }
+        let mut s = Secret { data: Some(data), ..Secret::default() };
+        s.metadata.annotations = Some(annotations);
+        s
+    }
+
+    fn look(s: &Secret, status: Option<&Book>) -> Inspection {
+        inspect(&sealer(), (UID, NAME), s, status, Some(Duration::from_secs(3600)), now())
+    }
+
+    fn issued(key: &KeyMaterial) -> Book {
+        Book {
+            key_id: Some(key_id(key)),
+            rotated_at: Some(now() - jiff::SignedDuration::from_hours(1)),
+            ..Book::default()
+        }
+    }
+
+    #[test]
+    fn a_sealed_secret_as_written_is_trusted() {
+        let key = generate(&Default::default(), &mut OsRandom).expect("key");
+        let b = issued(&key);
+        assert_eq!(
+            look(&secret(&b, Some(&key), None, Some(&sealer())), None),
+            Inspection { tampered: false, reseal: false }
+        );
+    }
+
+    #[test]
+    fn edits_that_keep_the_fingerprints_consistent_are_caught_by_the_seal() {
+        let key = generate(&Default::default(), &mut OsRandom).expect("key");
+        let other = generate(&Default::default(), &mut OsRandom).expect("key");
+        let b = issued(&key);
+        let good = secret(&b, Some(&key), None, Some(&sealer()));
+        let seal = good.metadata.annotations.as_ref().and_then(|a| a.get(SEAL)).cloned().expect("seal");
+        let with_seal = |mut s: Secret| {
+            s.metadata.annotations.get_or_insert_default().insert(SEAL.into(), seal.clone());
+            s
+        };
+        // Key and key-id replaced together.
+        let forged = Book { key_id: Some(key_id(&other)), ..b.clone() };
+        assert!(look(&with_seal(secret(&forged, Some(&other), None, None)), None).tampered);
+        // A planted previous key with a far grace end.
+        let planted = Book {
+            previous_key_id: Some(key_id(&other)),
+            previous_expires_at: Some(now() + jiff::SignedDuration::from_hours(24 * 365)),
+            ..b.clone()
+        };
+        assert!(look(&with_seal(secret(&planted, Some(&key), Some(&other), None)), None).tampered);
+        // A rotation time moved into the future, so that the key never rotates.
+        let frozen = Book { rotated_at: Some(now() + jiff::SignedDuration::from_hours(24 * 365)), ..b.clone() };
+        assert!(look(&with_seal(secret(&frozen, Some(&key), None, None)), None).tampered);
+    }
+
+    #[test]
+    fn impossible_bookkeeping_is_tampering_even_under_a_valid_seal() {
+        let key = generate(&Default::default(), &mut OsRandom).expect("key");
+        let prev = generate(&Default::default(), &mut OsRandom).expect("key");
+        let b = issued(&key);
+        let future = Book { rotated_at: Some(now() + jiff::SignedDuration::from_hours(1)), ..b.clone() };
+        assert!(look(&secret(&future, Some(&key), None, Some(&sealer())), None).tampered, "rotated in the future");
+        let long = Book {
+            previous_key_id: Some(key_id(&prev)),
+            previous_expires_at: Some(now() + jiff::SignedDuration::from_hours(2)),
+            ..b.clone()
+        };
+        assert!(look(&secret(&long, Some(&key), Some(&prev), Some(&sealer())), None).tampered, "grace beyond the spec");
+        let missing = Book { previous_key_id: Some(key_id(&prev)), ..b.clone() };
+        assert!(look(&secret(&missing, Some(&key), None, Some(&sealer())), None).tampered, "previous key id, no key");
+    }
+
+    #[test]
+    fn an_unsealed_secret_is_trusted_only_as_the_status_reports_it_and_then_sealed() {
+        let key = generate(&Default::default(), &mut OsRandom).expect("key");
+        let b = issued(&key);
+        let legacy = secret(&b, Some(&key), None, None);
+        assert_eq!(look(&legacy, Some(&b)), Inspection { tampered: false, reseal: true });
+        assert!(look(&legacy, None).tampered, "no status to vouch for it");
+        let moved = Book { rotation_count: 9, ..b.clone() };
+        assert!(look(&legacy, Some(&moved)).tampered, "the status says otherwise");
+        let rotated_seal = Sealer::new(vec![4; 32], Some(vec![3; 32])).expect("keys");
+        let old = secret(&b, Some(&key), None, Some(&sealer()));
+        let found = inspect(&rotated_seal, (UID, NAME), &old, None, None, now());
+        assert_eq!(found, Inspection { tampered: false, reseal: true }, "sealed by the previous seal key");
+    }
 }

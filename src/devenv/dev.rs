@@ -67,8 +67,10 @@ pub async fn dev(dir: &Path, examples: &Path, http_addr: &str) -> Result<(), Dev
         kc = cp.kubeconfig().display(),
         bin = bin_dir.display(),
     );
-    // Leader election off: one local operator.
-    let options = crate::operator::Options { http_addr: Some(http_addr.to_string()), ..Default::default() };
+    // Leader election off: one local operator; the seal key kept in the control plane like a deployed operator's.
+    let seal = crate::operator::seal::SealConfig { namespace: "default".into(), name: "keyward-seal".into() };
+    let options =
+        crate::operator::Options { http_addr: Some(http_addr.to_string()), seal: Some(seal), ..Default::default() };
     let result = crate::operator::run(client, options, crate::operator::shutdown_signal()).await;
     eprintln!("keyward dev: stopping the control plane");
     drop(cp);

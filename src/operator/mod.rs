@@ -4,6 +4,7 @@
 pub mod crds;
 pub mod http;
 pub mod leader;
+pub mod seal;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,6 +20,8 @@ pub enum RunError {
     Crds(#[from] crds::CrdError),
     #[error(transparent)]
     Leader(#[from] leader::LeaderError),
+    #[error(transparent)]
+    Seal(#[from] seal::SealError),
     #[error("cannot serve probes and metrics on {addr}: {source}")]
     Http { addr: String, source: std::io::Error },
     #[error("lost the leader Lease; stopped writing at once (the process exits so a fresh one can stand by)")]
@@ -36,6 +39,8 @@ pub struct Options {
     pub poll_concurrency: usize,
     /// Every key's Secret is looked at at least this often (see [`crate::apikey::Context::with_recheck`]).
     pub recheck_interval: std::time::Duration,
+    /// Where the seal key lives (see [`seal`]); `None` seals with a key of this process alone (benchmarks).
+    pub seal: Option<seal::SealConfig>,
     /// Where to serve `/healthz`, `/readyz` and `/metrics`; `None` serves nothing.
     pub http_addr: Option<String>,
     /// Leader election; `None` reconciles without it.
@@ -49,6 +54,7 @@ impl Default for Options {
             concurrency: 16,
             poll_concurrency: crate::ratelimit::poller::DEFAULT_POLL_CONCURRENCY,
             recheck_interval: crate::apikey::DEFAULT_RECHECK,
+            seal: None,
             http_addr: None,
             leader_election: None,
         }
@@ -68,6 +74,11 @@ pub async fn run(
     tracing::info!(server = %version.git_version, "connected to Kubernetes");
     crds::check(client.clone()).await?;
     tracing::info!("Keyward CRDs are installed and established");
+    let sealer = match &options.seal {
+        Some(cfg) => seal::load_or_create(&client, cfg).await?,
+        None => crate::apikey::seal::Sealer::ephemeral(),
+    };
+    let setup = Setup { options: options.clone(), sealer };
 
     // One shutdown, seen by every part.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -99,10 +110,10 @@ pub async fn run(
         None => {
             health.set_role(http::Role::Disabled);
             metrics.set_leader(true);
-            controllers(&client, &options, &metrics, &health, &stopped).await;
+            controllers(&client, &setup, &metrics, &health, &stopped).await;
             Ok(())
         }
-        Some(cfg) => lead(&client, &options, cfg, &metrics, &health, &stopped).await,
+        Some(cfg) => lead(&client, &setup, cfg, &metrics, &health, &stopped).await,
     };
     if let Some(server) = server {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
@@ -113,10 +124,16 @@ pub async fn run(
     result
 }
 
+/// What the controllers are started with: the options, and the seal keys loaded at start-up.
+struct Setup {
+    options: Options,
+    sealer: crate::apikey::seal::Sealer,
+}
+
 /// Waits for the Lease (or shutdown), then runs the controllers while leading.
 async fn lead<F: Future<Output = ()> + Send + 'static>(
     client: &kube::Client,
-    options: &Options,
+    setup: &Setup,
     cfg: leader::LeaderConfig,
     metrics: &std::sync::Arc<crate::metrics::Metrics>,
     health: &std::sync::Arc<http::Health>,
@@ -140,7 +157,7 @@ async fn lead<F: Future<Output = ()> + Send + 'static>(
         let _ = leading.wait_for(|l| !*l).await;
     };
     tokio::select! {
-        () = controllers(client, options, metrics, health, stopped) => {
+        () = controllers(client, setup, metrics, health, stopped) => {
             // Drained: hand the Lease over at once.
             election.release().await;
             Ok(())
@@ -158,11 +175,12 @@ async fn lead<F: Future<Output = ()> + Send + 'static>(
 /// controller's cache is.
 async fn controllers<F: Future<Output = ()> + Send + 'static>(
     client: &kube::Client,
-    options: &Options,
+    setup: &Setup,
     metrics: &std::sync::Arc<crate::metrics::Metrics>,
     health: &std::sync::Arc<http::Health>,
     stopped: &(impl Fn() -> F + Clone + Send + 'static),
 ) {
+    let options = &setup.options;
     let scopes: Vec<Option<String>> =
         if options.namespaces.is_empty() { vec![None] } else { options.namespaces.iter().cloned().map(Some).collect() };
     tracing::info!(
@@ -182,7 +200,9 @@ async fn controllers<F: Future<Output = ()> + Send + 'static>(
             Launch { scope: scope.clone(), concurrency: options.concurrency, synced: tx, shutdown: stopped() }
         };
         let apikeys = Arc::new(
-            crate::apikey::Context::new(client.clone(), metrics.clone()).with_recheck(options.recheck_interval),
+            crate::apikey::Context::new(client.clone(), metrics.clone())
+                .with_recheck(options.recheck_interval)
+                .with_sealer(setup.sealer.clone()),
         );
         let policies = Arc::new(crate::ratelimit::Context::new(
             client.clone(),

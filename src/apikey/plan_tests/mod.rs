@@ -71,11 +71,11 @@ fn emptied() -> Book {
 }
 
 fn managed(book: Book) -> SecretState {
-    SecretState::Managed { book, tampered: false }
+    SecretState::Managed { book, tampered: false, reseal: false }
 }
 
 fn tampered(book: Book) -> SecretState {
-    SecretState::Managed { book, tampered: true }
+    SecretState::Managed { book, tampered: true, reseal: false }
 }
 
 /// Decides with the rotation plan parsed from the spec, as the reconciler does.
