@@ -59,6 +59,8 @@ enum Cmd {
         /// Log filter, in tracing's EnvFilter syntax (e.g. `info,keyward=debug`).
         #[arg(long, env = "KEYWARD_LOG", default_value = "info")]
         log: String,
+        #[command(flatten)]
+        sources: keyward::usage::SourceFlags,
     },
     /// Rotate an ApiKey now (sets the keyward.dev/rotate annotation to a new value, like `cmctl renew`).
     Rotate {
@@ -146,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
             exit_on_stdin_close,
             log_format,
             log,
+            sources,
         } => {
             init_logging(log_format, &log)?;
             // Signals are caught from here on, so a SIGTERM during start-up is a clean stop, not a kill.
@@ -161,8 +164,14 @@ async fn main() -> anyhow::Result<()> {
                 identity: keyward::operator::leader::identity(),
             });
             let namespaces = namespaces.into_iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
-            let options =
-                keyward::operator::Options { namespaces, concurrency, http_addr: Some(http_addr), leader_election };
+            let sources = sources.settings().map_err(anyhow::Error::msg)?;
+            let options = keyward::operator::Options {
+                namespaces,
+                concurrency,
+                http_addr: Some(http_addr),
+                leader_election,
+                sources,
+            };
             if exit_on_stdin_close {
                 let stdin_closed = async {
                     let mut sink = tokio::io::sink();

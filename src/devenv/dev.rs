@@ -68,7 +68,12 @@ pub async fn dev(dir: &Path, examples: &Path, http_addr: &str) -> Result<(), Dev
         bin = bin_dir.display(),
     );
     // Leader election off: one local operator.
-    let options = crate::operator::Options { http_addr: Some(http_addr.to_string()), ..Default::default() };
+    // The examples' simulated gateway listens on 127.0.0.1: dev lets sources reach loopback.
+    let options = crate::operator::Options {
+        http_addr: Some(http_addr.to_string()),
+        sources: crate::usage::Settings::loopback(),
+        ..Default::default()
+    };
     let result = crate::operator::run(client, options, crate::operator::shutdown_signal()).await;
     eprintln!("keyward dev: stopping the control plane");
     drop(cp);

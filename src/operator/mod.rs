@@ -33,11 +33,19 @@ pub struct Options {
     pub http_addr: Option<String>,
     /// Leader election; `None` reconciles without it.
     pub leader_election: Option<leader::LeaderConfig>,
+    /// Fence, caps and budget of the usage sources (`--source-*`, `--allow-loopback-sources`).
+    pub sources: crate::usage::Settings,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { namespaces: Vec::new(), concurrency: 16, http_addr: None, leader_election: None }
+        Options {
+            namespaces: Vec::new(),
+            concurrency: 16,
+            http_addr: None,
+            leader_election: None,
+            sources: crate::usage::Settings::default(),
+        }
     }
 }
 
@@ -54,6 +62,7 @@ pub async fn run(
     tracing::info!(server = %version.git_version, "connected to Kubernetes");
     crds::check(client.clone()).await?;
     tracing::info!("Keyward CRDs are installed and established");
+    crate::usage::Sources::install(options.sources.clone());
 
     // One shutdown, seen by every part.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -198,10 +198,10 @@ async fn poll(
         return Err(SourceError::NotConfigured);
     };
     if state.source.as_ref().is_none_or(|(s, _)| s != spec) {
-        state.source = AnySource::from_spec(spec, ctx.http.clone()).map(|src| (spec.clone(), src));
+        state.source = AnySource::from_spec(spec, &ctx.http).map(|src| (spec.clone(), src));
     }
     let Some((_, source)) = state.source.as_mut() else { return Err(SourceError::NotConfigured) };
-    let timeout = interval.min(MAX_POLL_TIMEOUT).max(Duration::from_secs(1));
+    let timeout = crate::usage::poll_timeout(interval, MAX_POLL_TIMEOUT);
     let rates = source.poll(now, timeout).await?;
     if rates.is_empty() {
         return Err(SourceError::NoData);

@@ -100,7 +100,7 @@ pub struct Context {
     events: Publisher,
     /// The clock; injected so tests and benchmarks can move time.
     pub now: Arc<dyn Fn() -> Timestamp + Send + Sync>,
-    http: reqwest::Client,
+    http: crate::usage::Sources,
     states: Mutex<HashMap<ObjectRef<RateLimitPolicy>, Arc<tokio::sync::Mutex<PolicyState>>>>,
     /// Discovery results per `(apiVersion, kind)`.
     targets: Mutex<HashMap<(String, String), ApiResource>>,
@@ -130,7 +130,7 @@ pub async fn run(
         client: client.clone(),
         events: Publisher::keyward(client.clone()),
         now: Arc::new(Timestamp::now),
-        http: crate::usage::http_client(),
+        http: crate::usage::Sources::installed(),
         states: Mutex::default(),
         targets: Mutex::default(),
         failures: Default::default(),

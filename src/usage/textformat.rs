@@ -9,7 +9,8 @@
 //! (HELP, TYPE and comments) are skipped and every other non-blank line must be `name{labels} value [timestamp]`.
 //! Label values may use the escapes `\\`, `\"` and `\n`; values accept `NaN`, `+Inf`, `-Inf` and ordinary floats.
 //! Every line is checked, not only the lines of the requested metric, so a corrupt exposition is reported rather than
-//! half read. The parser never panics, and its errors carry only a short excerpt of the offending line.
+//! half read. The parser never panics, and its errors carry only a short excerpt of the offending line (for the debug
+//! log: a source's errors in status quote no byte of the answer). [`CounterReader`] parses an answer as it arrives.
 
 use std::collections::BTreeMap;
 
@@ -118,23 +119,133 @@ struct Sample {
 pub fn counters_by_key(text: &str, metric: &str, key_label: &str) -> Result<BTreeMap<String, f64>, ParseError> {
     let mut sums = BTreeMap::new();
     for (index, raw) in text.split('\n').enumerate() {
-        let line = raw.strip_suffix('\r').unwrap_or(raw).trim_start_matches([' ', '\t']);
-        if line.trim_end_matches([' ', '\t']).is_empty() || line.starts_with('#') {
-            continue;
+        if let Some(sample) = sample_of_line(raw).map_err(|(line, kind)| ParseError::new(index + 1, line, kind))? {
+            add_sample(&mut sums, sample, metric, key_label);
         }
-        let sample = parse_sample(line).map_err(|kind| ParseError::new(index + 1, line, kind))?;
-        if sample.name != metric || !sample.value.is_finite() || sample.value < 0.0 {
-            continue;
-        }
-        let Some((_, key)) = sample.labels.into_iter().find(|(name, _)| name == key_label) else {
-            continue;
-        };
-        if key.is_empty() {
-            continue;
-        }
-        *sums.entry(key).or_insert(0.0) += sample.value;
     }
     Ok(sums)
+}
+
+/// The sample of one line (without its `\n`), `None` for a blank or `#` line, or the trimmed line and what is wrong.
+fn sample_of_line(raw: &str) -> Result<Option<Sample>, (&str, ParseErrorKind)> {
+    let line = raw.strip_suffix('\r').unwrap_or(raw).trim_start_matches([' ', '\t']);
+    if line.trim_end_matches([' ', '\t']).is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    parse_sample(line).map(Some).map_err(|kind| (line, kind))
+}
+
+/// Adds `sample` to `sums` if it is a usable sample of `metric` with a non-empty `key_label`; returns whether it did.
+fn add_sample(sums: &mut BTreeMap<String, f64>, sample: Sample, metric: &str, key_label: &str) -> bool {
+    if sample.name != metric || !sample.value.is_finite() || sample.value < 0.0 {
+        return false;
+    }
+    let Some((_, key)) = sample.labels.into_iter().find(|(name, _)| name == key_label) else {
+        return false;
+    };
+    if key.is_empty() {
+        return false;
+    }
+    *sums.entry(key).or_insert(0.0) += sample.value;
+    true
+}
+
+/// Why a streamed exposition was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamError {
+    /// A line is not valid text format (its excerpt is for the debug log only).
+    Parse(ParseError),
+    /// Line `line` is not UTF-8.
+    NotUtf8 { line: usize },
+    /// More samples than the cap.
+    TooManySeries,
+    /// More distinct keys than the cap.
+    TooManyKeys,
+}
+
+/// [`counters_by_key`] fed chunk by chunk as an answer arrives: complete lines are parsed at once, so only the
+/// current partial line is kept, never the whole exposition.
+///
+/// It counts every sample line (of any metric) against a series cap shared with other readers of the same poll, and
+/// refuses more than `max_keys` distinct keys.
+pub struct CounterReader<'a> {
+    metric: &'a str,
+    key_label: &'a str,
+    series: &'a std::sync::atomic::AtomicUsize,
+    max_series: usize,
+    max_keys: usize,
+    /// The bytes after the last complete line.
+    partial: Vec<u8>,
+    /// Lines read so far.
+    lines: usize,
+    sums: BTreeMap<String, f64>,
+}
+
+impl<'a> CounterReader<'a> {
+    /// A reader of counter `metric` by `key_label`; `series` counts the samples of every reader of the poll.
+    pub fn new(
+        metric: &'a str,
+        key_label: &'a str,
+        series: &'a std::sync::atomic::AtomicUsize,
+        max_series: usize,
+        max_keys: usize,
+    ) -> Self {
+        Self { metric, key_label, series, max_series, max_keys, partial: Vec::new(), lines: 0, sums: BTreeMap::new() }
+    }
+
+    /// Parses the complete lines `chunk` ends (with what was left of the previous chunk).
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), StreamError> {
+        let Some(last_newline) = chunk.iter().rposition(|&b| b == b'\n') else {
+            self.partial.extend_from_slice(chunk);
+            return Ok(());
+        };
+        let (complete, rest) = chunk.split_at(last_newline + 1);
+        let mut lines = complete[..complete.len() - 1].split(|&b| b == b'\n');
+        if !self.partial.is_empty() {
+            // The first line of this chunk ends the line the previous chunks began.
+            let mut first = std::mem::take(&mut self.partial);
+            first.extend_from_slice(lines.next().unwrap_or_default());
+            self.line(&first)?;
+        }
+        for line in lines {
+            self.line(line)?;
+        }
+        self.partial.extend_from_slice(rest);
+        Ok(())
+    }
+
+    /// Bytes of the partial line kept.
+    pub fn retained(&self) -> usize {
+        self.partial.capacity()
+    }
+
+    /// Parses the last line (if it has no `\n`) and returns the counters by key.
+    pub fn finish(mut self) -> Result<BTreeMap<String, f64>, StreamError> {
+        if !self.partial.is_empty() {
+            let last = std::mem::take(&mut self.partial);
+            self.line(&last)?;
+        }
+        Ok(self.sums)
+    }
+
+    fn line(&mut self, bytes: &[u8]) -> Result<(), StreamError> {
+        self.lines += 1;
+        let number = self.lines;
+        let text = std::str::from_utf8(bytes).map_err(|_| StreamError::NotUtf8 { line: number })?;
+        let Some(sample) =
+            sample_of_line(text).map_err(|(line, kind)| StreamError::Parse(ParseError::new(number, line, kind)))?
+        else {
+            return Ok(());
+        };
+        let read = self.series.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if read > self.max_series {
+            return Err(StreamError::TooManySeries);
+        }
+        if add_sample(&mut self.sums, sample, self.metric, self.key_label) && self.sums.len() > self.max_keys {
+            return Err(StreamError::TooManyKeys);
+        }
+        Ok(())
+    }
 }
 
 /// Adds every counter of `other` to the same key of `into` (e.g. to sum the replicas of a gateway).
@@ -423,6 +534,64 @@ gateway_latency_seconds{key=\"team-a\",quantile=\"0.99\"} +Inf
             }
         }
         assert_eq!(counters_by_key(line, "req", "key").unwrap(), map(&[("a\"é", 12.0)]));
+    }
+
+    fn read_in_chunks(
+        text: &[u8],
+        size: usize,
+        max_series: usize,
+        max_keys: usize,
+    ) -> Result<BTreeMap<String, f64>, StreamError> {
+        let series = std::sync::atomic::AtomicUsize::new(0);
+        let mut reader = CounterReader::new("gateway_requests_total", "key", &series, max_series, max_keys);
+        for chunk in text.chunks(size) {
+            reader.feed(chunk)?;
+            // Only the partial line is kept between chunks.
+            assert!(reader.partial.len() <= text.len());
+        }
+        reader.finish()
+    }
+
+    #[test]
+    fn the_streaming_reader_matches_the_whole_text_for_every_chunk_size() {
+        let want = counters_by_key(EXPOSITION, "gateway_requests_total", "key").unwrap();
+        for size in [1, 2, 3, 7, 64, 4096] {
+            assert_eq!(read_in_chunks(EXPOSITION.as_bytes(), size, 1000, 1000).unwrap(), want, "chunks of {size}");
+        }
+        // Without a final newline the last line still counts.
+        let text = "gateway_requests_total{key=\"a\"} 1\r\ngateway_requests_total{key=\"a\"} 2";
+        assert_eq!(read_in_chunks(text.as_bytes(), 5, 10, 10).unwrap(), map(&[("a", 3.0)]));
+    }
+
+    #[test]
+    fn the_streaming_reader_keeps_only_a_partial_line() {
+        let line = "gateway_requests_total{key=\"a\"} 1\n";
+        let series = std::sync::atomic::AtomicUsize::new(0);
+        let mut reader = CounterReader::new("gateway_requests_total", "key", &series, 1_000_000, 10);
+        for _ in 0..10_000 {
+            reader.feed(line.as_bytes()).unwrap();
+            assert_eq!(reader.partial.len(), 0);
+        }
+        reader.feed(b"gateway_req").unwrap();
+        assert_eq!(reader.partial.len(), 11);
+        assert_eq!(
+            reader.finish().unwrap_err(),
+            StreamError::Parse(ParseError::new(10_001, "gateway_req", ParseErrorKind::MissingValue))
+        );
+    }
+
+    #[test]
+    fn the_streaming_reader_caps_series_and_keys_and_names_lines() {
+        let text: String =
+            (0..10).map(|i| format!("gateway_requests_total{{key=\"k{}\"}} 1\nother 2\n", i % 5)).collect();
+        assert_eq!(read_in_chunks(text.as_bytes(), 10, 20, 5).unwrap().len(), 5);
+        assert_eq!(read_in_chunks(text.as_bytes(), 10, 19, 5).unwrap_err(), StreamError::TooManySeries);
+        assert_eq!(read_in_chunks(text.as_bytes(), 10, 20, 4).unwrap_err(), StreamError::TooManyKeys);
+        let bad = b"# ok\ngateway_requests_total{key=\"\xff\"} 1\n";
+        assert_eq!(read_in_chunks(bad, 3, 10, 10).unwrap_err(), StreamError::NotUtf8 { line: 2 });
+        // A multi-byte character split across chunks is fine.
+        let split = "gateway_requests_total{key=\"\u{e9}\"} 1\n".as_bytes();
+        assert_eq!(read_in_chunks(split, 1, 10, 10).unwrap(), map(&[("\u{e9}", 1.0)]));
     }
 
     #[test]
