@@ -151,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
             sources,
         } => {
             init_logging(log_format, &log)?;
+            let sources = sources.settings().map_err(anyhow::Error::msg)?;
             // Signals are caught from here on, so a SIGTERM during start-up is a clean stop, not a kill.
             let signal = keyward::operator::shutdown_signal();
             let client = client().await?;
@@ -164,7 +165,6 @@ async fn main() -> anyhow::Result<()> {
                 identity: keyward::operator::leader::identity(),
             });
             let namespaces = namespaces.into_iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
-            let sources = sources.settings().map_err(anyhow::Error::msg)?;
             let options = keyward::operator::Options {
                 namespaces,
                 concurrency,

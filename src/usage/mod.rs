@@ -98,6 +98,9 @@ pub(crate) fn test_sources() -> Sources {
     SOURCES.get_or_init(|| Sources::new(Settings::loopback())).clone()
 }
 
+#[cfg(test)]
+mod fenced_tests;
+
 /// A throwaway HTTP server on 127.0.0.1 for the sources' tests.
 #[cfg(test)]
 pub(crate) mod test_server {
