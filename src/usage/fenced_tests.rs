@@ -177,3 +177,31 @@ async fn series_and_keys_are_capped_per_poll() {
     assert_eq!(two.poll(NOW, TIMEOUT).await.unwrap_err(), SourceError::TooManySeries { url: url.clone(), limit: 99 });
     assert_eq!(scrape_once(capped(100, 49), url.clone()).await, SourceError::TooManyKeys { url, limit: 49 });
 }
+
+#[tokio::test]
+async fn small_answers_never_wait_for_the_budget_and_large_ones_do() {
+    let series: Vec<String> =
+        (0..5000).map(|i| format!(r#"{{"metric":{{"api_key":"k{}"}},"value":[1,"1"]}}"#, i % 10)).collect();
+    let large = format!(r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#, series.join(","));
+    assert!(large.len() > 2 * super::http::FREE_BYTES);
+    let router = Router::new()
+        .route("/small", get(|| async { metrics() }))
+        .route("/api/v1/query", get(move || std::future::ready(large.clone())));
+    let (addr, _) = counted(router).await;
+    let sources = Sources::new(Settings { budget_bytes: 16 << 20, ..Settings::loopback() });
+    // Another poll holds the whole budget.
+    let all = sources.reserve(usize::MAX).await.unwrap();
+    assert_eq!(sources.budget_available(), 0);
+    let mut small = Scrape::new(vec![format!("http://{addr}/small")], "req_total", "api_key", sources.clone());
+    assert_eq!(small.poll(NOW, TIMEOUT).await.unwrap_err().reason(), "WarmingUp");
+    // A buffered answer larger than the free allowance waits for the budget, within its timeout.
+    let mut large = Prometheus::new(&format!("http://{addr}"), "up", "api_key", sources.clone());
+    let timeout = Duration::from_millis(500);
+    assert_eq!(
+        large.poll(NOW, timeout).await.unwrap_err(),
+        SourceError::Timeout { url: format!("http://{addr}"), timeout }
+    );
+    drop(all);
+    assert_eq!(large.poll(NOW, TIMEOUT).await.unwrap().len(), 10);
+    assert_eq!(sources.budget_available(), 16 << 20);
+}

@@ -89,7 +89,7 @@ pub(crate) async fn get(
         }
         if !status.is_success() {
             // The error body is only a hint: a failure to read it leaves the status to speak for itself.
-            let mut buffer = Buffer::default();
+            let mut buffer = Buffer::new(error_body_limit);
             let body = match read(sources, response, shown, timeout, error_body_limit, &mut buffer).await {
                 Ok(_) => buffer.bytes,
                 Err(_) => Vec::new(),
@@ -116,8 +116,13 @@ fn check_ip_literal(sources: &Sources, url: &reqwest::Url, shown: &str) -> Resul
     })
 }
 
-/// Feeds the body to `sink` chunk by chunk, failing once more than `limit` bytes arrived. Each chunk reserves its
-/// size of the budget until the sink has taken it; what the sink retains stays reserved, and is returned.
+/// Bytes an answer may hold outside the budget. Small answers (the usual case) then never wait behind large ones,
+/// and what this adds up to is bounded by the number of polls in flight (64 KiB each).
+pub(crate) const FREE_BYTES: usize = 64 * 1024;
+
+/// Feeds the body to `sink` chunk by chunk, failing once more than `limit` bytes arrived. Beyond [`FREE_BYTES`],
+/// each chunk reserves its size of the budget until the sink has taken it; what the sink retains stays reserved,
+/// and is returned.
 async fn read(
     sources: &Sources,
     mut response: reqwest::Response,
@@ -137,7 +142,11 @@ async fn read(
         if total > limit {
             return Err(too_large());
         }
-        if let Some(permit) = sources.reserve(chunk.len()).await {
+        let holding = held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+        let need = (sink.retained() + chunk.len()).saturating_sub(FREE_BYTES).saturating_sub(holding);
+        if need > 0
+            && let Some(permit) = sources.reserve(need).await
+        {
             match held.as_mut() {
                 Some(held) => held.merge(permit),
                 None => held = Some(permit),
@@ -146,7 +155,7 @@ async fn read(
         sink.feed(&chunk)?;
         drop(chunk);
         if let Some(permits) = held.as_mut() {
-            let extra = permits.num_permits().saturating_sub(sink.retained());
+            let extra = permits.num_permits().saturating_sub(sink.retained().saturating_sub(FREE_BYTES));
             if extra > 0 {
                 drop(permits.split(extra));
             }
@@ -155,20 +164,33 @@ async fn read(
     Ok(held)
 }
 
-/// A sink that keeps the whole body (bounded by the cap it is read with).
-#[derive(Default)]
+/// A sink that keeps the whole body (bounded by the cap it is read with). It grows by doubling but never past the
+/// cap, so its allocation stays within the cap too.
 pub(crate) struct Buffer {
     pub bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl Buffer {
+    /// A buffer for a body of at most `limit` bytes.
+    pub(crate) fn new(limit: usize) -> Self {
+        Self { bytes: Vec::new(), limit }
+    }
 }
 
 impl BodySink for Buffer {
     fn feed(&mut self, chunk: &[u8]) -> Result<(), SourceError> {
+        let needed = self.bytes.len() + chunk.len();
+        if needed > self.bytes.capacity() {
+            let grown = needed.saturating_mul(2).min(self.limit).max(needed);
+            self.bytes.reserve_exact(grown - self.bytes.len());
+        }
         self.bytes.extend_from_slice(chunk);
         Ok(())
     }
 
     fn retained(&self) -> usize {
-        self.bytes.len()
+        self.bytes.capacity()
     }
 }
 

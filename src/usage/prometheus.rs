@@ -61,8 +61,8 @@ impl Source for Prometheus {
         let url = query_url(&self.address, &self.query)
             .map_err(|detail| SourceError::InvalidUrl { url: self.shown.clone(), detail })?;
         let accept = "application/json";
-        let mut body = Buffer::default();
         let sources = &self.sources;
+        let mut body = Buffer::new(sources.limits().max_body_bytes);
         let answer = http::get(sources, url, &self.shown, accept, timeout, &mut body, ERROR_BODY_BYTES).await?;
         match answer {
             // The budget reserved for the body is held until it is parsed.
