@@ -246,12 +246,23 @@ async fn no_byte_of_an_answer_reaches_status_events_or_the_info_log() {
     op.kill();
 }
 
-/// `len` bytes of `unit` repeated, streamed in chunks of about 64 KiB without a Content-Length, after `head`.
+/// `len` bytes of `unit` repeated after `head`, streamed without a Content-Length in chunks of about 64 KiB, one
+/// every 4 ms (16 MiB/s): slow enough that the answers of many sources are in flight at once.
 fn endless(head: &'static str, unit: &str, len: usize) -> Body {
     let chunk = Bytes::from(unit.repeat((64 * 1024 / unit.len()).max(1)));
-    let chunks = (0..len.div_ceil(chunk.len())).map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
-    let head = std::iter::once(Ok(Bytes::from_static(head.as_bytes())));
-    Body::from_stream(futures::stream::iter(head.chain(chunks)))
+    let count = len.div_ceil(chunk.len());
+    let head = futures::stream::once(std::future::ready(Ok::<_, std::io::Error>(Bytes::from_static(head.as_bytes()))));
+    let chunks = futures::stream::unfold(0, move |sent| {
+        let chunk = chunk.clone();
+        async move {
+            if sent == count {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(4)).await;
+            Some((Ok(chunk), sent + 1))
+        }
+    });
+    Body::from_stream(futures::StreamExt::chain(head, chunks))
 }
 
 /// The operator's peak resident memory (`VmHWM`), in bytes.
@@ -266,6 +277,7 @@ fn peak_rss(op: &Operator) -> u64 {
 async fn memory_stays_bounded_while_sources_send_hundreds_of_mib_and_a_million_series() {
     const MIB: usize = 1024 * 1024;
     const LIMIT: u64 = 256 * 1024 * 1024;
+    const JSON_SOURCES: usize = 20;
     let big = setup("src_big").await;
     let normal = setup("src_normal").await;
 
@@ -288,21 +300,32 @@ async fn memory_stays_bounded_while_sources_send_hundreds_of_mib_and_a_million_s
         .route("/keys", get(move || std::future::ready(keys.clone())));
     let (addr, hits) = serve(router).await;
 
-    let mut op = operator("sources-memory", &[&big, &normal], true);
+    let mut op = common::operator::start_with_env(
+        "sources-memory",
+        "info",
+        &["--namespace", &format!("{big},{normal}"), "--concurrency", "32"],
+        &[],
+    );
     let gw = gateway_sim().await;
     apply(&normal, &scrape("normal", &gw.url(), "1s"));
     apply(&normal, &apikey("checkout", "  rateLimitPolicyRef: {name: normal}"));
     gw.set_rate("checkout", 2.0);
+    // Twenty buffered (JSON) answers at 16 MiB each, all in flight at once (concurrency 32), would need 320 MiB:
+    // the budget (64 MiB) makes them take turns, about a second each. A 10 s interval gives each poll 8 s.
     for i in 0..3 {
-        apply(&big, &scrape(&format!("huge-{i}"), &format!("http://{addr}/huge"), "3s"));
-        apply(&big, &prometheus(&format!("json-{i}"), &format!("http://{addr}/json"), "3s"));
+        apply(&big, &scrape(&format!("huge-{i}"), &format!("http://{addr}/huge"), "10s"));
     }
-    apply(&big, &scrape("million", &format!("http://{addr}/million"), "3s"));
-    apply(&big, &scrape("keys", &format!("http://{addr}/keys"), "3s"));
+    for i in 0..JSON_SOURCES {
+        apply(&big, &prometheus(&format!("json-{i}"), &format!("http://{addr}/json"), "10s"));
+    }
+    apply(&big, &scrape("million", &format!("http://{addr}/million"), "10s"));
+    apply(&big, &scrape("keys", &format!("http://{addr}/keys"), "10s"));
 
     for i in 0..3 {
         let message = reason(&big, &format!("huge-{i}"), "ResponseTooLarge", 120).await;
         assert_eq!(message, format!("the response from http://{addr}/huge is larger than 16777216 bytes"));
+    }
+    for i in 0..JSON_SOURCES {
         reason(&big, &format!("json-{i}"), "ResponseTooLarge", 120).await;
     }
     let message = reason(&big, "million", "TooManySeries", 120).await;
@@ -311,8 +334,15 @@ async fn memory_stays_bounded_while_sources_send_hundreds_of_mib_and_a_million_s
 
     // While the big sources keep being polled, the normal policy keeps metering its key: the key's usage follows
     // each change of its traffic.
-    let polls_before = hits.of("/huge") + hits.of("/json/api/v1/query");
-    for rate in [8.0, 3.0, 9.0] {
+    // Until the big sources have sent 30 more answers (about 300 MiB read and dropped), at least three changes.
+    let big_polls = || hits.of("/huge") + hits.of("/json/api/v1/query") + hits.of("/million") + hits.of("/keys");
+    let polls_before = big_polls();
+    let mut changes = 0;
+    for rate in [8.0, 3.0, 9.0, 5.0, 2.0, 7.0].into_iter().cycle() {
+        if changes >= 3 && big_polls() - polls_before >= 30 {
+            break;
+        }
+        assert!(changes < 30, "the big sources were polled only {} times", big_polls() - polls_before);
         gw.set_rate("checkout", rate);
         let what = format!("checkout's usage near {rate} req/s");
         eventually(90, &what, || {
@@ -320,9 +350,9 @@ async fn memory_stays_bounded_while_sources_send_hundreds_of_mib_and_a_million_s
             ((rps - rate).abs() < 0.25 * rate).then_some(())
         })
         .await;
+        changes += 1;
     }
-    let polls = hits.of("/huge") + hits.of("/json/api/v1/query") - polls_before;
-    assert!(polls >= 12, "the big sources were polled only {polls} times meanwhile");
+    let polls = big_polls() - polls_before;
     for i in 0..3 {
         assert_eq!(usage(&big, &format!("huge-{i}")).expect("huge").1, "ResponseTooLarge");
     }

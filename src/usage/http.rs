@@ -47,9 +47,10 @@ pub(crate) fn truncate(text: &str, max: usize) -> String {
 pub(crate) trait BodySink: Send {
     /// Takes the next chunk. An error stops reading: the poll fails with it.
     fn feed(&mut self, chunk: &[u8]) -> Result<(), SourceError>;
-    /// Bytes the sink still holds after the last chunk (a partial line, a buffered document): that much of the
-    /// budget stays reserved.
+    /// Bytes the sink still holds after the last chunk (a partial line, a buffered document).
     fn retained(&self) -> usize;
+    /// Bytes the sink will hold once it has taken `chunk`.
+    fn retained_after(&self, chunk: &[u8]) -> usize;
 }
 
 /// How an exchange ended when it did not fail.
@@ -116,13 +117,17 @@ fn check_ip_literal(sources: &Sources, url: &reqwest::Url, shown: &str) -> Resul
     })
 }
 
-/// Bytes an answer may hold outside the budget. Small answers (the usual case) then never wait behind large ones,
-/// and what this adds up to is bounded by the number of polls in flight (64 KiB each).
+/// Bytes a sink may hold outside the budget. Small answers (the usual case), and the text format, which keeps only a
+/// partial line, then never wait behind large answers; what this adds up to is bounded by the polls in flight.
 pub(crate) const FREE_BYTES: usize = 64 * 1024;
 
-/// Feeds the body to `sink` chunk by chunk, failing once more than `limit` bytes arrived. Beyond [`FREE_BYTES`],
-/// each chunk reserves its size of the budget until the sink has taken it; what the sink retains stays reserved,
-/// and is returned.
+/// Feeds the body to `sink` chunk by chunk, failing once more than `limit` bytes arrived.
+///
+/// Once the sink would hold more than [`FREE_BYTES`], the rest of what this answer may hold (up to the cap, or its
+/// Content-Length) is reserved from the budget at once, before the chunk is taken; it is released when the sink
+/// holds little again, or returned to the caller to keep while it parses. A poll thus waits for the budget only
+/// while it holds none of it, so polls never wait for each other in a circle, and the semaphore's first-come order
+/// serves each in turn.
 async fn read(
     sources: &Sources,
     mut response: reqwest::Response,
@@ -132,9 +137,11 @@ async fn read(
     sink: &mut impl BodySink,
 ) -> Result<Option<OwnedSemaphorePermit>, SourceError> {
     let too_large = || SourceError::TooLarge { url: shown.to_owned(), limit };
-    if response.content_length().is_some_and(|length| length > limit as u64) {
+    let length = response.content_length();
+    if length.is_some_and(|length| length > limit as u64) {
         return Err(too_large());
     }
+    let most = length.map_or(limit, |length| usize::try_from(length).unwrap_or(limit).min(limit));
     let mut total = 0usize;
     let mut held: Option<OwnedSemaphorePermit> = None;
     while let Some(chunk) = response.chunk().await.map_err(|err| transport_error(sources, shown, timeout, err))? {
@@ -142,23 +149,14 @@ async fn read(
         if total > limit {
             return Err(too_large());
         }
-        let holding = held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
-        let need = (sink.retained() + chunk.len()).saturating_sub(FREE_BYTES).saturating_sub(holding);
-        if need > 0
-            && let Some(permit) = sources.reserve(need).await
-        {
-            match held.as_mut() {
-                Some(held) => held.merge(permit),
-                None => held = Some(permit),
-            }
+        let beyond = sink.retained_after(&chunk).saturating_sub(FREE_BYTES);
+        if beyond > 0 && held.is_none() {
+            held = sources.reserve(most.saturating_sub(FREE_BYTES).max(beyond)).await;
         }
         sink.feed(&chunk)?;
         drop(chunk);
-        if let Some(permits) = held.as_mut() {
-            let extra = permits.num_permits().saturating_sub(sink.retained().saturating_sub(FREE_BYTES));
-            if extra > 0 {
-                drop(permits.split(extra));
-            }
+        if sink.retained() <= FREE_BYTES {
+            held = None;
         }
     }
     Ok(held)
@@ -178,19 +176,32 @@ impl Buffer {
     }
 }
 
+impl Buffer {
+    /// The capacity after taking `add` more bytes: doubling, but never past the cap.
+    fn grown(&self, add: usize) -> usize {
+        let needed = self.bytes.len() + add;
+        if needed <= self.bytes.capacity() {
+            self.bytes.capacity()
+        } else {
+            needed.saturating_mul(2).min(self.limit).max(needed)
+        }
+    }
+}
+
 impl BodySink for Buffer {
     fn feed(&mut self, chunk: &[u8]) -> Result<(), SourceError> {
-        let needed = self.bytes.len() + chunk.len();
-        if needed > self.bytes.capacity() {
-            let grown = needed.saturating_mul(2).min(self.limit).max(needed);
-            self.bytes.reserve_exact(grown - self.bytes.len());
-        }
+        let grown = self.grown(chunk.len());
+        self.bytes.reserve_exact(grown - self.bytes.len());
         self.bytes.extend_from_slice(chunk);
         Ok(())
     }
 
     fn retained(&self) -> usize {
         self.bytes.capacity()
+    }
+
+    fn retained_after(&self, chunk: &[u8]) -> usize {
+        self.grown(chunk.len())
     }
 }
 

@@ -155,6 +155,10 @@ impl BodySink for Sink<'_> {
     fn retained(&self) -> usize {
         self.reader.retained()
     }
+
+    fn retained_after(&self, chunk: &[u8]) -> usize {
+        self.reader.retained_after(chunk)
+    }
 }
 
 /// The fixed error for a refused exposition; what the line held goes to the debug log only.

@@ -219,6 +219,14 @@ impl<'a> CounterReader<'a> {
         self.partial.capacity()
     }
 
+    /// Bytes of the partial line kept once `chunk` is fed.
+    pub fn retained_after(&self, chunk: &[u8]) -> usize {
+        match chunk.iter().rposition(|&b| b == b'\n') {
+            Some(last_newline) => chunk.len() - last_newline - 1,
+            None => self.partial.len() + chunk.len(),
+        }
+    }
+
     /// Parses the last line (if it has no `\n`) and returns the counters by key.
     pub fn finish(mut self) -> Result<BTreeMap<String, f64>, StreamError> {
         if !self.partial.is_empty() {
