@@ -602,6 +602,46 @@ gateway_latency_seconds{key=\"team-a\",quantile=\"0.99\"} +Inf
         assert_eq!(read_in_chunks(split, 1, 10, 10).unwrap(), map(&[("\u{e9}", 1.0)]));
     }
 
+    proptest::proptest! {
+        /// Fed in any chunking, the streaming reader gives what the whole-text parser gives: the same sums, or an
+        /// error on the same line.
+        #[test]
+        fn streaming_equals_whole_text(
+            lines in proptest::collection::vec(
+                proptest::prop_oneof![
+                    "gateway_requests_total\\{key=\"[a-c\u{e9}]{0,2}\",code=\"[0-9]\"\\} [0-9]{1,3}",
+                    "# [ -~]{0,10}",
+                    "[ -~\u{e9}]{0,12}",
+                    proptest::strategy::Just(String::new()),
+                ],
+                0..12,
+            ),
+            crlf in proptest::bool::ANY,
+            sizes in proptest::collection::vec(1usize..9, 1..5),
+        ) {
+            let text = lines.join(if crlf { "\r\n" } else { "\n" });
+            let whole = counters_by_key(&text, "gateway_requests_total", "key");
+            let series = std::sync::atomic::AtomicUsize::new(0);
+            let mut reader = CounterReader::new("gateway_requests_total", "key", &series, usize::MAX, usize::MAX);
+            let mut rest = text.as_bytes();
+            let mut streamed = Ok(());
+            for size in sizes.iter().cycle() {
+                if rest.is_empty() || streamed.is_err() {
+                    break;
+                }
+                let (chunk, tail) = rest.split_at((*size).min(rest.len()));
+                streamed = reader.feed(chunk);
+                rest = tail;
+            }
+            let streamed = streamed.and_then(|()| reader.finish());
+            match (whole, streamed) {
+                (Ok(want), Ok(got)) => proptest::prop_assert_eq!(want, got),
+                (Err(want), Err(StreamError::Parse(got))) => proptest::prop_assert_eq!(want.line, got.line),
+                (want, got) => proptest::prop_assert!(false, "{:?} vs {:?}", want, got),
+            }
+        }
+    }
+
     #[test]
     fn merge_adds_replicas() {
         let mut total = map(&[("a", 1.0), ("b", 2.0)]);
