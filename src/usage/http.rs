@@ -162,8 +162,7 @@ async fn read(
     Ok(held)
 }
 
-/// A sink that keeps the whole body (bounded by the cap it is read with). It grows by doubling but never past the
-/// cap, so its allocation stays within the cap too.
+/// A sink that keeps the whole body (bounded by the cap it is read with); its allocation never exceeds the cap.
 pub(crate) struct Buffer {
     pub bytes: Vec<u8>,
     limit: usize,
@@ -177,13 +176,17 @@ impl Buffer {
 }
 
 impl Buffer {
-    /// The capacity after taking `add` more bytes: doubling, but never past the cap.
+    /// The capacity after taking `add` more bytes: doubling up to [`FREE_BYTES`], then the whole cap at once. The
+    /// budget for the cap is reserved at that moment anyway, and pages count only once written, so a large answer
+    /// is never copied from a smaller allocation into a larger one (which would hold both for a moment).
     fn grown(&self, add: usize) -> usize {
         let needed = self.bytes.len() + add;
         if needed <= self.bytes.capacity() {
             self.bytes.capacity()
+        } else if needed <= FREE_BYTES {
+            needed.saturating_mul(2).min(FREE_BYTES)
         } else {
-            needed.saturating_mul(2).min(self.limit).max(needed)
+            self.limit.max(needed)
         }
     }
 }
