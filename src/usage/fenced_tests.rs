@@ -70,6 +70,11 @@ async fn loopback_is_refused_by_default_before_any_connection() {
     // The same for Prometheus, and for IPv4-mapped and IPv6 forms.
     let err = Prometheus::new(&format!("http://{addr}"), "up", "api_key", fenced.clone()).poll(NOW, TIMEOUT).await;
     assert_eq!(err.unwrap_err().reason(), "SourceForbidden");
+    // Other spellings of loopback, which the URL parser turns into 127.0.0.1 or an IPv6 literal.
+    for host in ["127.1", "2130706433", "0x7f.0.0.1", "017700000001", "[0:0:0:0:0:ffff:7f00:1]", "[::1]"] {
+        let url = format!("http://{host}:{}/metrics", addr.port());
+        assert_eq!(scrape_once(fenced.clone(), url.clone()).await.reason(), "SourceForbidden", "{url}");
+    }
     // (No link-local address here: tests send traffic to loopback only, and a broken fence would connect.)
     for url in [format!("http://[::ffff:127.0.0.1]:{}/m", addr.port()), "http://[::1]:1/m".to_owned()] {
         assert_eq!(scrape_once(fenced.clone(), url).await.reason(), "SourceForbidden");
