@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use keyward::operator::args::{LogFormat, RunArgs};
 
 /// Keyward: a Kubernetes operator for the lifecycle of API keys.
 #[derive(Parser)]
@@ -23,56 +24,7 @@ enum Cmd {
         write_dir: Option<PathBuf>,
     },
     /// Run the operator against the current kubeconfig or the in-cluster configuration.
-    Run {
-        /// Watch only these namespaces, comma-separated (default: all namespaces). With several, the RBAC can be
-        /// one Role per namespace.
-        #[arg(long = "namespace", short = 'n', env = "KEYWARD_NAMESPACE", value_delimiter = ',')]
-        namespaces: Vec<String>,
-        /// Reconciles running at once per controller.
-        #[arg(long, env = "KEYWARD_CONCURRENCY", default_value_t = 16)]
-        concurrency: u16,
-        /// Usage polls in flight at once (sources whose last poll timed out share a quarter of this, apart).
-        #[arg(long, env = "KEYWARD_POLL_CONCURRENCY", default_value_t = keyward::ratelimit::poller::DEFAULT_POLL_CONCURRENCY)]
-        poll_concurrency: usize,
-        /// Every key's Secret is looked at at least this often, even when nothing happens, so an edit that escapes
-        /// the watch (a removed label) is found; spread per key over the second half of the period.
-        #[arg(long, env = "KEYWARD_RECHECK_INTERVAL", default_value = "10m", value_parser = parse_duration)]
-        recheck_interval: std::time::Duration,
-        /// Name of the Secret holding the seal key (HMAC of each key Secret's bookkeeping), created on first start.
-        #[arg(long, env = "KEYWARD_SEAL_SECRET", default_value = "keyward-seal")]
-        seal_secret: String,
-        /// Namespace of the seal key Secret (default: $POD_NAMESPACE, else the kubeconfig's namespace).
-        #[arg(long, env = "KEYWARD_SEAL_NAMESPACE")]
-        seal_namespace: Option<String>,
-        /// Address for GET /healthz, /readyz and /metrics (OpenMetrics). Port 0 picks a free port (logged).
-        #[arg(long, env = "KEYWARD_HTTP_ADDR", default_value = "0.0.0.0:8080")]
-        http_addr: String,
-        /// Elect a leader through a Lease, so that several replicas can run and only one reconciles.
-        #[arg(long, env = "KEYWARD_LEADER_ELECT")]
-        leader_elect: bool,
-        /// Name of the leader Lease.
-        #[arg(long, env = "KEYWARD_LEASE_NAME", default_value = "keyward-leader")]
-        lease_name: String,
-        /// Namespace of the leader Lease (default: $POD_NAMESPACE, else the kubeconfig's namespace).
-        #[arg(long, env = "KEYWARD_LEASE_NAMESPACE")]
-        lease_namespace: Option<String>,
-        /// How long the Lease is valid without renewal: a standby takes over at most this long after the leader
-        /// dies (at once when it shuts down cleanly). Whole seconds.
-        #[arg(long, env = "KEYWARD_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
-        lease_duration: std::time::Duration,
-        /// How long before expiry the leader renews the Lease. Whole seconds, less than --lease-duration.
-        #[arg(long, env = "KEYWARD_LEASE_GRACE", default_value = "5s", value_parser = parse_duration)]
-        lease_grace: std::time::Duration,
-        /// Stop when standard input closes (used by the test harness so no operator outlives its tests).
-        #[arg(long, hide = true)]
-        exit_on_stdin_close: bool,
-        /// Log format.
-        #[arg(long, env = "KEYWARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-        log_format: LogFormat,
-        /// Log filter, in tracing's EnvFilter syntax (e.g. `info,keyward=debug`).
-        #[arg(long, env = "KEYWARD_LOG", default_value = "info")]
-        log: String,
-    },
+    Run(Box<keyward::operator::args::RunArgs>),
     /// Rotate an ApiKey now (sets the keyward.dev/rotate annotation to a new value, like `cmctl renew`).
     Rotate {
         /// Name of the ApiKey.
@@ -108,24 +60,6 @@ enum Cmd {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-/// The operator's namespace: `$POD_NAMESPACE`, else the kubeconfig's.
-fn own_namespace(client: &kube::Client) -> String {
-    std::env::var("POD_NAMESPACE")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| client.default_namespace().to_string())
-}
-
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    keyward::api::duration::parse(s).map_err(|e| e.to_string())
-}
-
 fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).context("invalid log filter")?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -138,6 +72,37 @@ fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
 
 async fn client() -> anyhow::Result<kube::Client> {
     kube::Client::try_default().await.context("no Kubernetes configuration found (kubeconfig or in-cluster)")
+}
+
+/// `keyward run`: logging, signals, the client, then the operator until a signal (or, for the test harness, until
+/// standard input closes).
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format, &args.log)?;
+    // Signals are caught from here on, so a SIGTERM during start-up is a clean stop, not a kill.
+    let signal = keyward::operator::shutdown_signal();
+    let client = client().await?;
+    let options = args.options(&client).map_err(anyhow::Error::msg)?;
+    if !args.exit_on_stdin_close {
+        return Ok(keyward::operator::run(client, options, signal).await?);
+    }
+    let stdin_closed = async {
+        let mut sink = tokio::io::sink();
+        let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut sink).await;
+    };
+    let shutdown = async move {
+        tokio::select! {
+            () = signal => {},
+            () = stdin_closed => {},
+        }
+    };
+    let result = keyward::operator::run(client, options, shutdown).await;
+    // NB: exit here: the stdin reader is a blocking thread that the runtime would wait for forever when the
+    // shutdown came from a signal.
+    if let Err(e) = result {
+        eprintln!("Error: {e}");
+        std::process::exit(1);
+    }
+    std::process::exit(0);
 }
 
 #[tokio::main]
@@ -155,70 +120,7 @@ async fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
         }
-        Cmd::Run {
-            namespaces,
-            concurrency,
-            poll_concurrency,
-            recheck_interval,
-            seal_secret,
-            seal_namespace,
-            http_addr,
-            leader_elect,
-            lease_name,
-            lease_namespace,
-            lease_duration,
-            lease_grace,
-            exit_on_stdin_close,
-            log_format,
-            log,
-        } => {
-            init_logging(log_format, &log)?;
-            // Signals are caught from here on, so a SIGTERM during start-up is a clean stop, not a kill.
-            let signal = keyward::operator::shutdown_signal();
-            let client = client().await?;
-            let leader_election = leader_elect.then(|| keyward::operator::leader::LeaderConfig {
-                lease_name,
-                lease_namespace: lease_namespace.unwrap_or_else(|| own_namespace(&client)),
-                duration: lease_duration,
-                grace: lease_grace,
-                identity: keyward::operator::leader::identity(),
-            });
-            let namespaces = namespaces.into_iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
-            let options = keyward::operator::Options {
-                namespaces,
-                concurrency,
-                poll_concurrency,
-                recheck_interval,
-                seal: Some(keyward::operator::seal::SealConfig {
-                    namespace: seal_namespace.unwrap_or_else(|| own_namespace(&client)),
-                    name: seal_secret,
-                }),
-                http_addr: Some(http_addr),
-                leader_election,
-            };
-            if exit_on_stdin_close {
-                let stdin_closed = async {
-                    let mut sink = tokio::io::sink();
-                    let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut sink).await;
-                };
-                let shutdown = async move {
-                    tokio::select! {
-                        () = signal => {},
-                        () = stdin_closed => {},
-                    }
-                };
-                let result = keyward::operator::run(client, options, shutdown).await;
-                // NB: exit here: the stdin reader is a blocking thread that the runtime would wait for forever
-                // when the shutdown came from a signal.
-                if let Err(e) = result {
-                    eprintln!("Error: {e}");
-                    std::process::exit(1);
-                }
-                std::process::exit(0);
-            } else {
-                keyward::operator::run(client, options, signal).await?;
-            }
-        }
+        Cmd::Run(args) => run(*args).await?,
         Cmd::Rotate { name, namespace } => {
             let client = client().await?;
             let ns = namespace.unwrap_or_else(|| client.default_namespace().to_string());

@@ -50,6 +50,8 @@ impl Operator {
             .args(["--log", "info,keyward::ratelimit=debug"])
             .env("KUBECONFIG", kubeconfig)
             .env("NO_COLOR", "1")
+            // The benchmark's simulated gateways listen on 127.0.0.1.
+            .env("KEYWARD_ALLOW_LOOPBACK_SOURCES", "true")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())

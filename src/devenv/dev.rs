@@ -68,9 +68,14 @@ pub async fn dev(dir: &Path, examples: &Path, http_addr: &str) -> Result<(), Dev
         bin = bin_dir.display(),
     );
     // Leader election off: one local operator; the seal key kept in the control plane like a deployed operator's.
+    // The examples' simulated gateway listens on 127.0.0.1: dev lets sources reach loopback.
     let seal = crate::operator::seal::SealConfig { namespace: "default".into(), name: "keyward-seal".into() };
-    let options =
-        crate::operator::Options { http_addr: Some(http_addr.to_string()), seal: Some(seal), ..Default::default() };
+    let options = crate::operator::Options {
+        http_addr: Some(http_addr.to_string()),
+        seal: Some(seal),
+        sources: crate::usage::Settings::loopback(),
+        ..Default::default()
+    };
     let result = crate::operator::run(client, options, crate::operator::shutdown_signal()).await;
     eprintln!("keyward dev: stopping the control plane");
     drop(cp);

@@ -276,7 +276,12 @@ mod tests {
 
         let sim = TrafficSim::start("127.0.0.1:0", "gateway_requests_total", "key_id").await.unwrap();
         sim.set_rate("checkout", 1000.0);
-        let mut source = Scrape::new(vec![sim.url()], "gateway_requests_total", "key_id", crate::usage::http_client());
+        let mut source = Scrape::new(
+            vec![sim.url()],
+            "gateway_requests_total",
+            "key_id",
+            crate::usage::Sources::new(crate::usage::Settings::loopback()),
+        );
         let timeout = Duration::from_secs(5);
         let err = source.poll(jiff::Timestamp::now(), timeout).await.unwrap_err();
         assert_eq!(err.reason(), "WarmingUp");

@@ -1,6 +1,7 @@
 //! Wiring of the operator process: the client, the CRD check, probes and metrics, leader election and the
 //! controllers.
 
+pub mod args;
 pub mod crds;
 pub mod http;
 pub mod leader;
@@ -45,6 +46,8 @@ pub struct Options {
     pub http_addr: Option<String>,
     /// Leader election; `None` reconciles without it.
     pub leader_election: Option<leader::LeaderConfig>,
+    /// Fence, caps and budget of the usage sources (`--source-*`, `--allow-loopback-sources`).
+    pub sources: crate::usage::Settings,
 }
 
 impl Default for Options {
@@ -57,6 +60,7 @@ impl Default for Options {
             seal: None,
             http_addr: None,
             leader_election: None,
+            sources: crate::usage::Settings::default(),
         }
     }
 }
@@ -78,8 +82,8 @@ pub async fn run(
         Some(cfg) => seal::load_or_create(&client, cfg).await?,
         None => crate::apikey::seal::Sealer::ephemeral(),
     };
-    let setup = Setup { options: options.clone(), sealer };
-
+    let sources = crate::usage::Sources::new(options.sources.clone());
+    let setup = Setup { options: options.clone(), sealer, sources };
     // One shutdown, seen by every part.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -128,6 +132,8 @@ pub async fn run(
 struct Setup {
     options: Options,
     sealer: crate::apikey::seal::Sealer,
+    /// One fenced client and byte budget for every usage poll of the process.
+    sources: crate::usage::Sources,
 }
 
 /// Waits for the Lease (or shutdown), then runs the controllers while leading.
@@ -208,7 +214,7 @@ async fn controllers<F: Future<Output = ()> + Send + 'static>(
             client.clone(),
             metrics.clone(),
             (store.clone(), ready.clone()),
-            options.poll_concurrency,
+            (setup.sources.clone(), options.poll_concurrency),
         ));
         let cache = crate::apikey::KeyCache { store, ready, events };
         runs.push(tokio::spawn(crate::apikey::run(apikeys, cache, launch())));

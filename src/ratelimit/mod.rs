@@ -136,7 +136,8 @@ pub struct Context {
     pub runtime: Plumbing<RateLimitPolicy>,
     /// Writes of ApiKey usage, under this controller's field manager.
     key_status: Plumbing<ApiKey>,
-    http: reqwest::Client,
+    /// Usage sources: fenced client, caps and byte budget (see [`crate::usage`]).
+    sources: crate::usage::Sources,
     poller: poller::Poller,
     /// Policies whose poll finished, for [`run`] to reconcile; taken once.
     woken: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef<RateLimitPolicy>>>>,
@@ -152,12 +153,12 @@ pub struct Context {
 impl Context {
     /// A context with the system clock; the ApiKeys that reference a policy come from `keys`, the ApiKey
     /// controller's cache of the same scope (filled by that controller); keys changing never triggers a poll. At
-    /// most `poll_concurrency` usage polls run at once (see [`poller`]).
+    /// most `poll_concurrency` usage polls run at once (see [`poller`]), through `sources`.
     pub fn new(
         client: kube::Client,
         metrics: Arc<Metrics>,
         keys: (Store<ApiKey>, cache::Ready),
-        poll_concurrency: usize,
+        (sources, poll_concurrency): (crate::usage::Sources, usize),
     ) -> Self {
         let (apikeys, apikeys_ready) = keys;
         let (poller, woken) = poller::Poller::new(poll_concurrency);
@@ -166,7 +167,7 @@ impl Context {
             woken: Mutex::new(Some(woken)),
             runtime: Plumbing::new(client.clone(), metrics.clone(), CONTROLLER, MANAGER),
             key_status: Plumbing::new(client, metrics, CONTROLLER, MANAGER),
-            http: crate::usage::http_client(),
+            sources,
             states: Mutex::default(),
             targets: Mutex::default(),
             apikeys,
@@ -304,12 +305,12 @@ async fn usage(
     };
     let source = match state.source.take() {
         Some((s, src)) if &s == spec => (s, src),
-        _ => match AnySource::from_spec(spec, ctx.http.clone()) {
+        _ => match AnySource::from_spec(spec, &ctx.sources) {
             Some(src) => (spec.clone(), src),
             None => return Step::Answer(Err(SourceError::NotConfigured)),
         },
     };
-    let timeout = checked.interval.min(MAX_POLL_TIMEOUT).max(Duration::from_secs(1));
+    let timeout = crate::usage::poll_timeout(checked.interval, MAX_POLL_TIMEOUT);
     let me = ObjectRef::from_obj(policy);
     state.poll = ctx.poller.start(me, source, state.slow, timeout, ctx.runtime.clock.clone());
     state.poll.wait_briefly().await;

@@ -149,7 +149,7 @@ mod tests {
         let source = AnySource::from_spec(
             &serde_json::from_value(serde_json::json!({"scrape": {"urls": ["http://127.0.0.1:1/m"], "metric": "m"}}))
                 .expect("spec"),
-            reqwest::Client::new(),
+            &crate::usage::Sources::new(crate::usage::Settings::default()),
         )
         .expect("source");
         let _ = tx.send(Polled { source: (spec, source), rates: Err(SourceError::NoData), at: Timestamp::UNIX_EPOCH });

@@ -1,9 +1,14 @@
-//! The one HTTP GET both sources make: bounded in time and in body size, with errors that name the endpoint without
-//! its credentials and never quote the body.
+//! The one HTTP GET both sources make: fenced (see [`super::fence`]), bounded in time, in body size and by the shared
+//! budget, streaming the body to a sink as it arrives, with errors that name the endpoint without its credentials and
+//! never quote the body.
 
 use std::time::Duration;
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use super::SourceError;
+use super::config::Sources;
+use super::fence::{Forbidden, NoAddress};
 
 /// Maximum characters of a transport error's description kept in a [`SourceError`].
 const DETAIL_CHARS: usize = 300;
@@ -38,80 +43,209 @@ pub(crate) fn truncate(text: &str, max: usize) -> String {
     out
 }
 
-/// An answer: its status and as much of the body as was read.
-pub(crate) struct Answer {
-    pub status: reqwest::StatusCode,
-    /// The body for a 2xx answer; for any other, the body only if it fits in `error_body_limit`, else empty.
-    pub body: Vec<u8>,
+/// Receives a 2xx body chunk by chunk, as it arrives.
+pub(crate) trait BodySink: Send {
+    /// Takes the next chunk. An error stops reading: the poll fails with it.
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), SourceError>;
+    /// Bytes the sink still holds after the last chunk (a partial line, a buffered document).
+    fn retained(&self) -> usize;
+    /// Bytes the sink will hold once it has taken `chunk`.
+    fn retained_after(&self, chunk: &[u8]) -> usize;
 }
 
-/// GETs `url` with header `Accept: accept`, reading at most `limit` bytes of a 2xx body, all within `timeout`.
+/// How an exchange ended when it did not fail.
+pub(crate) enum Answer {
+    /// A 2xx answer, its whole body fed to the sink; the budget the sink still retains stays reserved until this
+    /// is dropped (after the sink's content is parsed).
+    Fed(Option<OwnedSemaphorePermit>),
+    /// Another status (not a redirect), with the body if it fits in the error body limit (else empty).
+    Status { status: u16, body: Vec<u8> },
+}
+
+/// GETs `url` with header `Accept: accept` through the fenced client of `sources`, feeding a 2xx body to `sink`,
+/// all within `timeout`. The body counts against the per-response cap and, chunk by chunk, the shared budget.
 ///
 /// `shown` is the (redacted) name of the endpoint used in errors.
 pub(crate) async fn get(
-    client: &reqwest::Client,
+    sources: &Sources,
     url: reqwest::Url,
     shown: &str,
     accept: &'static str,
     timeout: Duration,
-    limit: usize,
+    sink: &mut impl BodySink,
     error_body_limit: usize,
 ) -> Result<Answer, SourceError> {
     let exchange = async {
-        let response = client
+        check_ip_literal(sources, &url, shown)?;
+        let response = sources
+            .client()
             .get(url)
             .header(reqwest::header::ACCEPT, accept)
             .send()
             .await
-            .map_err(|err| transport_error(shown, timeout, err))?;
+            .map_err(|err| transport_error(sources, shown, timeout, err))?;
         let status = response.status();
-        let body = if status.is_success() {
-            read_body(response, limit)
-                .await
-                .map_err(|err| transport_error(shown, timeout, err))?
-                .ok_or_else(|| SourceError::TooLarge { url: shown.to_owned(), limit })?
-        } else {
+        if status.is_redirection() {
+            return Err(SourceError::Redirect { url: shown.to_owned(), status: status.as_u16() });
+        }
+        if !status.is_success() {
             // The error body is only a hint: a failure to read it leaves the status to speak for itself.
-            read_body(response, error_body_limit).await.ok().flatten().unwrap_or_default()
-        };
-        Ok(Answer { status, body })
+            let mut buffer = Buffer::new(error_body_limit);
+            let body = match read(sources, response, shown, timeout, error_body_limit, &mut buffer).await {
+                Ok(_) => buffer.bytes,
+                Err(_) => Vec::new(),
+            };
+            return Ok(Answer::Status { status: status.as_u16(), body });
+        }
+        let reserved = read(sources, response, shown, timeout, sources.limits().max_body_bytes, sink).await?;
+        Ok(Answer::Fed(reserved))
     };
     tokio::time::timeout(timeout, exchange)
         .await
         .unwrap_or_else(|_| Err(SourceError::Timeout { url: shown.to_owned(), timeout }))
 }
 
-/// Reads the body, or `None` as soon as it is known to exceed `limit` bytes.
-async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Option<Vec<u8>>, reqwest::Error> {
-    if response.content_length().is_some_and(|length| length > limit as u64) {
-        return Ok(None);
+/// A URL whose host is an IP literal is never resolved, so the resolver's check does not run: check it here.
+fn check_ip_literal(sources: &Sources, url: &reqwest::Url, shown: &str) -> Result<(), SourceError> {
+    let Some(host) = url.host_str() else { return Ok(()) };
+    let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() else {
+        return Ok(());
+    };
+    sources.settings().policy.check_ip(ip).map_err(|why| {
+        tracing::debug!(url = %shown, ?why, "usage source refused: its address is forbidden");
+        SourceError::Forbidden { url: shown.to_owned(), host: host.to_owned() }
+    })
+}
+
+/// Bytes a sink may hold outside the budget. Small answers (the usual case), and the text format, which keeps only a
+/// partial line, then never wait behind large answers; what this adds up to is bounded by the polls in flight.
+pub(crate) const FREE_BYTES: usize = 64 * 1024;
+
+/// Feeds the body to `sink` chunk by chunk, failing once more than `limit` bytes arrived.
+///
+/// Once the sink would hold more than [`FREE_BYTES`], the rest of what this answer may hold (up to the cap, or its
+/// Content-Length) is reserved from the budget at once, before the chunk is taken; it is released when the sink
+/// holds little again, or returned to the caller to keep while it parses. A poll thus waits for the budget only
+/// while it holds none of it, so polls never wait for each other in a circle, and the semaphore's first-come order
+/// serves each in turn.
+async fn read(
+    sources: &Sources,
+    mut response: reqwest::Response,
+    shown: &str,
+    timeout: Duration,
+    limit: usize,
+    sink: &mut impl BodySink,
+) -> Result<Option<OwnedSemaphorePermit>, SourceError> {
+    let too_large = || SourceError::TooLarge { url: shown.to_owned(), limit };
+    let length = response.content_length();
+    if length.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > limit {
-            return Ok(None);
+    let most = length.map_or(limit, |length| usize::try_from(length).unwrap_or(limit).min(limit));
+    let mut total = 0usize;
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    while let Some(chunk) = response.chunk().await.map_err(|err| transport_error(sources, shown, timeout, err))? {
+        total = total.saturating_add(chunk.len());
+        if total > limit {
+            return Err(too_large());
         }
-        body.extend_from_slice(&chunk);
+        let beyond = sink.retained_after(&chunk).saturating_sub(FREE_BYTES);
+        if beyond > 0 && held.is_none() {
+            held = sources.reserve(most.saturating_sub(FREE_BYTES).max(beyond)).await;
+        }
+        sink.feed(&chunk)?;
+        drop(chunk);
+        if sink.retained() <= FREE_BYTES {
+            held = None;
+        }
     }
-    Ok(Some(body))
+    Ok(held)
+}
+
+/// A sink that keeps the whole body (bounded by the cap it is read with); its allocation never exceeds the cap.
+pub(crate) struct Buffer {
+    pub bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl Buffer {
+    /// A buffer for a body of at most `limit` bytes.
+    pub(crate) fn new(limit: usize) -> Self {
+        Self { bytes: Vec::new(), limit }
+    }
+}
+
+impl Buffer {
+    /// The capacity after taking `add` more bytes: doubling up to [`FREE_BYTES`], then the whole cap at once. The
+    /// budget for the cap is reserved at that moment anyway, and pages count only once written, so a large answer
+    /// is never copied from a smaller allocation into a larger one (which would hold both for a moment).
+    fn grown(&self, add: usize) -> usize {
+        let needed = self.bytes.len() + add;
+        if needed <= self.bytes.capacity() {
+            self.bytes.capacity()
+        } else if needed <= FREE_BYTES {
+            needed.saturating_mul(2).min(FREE_BYTES)
+        } else {
+            self.limit.max(needed)
+        }
+    }
+}
+
+impl BodySink for Buffer {
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), SourceError> {
+        let grown = self.grown(chunk.len());
+        self.bytes.reserve_exact(grown - self.bytes.len());
+        self.bytes.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    fn retained(&self) -> usize {
+        self.bytes.capacity()
+    }
+
+    fn retained_after(&self, chunk: &[u8]) -> usize {
+        self.grown(chunk.len())
+    }
 }
 
 /// Describes a failure to send the request or to read the answer.
-fn transport_error(shown: &str, timeout: Duration, err: reqwest::Error) -> SourceError {
+fn transport_error(sources: &Sources, shown: &str, timeout: Duration, err: reqwest::Error) -> SourceError {
     let url = shown.to_owned();
+    if let Some(forbidden) = find_in_chain::<Forbidden>(&err) {
+        return SourceError::Forbidden { url, host: forbidden.host.clone() };
+    }
     if err.is_timeout() {
-        return SourceError::Timeout { url, timeout };
+        let settings = sources.settings();
+        let limit = if err.is_connect() { settings.connect_timeout } else { settings.read_timeout };
+        return SourceError::Timeout { url, timeout: limit.min(timeout) };
     }
     if err.is_builder() {
         return SourceError::InvalidUrl { url, detail: describe(err) };
     }
     if err.is_body() || err.is_decode() {
-        return SourceError::InvalidResponse { url, detail: format!("reading the body failed: {}", describe(err)) };
+        tracing::debug!(%url, error = %describe(err), "reading a usage source's answer failed");
+        return SourceError::InvalidResponse { url, detail: "reading the body failed".to_owned() };
+    }
+    if find_in_chain::<NoAddress>(&err).is_some() {
+        return SourceError::Unreachable { url, detail: "the host name resolves to no address".to_owned() };
     }
     SourceError::Unreachable { url, detail: describe(err) }
 }
 
+/// The first error of type `E` in `err`'s chain of causes.
+fn find_in_chain<'e, E: std::error::Error + 'static>(err: &'e (dyn std::error::Error + 'static)) -> Option<&'e E> {
+    let mut current = Some(err);
+    while let Some(error) = current {
+        if let Some(found) = error.downcast_ref::<E>() {
+            return Some(found);
+        }
+        current = error.source();
+    }
+    None
+}
+
 /// The error and its causes joined by `: `, without the URL (reqwest's message would quote it, credentials and all).
+/// These are the HTTP and TLS libraries' own descriptions, never bytes of the answer.
 fn describe(err: reqwest::Error) -> String {
     let err = err.without_url();
     let mut parts: Vec<String> = vec![err.to_string()];

@@ -12,14 +12,15 @@
 //! span. The first poll only records baselines and reports [`SourceError::WarmingUp`].
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use jiff::SignedDuration;
 
-use super::http::{self, redact_url};
-use super::textformat::{RateTracker, counters_by_key, merge};
-use super::{MAX_BODY_BYTES, Rates, Source, SourceError};
+use super::http::{self, BodySink, redact_url};
+use super::textformat::{CounterReader, RateTracker, StreamError, merge};
+use super::{Rates, Source, SourceError, Sources};
 
 /// What we ask the endpoint for: the text format, not OpenMetrics or protobuf.
 const ACCEPT: &str = "text/plain;version=0.0.4;q=1.0,*/*;q=0.1";
@@ -30,30 +31,17 @@ pub struct Scrape {
     urls: Vec<String>,
     metric: String,
     key_label: String,
-    client: reqwest::Client,
+    sources: Sources,
     /// One tracker per entry of `urls`, at the same index.
     trackers: Vec<RateTracker>,
-    max_body_bytes: usize,
 }
 
 impl Scrape {
     /// A source that reads counter `metric` (e.g. `gateway_requests_total`) from every URL in `urls`.
-    pub fn new(urls: Vec<String>, metric: &str, key_label: &str, client: reqwest::Client) -> Self {
+    /// Every request goes through `sources` (fence, caps, budget).
+    pub fn new(urls: Vec<String>, metric: &str, key_label: &str, sources: Sources) -> Self {
         let trackers = vec![RateTracker::new(); urls.len()];
-        Self {
-            urls,
-            metric: metric.to_owned(),
-            key_label: key_label.to_owned(),
-            client,
-            trackers,
-            max_body_bytes: MAX_BODY_BYTES,
-        }
-    }
-
-    /// The same source with another limit on each response body than [`MAX_BODY_BYTES`].
-    pub fn with_max_body_bytes(mut self, limit: usize) -> Self {
-        self.max_body_bytes = limit;
-        self
+        Self { urls, metric: metric.to_owned(), key_label: key_label.to_owned(), sources, trackers }
     }
 
     /// The label whose value identifies a key.
@@ -89,10 +77,10 @@ impl Source for Scrape {
         // is placed on `now`'s clock by its monotonic offset from `base`, so the injected `now` stays the reference.
         let base = Instant::now();
         // Every endpoint is fetched at once, each under the same timeout, so the poll takes about `timeout` at most.
-        let fetches = self
-            .urls
-            .iter()
-            .map(|url| fetch_counters(&self.client, url, &self.metric, &self.key_label, timeout, self.max_body_bytes));
+        // They share one count of series read.
+        let series = AtomicUsize::new(0);
+        let fetch = Fetch { sources: &self.sources, metric: &self.metric, key_label: &self.key_label, series: &series };
+        let fetches = self.urls.iter().map(|url| fetch.counters(url, timeout));
         let mut counters = Vec::with_capacity(self.urls.len());
         for result in join_all(fetches).await {
             // The first failure in the order of `urls` is reported, and no baseline moves.
@@ -114,37 +102,80 @@ impl Source for Scrape {
             return Err(SourceError::WarmingUp { endpoints: self.urls.len() });
         }
         rates.retain(|_, rate| rate.is_finite() && *rate >= 0.0);
+        let max_keys = self.sources.limits().max_keys;
+        if rates.len() > max_keys {
+            let url = format!("{} metrics endpoint(s)", self.urls.len());
+            return Err(SourceError::TooManyKeys { url, limit: max_keys });
+        }
         Ok(rates)
     }
 }
 
-/// The counters by key of one endpoint, with when they were read: the midpoint between sending the request and
-/// receiving the whole answer (taken before this body is parsed).
-async fn fetch_counters(
-    client: &reqwest::Client,
-    url: &str,
-    metric: &str,
-    key_label: &str,
-    timeout: Duration,
-    limit: usize,
-) -> Result<(Instant, BTreeMap<String, f64>), SourceError> {
-    let shown = redact_url(url);
-    let parsed = parse_url(url).map_err(|detail| SourceError::InvalidUrl { url: shown.clone(), detail })?;
-    let sent = Instant::now();
-    let answer = http::get(client, parsed, &shown, ACCEPT, timeout, limit, 0).await?;
-    let arrived = Instant::now();
-    let read_at = sent + (arrived - sent) / 2;
-    if !answer.status.is_success() {
-        return Err(SourceError::HttpStatus { url: shown, status: answer.status.as_u16() });
+/// What every endpoint's fetch of one poll shares.
+struct Fetch<'a> {
+    sources: &'a Sources,
+    metric: &'a str,
+    key_label: &'a str,
+    series: &'a AtomicUsize,
+}
+
+impl Fetch<'_> {
+    /// The counters by key of one endpoint, with when they were read: the midpoint between sending the request and
+    /// receiving the whole answer (the answer is parsed as it arrives, so that is also when parsing ended).
+    async fn counters(&self, url: &str, timeout: Duration) -> Result<(Instant, BTreeMap<String, f64>), SourceError> {
+        let shown = redact_url(url);
+        let parsed = parse_url(url).map_err(|detail| SourceError::InvalidUrl { url: shown.clone(), detail })?;
+        let limits = self.sources.limits();
+        let reader = CounterReader::new(self.metric, self.key_label, self.series, limits.max_series, limits.max_keys);
+        let mut sink = Sink { reader, shown: &shown, limits };
+        let sent = Instant::now();
+        let answer = http::get(self.sources, parsed, &shown, ACCEPT, timeout, &mut sink, 0).await?;
+        let arrived = Instant::now();
+        let read_at = sent + (arrived - sent) / 2;
+        if let http::Answer::Status { status, .. } = answer {
+            return Err(SourceError::HttpStatus { url: shown, status });
+        }
+        let counters = sink.reader.finish().map_err(|err| stream_error(err, &shown, limits))?;
+        Ok((read_at, counters))
     }
-    let text = std::str::from_utf8(&answer.body).map_err(|err| SourceError::InvalidResponse {
-        url: shown.clone(),
-        detail: format!("the metrics are not UTF-8 text ({err})"),
-    })?;
-    // A ParseError quotes the line number and at most 40 characters of the line, never more of the body.
-    let counters = counters_by_key(text, metric, key_label)
-        .map_err(|err| SourceError::InvalidResponse { url: shown, detail: err.to_string() })?;
-    Ok((read_at, counters))
+}
+
+/// Feeds an answer to a [`CounterReader`].
+struct Sink<'a> {
+    reader: CounterReader<'a>,
+    shown: &'a str,
+    limits: super::Limits,
+}
+
+impl BodySink for Sink<'_> {
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), SourceError> {
+        self.reader.feed(chunk).map_err(|err| stream_error(err, self.shown, self.limits))
+    }
+
+    fn retained(&self) -> usize {
+        self.reader.retained()
+    }
+
+    fn retained_after(&self, chunk: &[u8]) -> usize {
+        self.reader.retained_after(chunk)
+    }
+}
+
+/// The fixed error for a refused exposition; what the line held goes to the debug log only.
+fn stream_error(err: StreamError, shown: &str, limits: super::Limits) -> SourceError {
+    let url = shown.to_owned();
+    match err {
+        StreamError::Parse(parse) => {
+            tracing::debug!(%url, line = parse.line, excerpt = %parse.excerpt, "not the Prometheus text format");
+            let detail = format!("not the Prometheus text format at line {} ({})", parse.line, parse.kind);
+            SourceError::InvalidResponse { url, detail }
+        }
+        StreamError::NotUtf8 { line } => {
+            SourceError::InvalidResponse { url, detail: format!("not UTF-8 text at line {line}") }
+        }
+        StreamError::TooManySeries => SourceError::TooManySeries { url, limit: limits.max_series },
+        StreamError::TooManyKeys => SourceError::TooManyKeys { url, limit: limits.max_keys },
+    }
 }
 
 /// `url` parsed, if it is an http or https URL.
@@ -170,6 +201,7 @@ mod tests {
     use jiff::Timestamp;
 
     use super::*;
+    use crate::usage::MAX_BODY_BYTES;
     use crate::usage::test_server::{closed_port, serve};
 
     /// What a stub endpoint answers.
@@ -266,7 +298,7 @@ mod tests {
     }
 
     fn source(urls: &[String]) -> Scrape {
-        Scrape::new(urls.to_vec(), "req_total", "api_key", crate::usage::http_client())
+        Scrape::new(urls.to_vec(), "req_total", "api_key", crate::usage::test_sources())
     }
 
     const TIMEOUT: Duration = Duration::from_secs(5);
@@ -357,7 +389,9 @@ mod tests {
 
         // Streamed without one: refused once the limit is passed.
         stub.set("big", Reply::Chunked(10 * 1024));
-        let mut small = source(std::slice::from_ref(&url)).with_max_body_bytes(4096);
+        let limits = crate::usage::Limits { max_body_bytes: 4096, ..Default::default() };
+        let small_sources = Sources::new(crate::usage::Settings { limits, ..crate::usage::Settings::loopback() });
+        let mut small = Scrape::new(vec![url.clone()], "req_total", "api_key", small_sources);
         let err = small.poll(at(0), TIMEOUT).await.unwrap_err();
         assert_eq!(err, SourceError::TooLarge { url: url.clone(), limit: 4096 });
         assert_eq!(err.reason(), "ResponseTooLarge");
@@ -412,7 +446,7 @@ mod tests {
         assert!(scrape.poll(at(0), TIMEOUT).await.is_err());
         assert_rates(&scrape.poll(at(15), TIMEOUT).await.unwrap(), &[("a", 0.0)]);
 
-        let mut other = Scrape::new(vec![format!("{base}/one")], "nope_total", "api_key", crate::usage::http_client());
+        let mut other = Scrape::new(vec![format!("{base}/one")], "nope_total", "api_key", crate::usage::test_sources());
         assert!(other.poll(at(0), TIMEOUT).await.is_err());
         assert_eq!(other.poll(at(15), TIMEOUT).await.unwrap(), Rates::new());
     }

@@ -9,7 +9,8 @@
 //! (HELP, TYPE and comments) are skipped and every other non-blank line must be `name{labels} value [timestamp]`.
 //! Label values may use the escapes `\\`, `\"` and `\n`; values accept `NaN`, `+Inf`, `-Inf` and ordinary floats.
 //! Every line is checked, not only the lines of the requested metric, so a corrupt exposition is reported rather than
-//! half read. The parser never panics, and its errors carry only a short excerpt of the offending line.
+//! half read. The parser never panics, and its errors carry only a short excerpt of the offending line (for the debug
+//! log: a source's errors in status quote no byte of the answer). [`CounterReader`] parses an answer as it arrives.
 
 use std::collections::BTreeMap;
 
@@ -118,23 +119,141 @@ struct Sample {
 pub fn counters_by_key(text: &str, metric: &str, key_label: &str) -> Result<BTreeMap<String, f64>, ParseError> {
     let mut sums = BTreeMap::new();
     for (index, raw) in text.split('\n').enumerate() {
-        let line = raw.strip_suffix('\r').unwrap_or(raw).trim_start_matches([' ', '\t']);
-        if line.trim_end_matches([' ', '\t']).is_empty() || line.starts_with('#') {
-            continue;
+        if let Some(sample) = sample_of_line(raw).map_err(|(line, kind)| ParseError::new(index + 1, line, kind))? {
+            add_sample(&mut sums, sample, metric, key_label);
         }
-        let sample = parse_sample(line).map_err(|kind| ParseError::new(index + 1, line, kind))?;
-        if sample.name != metric || !sample.value.is_finite() || sample.value < 0.0 {
-            continue;
-        }
-        let Some((_, key)) = sample.labels.into_iter().find(|(name, _)| name == key_label) else {
-            continue;
-        };
-        if key.is_empty() {
-            continue;
-        }
-        *sums.entry(key).or_insert(0.0) += sample.value;
     }
     Ok(sums)
+}
+
+/// The sample of one line (without its `\n`), `None` for a blank or `#` line, or the trimmed line and what is wrong.
+fn sample_of_line(raw: &str) -> Result<Option<Sample>, (&str, ParseErrorKind)> {
+    let line = raw.strip_suffix('\r').unwrap_or(raw).trim_start_matches([' ', '\t']);
+    if line.trim_end_matches([' ', '\t']).is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    parse_sample(line).map(Some).map_err(|kind| (line, kind))
+}
+
+/// Adds `sample` to `sums` if it is a usable sample of `metric` with a non-empty `key_label`; returns whether it did.
+fn add_sample(sums: &mut BTreeMap<String, f64>, sample: Sample, metric: &str, key_label: &str) -> bool {
+    if sample.name != metric || !sample.value.is_finite() || sample.value < 0.0 {
+        return false;
+    }
+    let Some((_, key)) = sample.labels.into_iter().find(|(name, _)| name == key_label) else {
+        return false;
+    };
+    if key.is_empty() {
+        return false;
+    }
+    *sums.entry(key).or_insert(0.0) += sample.value;
+    true
+}
+
+/// Why a streamed exposition was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamError {
+    /// A line is not valid text format (its excerpt is for the debug log only).
+    Parse(ParseError),
+    /// Line `line` is not UTF-8.
+    NotUtf8 { line: usize },
+    /// More samples than the cap.
+    TooManySeries,
+    /// More distinct keys than the cap.
+    TooManyKeys,
+}
+
+/// [`counters_by_key`] fed chunk by chunk as an answer arrives: complete lines are parsed at once, so only the
+/// current partial line is kept, never the whole exposition.
+///
+/// It counts every sample line (of any metric) against a series cap shared with other readers of the same poll, and
+/// refuses more than `max_keys` distinct keys.
+pub struct CounterReader<'a> {
+    metric: &'a str,
+    key_label: &'a str,
+    series: &'a std::sync::atomic::AtomicUsize,
+    max_series: usize,
+    max_keys: usize,
+    /// The bytes after the last complete line.
+    partial: Vec<u8>,
+    /// Lines read so far.
+    lines: usize,
+    sums: BTreeMap<String, f64>,
+}
+
+impl<'a> CounterReader<'a> {
+    /// A reader of counter `metric` by `key_label`; `series` counts the samples of every reader of the poll.
+    pub fn new(
+        metric: &'a str,
+        key_label: &'a str,
+        series: &'a std::sync::atomic::AtomicUsize,
+        max_series: usize,
+        max_keys: usize,
+    ) -> Self {
+        Self { metric, key_label, series, max_series, max_keys, partial: Vec::new(), lines: 0, sums: BTreeMap::new() }
+    }
+
+    /// Parses the complete lines `chunk` ends (with what was left of the previous chunk).
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), StreamError> {
+        let Some(last_newline) = chunk.iter().rposition(|&b| b == b'\n') else {
+            self.partial.extend_from_slice(chunk);
+            return Ok(());
+        };
+        let (complete, rest) = chunk.split_at(last_newline + 1);
+        let mut lines = complete[..complete.len() - 1].split(|&b| b == b'\n');
+        if !self.partial.is_empty() {
+            // The first line of this chunk ends the line the previous chunks began.
+            let mut first = std::mem::take(&mut self.partial);
+            first.extend_from_slice(lines.next().unwrap_or_default());
+            self.line(&first)?;
+        }
+        for line in lines {
+            self.line(line)?;
+        }
+        self.partial.extend_from_slice(rest);
+        Ok(())
+    }
+
+    /// Bytes of the partial line kept.
+    pub fn retained(&self) -> usize {
+        self.partial.capacity()
+    }
+
+    /// Bytes of the partial line kept once `chunk` is fed.
+    pub fn retained_after(&self, chunk: &[u8]) -> usize {
+        match chunk.iter().rposition(|&b| b == b'\n') {
+            Some(last_newline) => chunk.len() - last_newline - 1,
+            None => self.partial.len() + chunk.len(),
+        }
+    }
+
+    /// Parses the last line (if it has no `\n`) and returns the counters by key.
+    pub fn finish(mut self) -> Result<BTreeMap<String, f64>, StreamError> {
+        if !self.partial.is_empty() {
+            let last = std::mem::take(&mut self.partial);
+            self.line(&last)?;
+        }
+        Ok(self.sums)
+    }
+
+    fn line(&mut self, bytes: &[u8]) -> Result<(), StreamError> {
+        self.lines += 1;
+        let number = self.lines;
+        let text = std::str::from_utf8(bytes).map_err(|_| StreamError::NotUtf8 { line: number })?;
+        let Some(sample) =
+            sample_of_line(text).map_err(|(line, kind)| StreamError::Parse(ParseError::new(number, line, kind)))?
+        else {
+            return Ok(());
+        };
+        let read = self.series.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if read > self.max_series {
+            return Err(StreamError::TooManySeries);
+        }
+        if add_sample(&mut self.sums, sample, self.metric, self.key_label) && self.sums.len() > self.max_keys {
+            return Err(StreamError::TooManyKeys);
+        }
+        Ok(())
+    }
 }
 
 /// Adds every counter of `other` to the same key of `into` (e.g. to sum the replicas of a gateway).
@@ -284,197 +403,5 @@ impl RateTracker {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const EXPOSITION: &str = "\
-# HELP gateway_requests_total Requests served, by API key.
-# TYPE gateway_requests_total counter
-gateway_requests_total{key=\"team-a\",code=\"200\"} 100
-gateway_requests_total{code=\"429\",key=\"team-a\"} 5 1700000000000
-gateway_requests_total{key=\"we\\\"ird\\\\name\\n\",code=\"200\"} 7
-gateway_requests_total{key=\"team-b\",code=\"200\",} 1.5e3
-gateway_requests_total{code=\"500\"} 9
-gateway_requests_total{key=\"team-c\",code=\"200\"} NaN
-gateway_requests_total{key=\"\",code=\"200\"} 11
-# HELP gateway_request_bytes_total Bytes served, by API key.
-# TYPE gateway_request_bytes_total counter
-gateway_request_bytes_total{key=\"team-a\"} 123456
-gateway_up 1
-gateway_latency_seconds{key=\"team-a\",quantile=\"0.99\"} +Inf
-";
-
-    fn map(entries: &[(&str, f64)]) -> BTreeMap<String, f64> {
-        entries.iter().map(|&(k, v)| (k.to_owned(), v)).collect()
-    }
-
-    fn at(seconds: i64) -> Timestamp {
-        Timestamp::from_second(1_700_000_000 + seconds).unwrap()
-    }
-
-    #[test]
-    fn parses_realistic_exposition() {
-        let counters = counters_by_key(EXPOSITION, "gateway_requests_total", "key").unwrap();
-        // team-a sums its 200 and 429 samples (one with a timestamp); the escaped key is unescaped; team-c's NaN,
-        // the empty key and the sample without a key are ignored; the bytes metric is not mixed in.
-        assert_eq!(counters, map(&[("team-a", 105.0), ("team-b", 1500.0), ("we\"ird\\name\n", 7.0)]));
-    }
-
-    #[test]
-    fn other_metric_with_same_label_is_separate() {
-        let bytes = counters_by_key(EXPOSITION, "gateway_request_bytes_total", "key").unwrap();
-        assert_eq!(bytes, map(&[("team-a", 123456.0)]));
-        // Exact names only: the prefix without `_total` matches nothing.
-        assert!(counters_by_key(EXPOSITION, "gateway_requests", "key").unwrap().is_empty());
-    }
-
-    #[test]
-    fn missing_key_label_is_ignored() {
-        assert!(counters_by_key(EXPOSITION, "gateway_requests_total", "tenant").unwrap().is_empty());
-        let text = "m{code=\"200\"} 3\nm{tenant=\"x\",code=\"200\"} 4\nm 2\n";
-        assert_eq!(counters_by_key(text, "m", "tenant").unwrap(), map(&[("x", 4.0)]));
-    }
-
-    #[test]
-    fn sums_label_sets_with_the_same_key() {
-        let text = "req{key=\"a\",code=\"200\"} 10\nreq{key=\"a\",code=\"404\"} 2\r\n  req{key=\"a\",code=\"500\"}\t1\n\
-                    req{key=\"b\",code=\"200\"} 4\n";
-        assert_eq!(counters_by_key(text, "req", "key").unwrap(), map(&[("a", 13.0), ("b", 4.0)]));
-    }
-
-    #[test]
-    fn malformed_lines_are_errors() {
-        let cases: &[(&str, ParseErrorKind)] = &[
-            ("{key=\"a\"} 1", ParseErrorKind::MetricName),
-            ("1req 1", ParseErrorKind::MetricName),
-            ("req-total 1", ParseErrorKind::MetricName),
-            ("req", ParseErrorKind::MissingValue),
-            ("req{key=\"a\"}", ParseErrorKind::MissingValue),
-            ("req{key=\"a\"} one", ParseErrorKind::InvalidValue),
-            ("req{key=\"a\"} 1 12.5", ParseErrorKind::InvalidTimestamp),
-            ("req{key=\"a\"} 1 12 extra", ParseErrorKind::TrailingText),
-            ("req{key=\"a} 1", ParseErrorKind::Unterminated),
-            ("req{key=\"a\" 1", ParseErrorKind::LabelSeparator),
-            ("req{key=\"a\"", ParseErrorKind::Unterminated),
-            ("req{key=a} 1", ParseErrorKind::MissingQuote),
-            ("req{key} 1", ParseErrorKind::MissingEquals),
-            ("req{=\"a\"} 1", ParseErrorKind::LabelName),
-            ("req{key=\"a\\t\"} 1", ParseErrorKind::InvalidEscape),
-            ("req{key=\"a\",key=\"b\"} 1", ParseErrorKind::DuplicateLabel),
-        ];
-        for &(line, kind) in cases {
-            let text = format!("# TYPE req counter\nok 1\n{line}\n");
-            let err = counters_by_key(&text, "req", "key").unwrap_err();
-            assert_eq!((err.line, err.kind), (3, kind), "for {line:?}");
-        }
-    }
-
-    #[test]
-    fn error_quotes_only_a_short_excerpt() {
-        let secret = "s".repeat(10_000);
-        let text = format!("req{{key=\"{secret}\"}} oops\n");
-        let err = counters_by_key(&text, "req", "key").unwrap_err();
-        assert_eq!(err.kind, ParseErrorKind::InvalidValue);
-        assert!(err.excerpt.ends_with("..."));
-        assert!(err.to_string().len() < 120, "{err}");
-    }
-
-    #[test]
-    fn garbage_never_panics_and_errors_stay_short() {
-        const ALPHABET: &[char] = &[
-            'a', 'z', '_', ':', '0', '9', '.', 'e', '+', '-', '{', '}', '"', '\\', '=', ',', ' ', '\t', '\n', '\r',
-            '#', 'N', 'I', 'n', 'é', '€', '\u{0}',
-        ];
-        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let mut errors = 0;
-        for round in 0..500 {
-            let len = (next() % 60) as usize;
-            let mut text: String = (0..len).map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize]).collect();
-            if round % 2 == 0 {
-                // Half the inputs start like a real sample so the label and value paths get exercised.
-                text.insert_str(0, "req{key=\"");
-            }
-            match counters_by_key(&text, "req", "key") {
-                Ok(counters) => assert!(counters.values().all(|v| v.is_finite() && *v >= 0.0)),
-                Err(err) => {
-                    errors += 1;
-                    assert!(err.excerpt.chars().count() <= EXCERPT_CHARS + 3);
-                    assert!(err.to_string().len() < 300, "{err}");
-                }
-            }
-        }
-        assert!(errors > 250, "only {errors} of 500 garbage inputs were rejected");
-    }
-
-    #[test]
-    fn every_truncation_of_a_labelled_sample_is_handled() {
-        let line = "req{key=\"a\\\"é\",code=\"200\"} 12 1700000000000";
-        let value_start = line.find("} ").unwrap() + 1;
-        for (cut, _) in line.char_indices().skip(1) {
-            let result = counters_by_key(&line[..cut], "req", "key");
-            if cut <= value_start {
-                assert!(result.is_err(), "prefix {:?} accepted", &line[..cut]);
-            }
-        }
-        assert_eq!(counters_by_key(line, "req", "key").unwrap(), map(&[("a\"é", 12.0)]));
-    }
-
-    #[test]
-    fn merge_adds_replicas() {
-        let mut total = map(&[("a", 1.0), ("b", 2.0)]);
-        merge(&mut total, &map(&[("b", 3.0), ("c", 4.0)]));
-        assert_eq!(total, map(&[("a", 1.0), ("b", 5.0), ("c", 4.0)]));
-    }
-
-    #[test]
-    fn first_poll_is_none() {
-        let mut tracker = RateTracker::new();
-        assert_eq!(tracker.observe(at(0), map(&[("a", 10.0)])), None);
-        assert_eq!(tracker.observe(at(10), map(&[("a", 30.0)])), Some(map(&[("a", 2.0)])));
-    }
-
-    #[test]
-    fn rates_across_polls() {
-        let mut tracker = RateTracker::new();
-        tracker.observe(at(0), map(&[("a", 100.0), ("b", 0.0)]));
-        assert_eq!(tracker.observe(at(20), map(&[("a", 140.0), ("b", 10.0)])), Some(map(&[("a", 2.0), ("b", 0.5)])));
-        assert_eq!(tracker.observe(at(30), map(&[("a", 140.0), ("b", 15.0)])), Some(map(&[("a", 0.0), ("b", 0.5)])));
-    }
-
-    #[test]
-    fn counter_reset_counts_new_value() {
-        let mut tracker = RateTracker::new();
-        tracker.observe(at(0), map(&[("a", 1000.0)]));
-        assert_eq!(tracker.observe(at(10), map(&[("a", 30.0)])), Some(map(&[("a", 3.0)])));
-        assert_eq!(tracker.observe(at(20), map(&[("a", 50.0)])), Some(map(&[("a", 2.0)])));
-    }
-
-    #[test]
-    fn new_key_reported_from_next_poll_and_gone_key_dropped() {
-        let mut tracker = RateTracker::new();
-        tracker.observe(at(0), map(&[("a", 10.0), ("gone", 5.0)]));
-        assert_eq!(tracker.observe(at(10), map(&[("a", 20.0), ("new", 500.0)])), Some(map(&[("a", 1.0)])));
-        assert_eq!(
-            tracker.observe(at(20), map(&[("a", 30.0), ("new", 600.0)])),
-            Some(map(&[("a", 1.0), ("new", 10.0)]))
-        );
-        // A key that comes back after being absent starts over as new.
-        assert_eq!(tracker.observe(at(30), map(&[("a", 30.0), ("gone", 9.0)])), Some(map(&[("a", 0.0)])));
-    }
-
-    #[test]
-    fn non_positive_elapsed_is_none() {
-        let mut tracker = RateTracker::new();
-        tracker.observe(at(10), map(&[("a", 10.0)]));
-        assert_eq!(tracker.observe(at(10), map(&[("a", 20.0)])), None);
-        assert_eq!(tracker.observe(at(5), map(&[("a", 25.0)])), None);
-        // The latest poll is the baseline: 25 at t=5, 35 at t=10.
-        assert_eq!(tracker.observe(at(10), map(&[("a", 35.0)])), Some(map(&[("a", 2.0)])));
-    }
-}
+#[path = "textformat_tests.rs"]
+mod tests;

@@ -37,6 +37,9 @@ pub fn start_with_env(tag: &str, filter: &str, extra: &[&str], env: &[(&str, &st
         .args(extra)
         .env("KUBECONFIG", cp.kubeconfig())
         .env("NO_COLOR", "1")
+        // The tests' sources (simulated gateways, Prometheus) listen on 127.0.0.1; a test that needs the default
+        // fence passes `KEYWARD_ALLOW_LOOPBACK_SOURCES=false` in `env`.
+        .env("KEYWARD_ALLOW_LOOPBACK_SOURCES", "true")
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(file.try_clone().expect("clone"))
