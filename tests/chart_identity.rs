@@ -4,7 +4,7 @@
 //! ApiKey and RateLimitPolicy lifecycles through every API verb the controllers use, and leader election takes the
 //! chart's Lease. A denied request anywhere (the operator's log at debug level, a status, an event) fails the test
 //! at once with the denial: proof that the RBAC is sufficient, in the namespaced and in the cluster mode. (That it
-//! is minimal is `tests/helm.rs`, with `kubectl auth can-i`.)
+//! is minimal is `tests/integration/helm.rs`, with `kubectl auth can-i`.)
 //!
 //! The two modes run one after the other (one lock), each with its own release and namespaces, and each stops its
 //! operator at the end: a cluster-scoped operator watches every namespace, so running both at once would let it do

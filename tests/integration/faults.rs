@@ -243,3 +243,29 @@ async fn a_full_lifecycle_leaks_no_key_material() {
     op.stop();
     gw.stop();
 }
+
+/// The scanner on its own (no cluster): every encoding of a whole key in a larger text is found, as are the forms
+/// its self-check plants; a different key of the same shape is not.
+#[test]
+fn the_leak_scanner_finds_every_encoding_of_a_key() {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let key = "kw_live_3fQ9xZ0aLmN7pR2sT5uV8wY1bC4dE6gH0jK2mN4pQ6rS8tU9kJ2mQ1";
+    let other = "kw_live_Zz9Yy8Xx7Ww6Vv5Uu4Tt3Ss2Rr1Qq0Pp9Oo8Nn7Mm6Ll5Kk4Jj3ZzYy";
+    let scanner = Scanner::new(&[key.to_string()].into());
+    scanner.self_check(key);
+    let bytes: Vec<String> = key.bytes().map(|b| b.to_string()).collect();
+    let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
+    let forms = [
+        format!("{{\"data\":{{\"api-key\":\"{}\"}}}}", STANDARD.encode(key)),
+        format!("token={}&x=1", URL_SAFE_NO_PAD.encode(format!("Bearer {key}"))),
+        format!("bytes: {}", hex.to_uppercase()),
+        format!("{{\"key\":[{}]}}", bytes.join(",")),
+        format!("Some([{}])", bytes.join(", ")),
+    ];
+    for form in &forms {
+        assert_eq!(scanner.hits(form.as_bytes()).len(), 1, "missed a whole-key form");
+    }
+    assert!(scanner.hits(other.as_bytes()).is_empty(), "another key is not a hit");
+    assert!(scanner.hits(STANDARD.encode(other).as_bytes()).is_empty(), "another key's base64 is not a hit");
+}
