@@ -51,6 +51,15 @@ pub fn start_with_args(tag: &str, filter: &str, extra: &[&str]) -> Operator {
 /// as another identity than the admin (see `identity::install`), or the `POD_NAME`/`POD_NAMESPACE` a pod would get.
 pub fn start_with_env(tag: &str, filter: &str, extra: &[&str], env: &[(&str, &str)]) -> Operator {
     let cp = super::control_plane();
+    // The shared control plane only gets scoped operators (see the module docs): refuse an unscoped one there.
+    let shared = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().starts_with("integration")))
+        .unwrap_or(false);
+    assert!(
+        !shared || extra.contains(&"--namespace"),
+        "operator {tag}: an operator in the shared integration control plane must watch only its test's namespace"
+    );
     let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{tag}.log"));
     let file = std::fs::File::create(&log).expect("log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
