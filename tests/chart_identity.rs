@@ -4,11 +4,14 @@
 //! ApiKey and RateLimitPolicy lifecycles through every API verb the controllers use, and leader election takes the
 //! chart's Lease. A denied request anywhere (the operator's log at debug level, a status, an event) fails the test
 //! at once with the denial: proof that the RBAC is sufficient, in the namespaced and in the cluster mode. (That it
-//! is minimal is `tests/helm.rs`, with `kubectl auth can-i`.)
+//! is minimal is `tests/integration/helm.rs`, with `kubectl auth can-i`.)
 //!
 //! The two modes run one after the other (one lock), each with its own release and namespaces, and each stops its
 //! operator at the end: a cluster-scoped operator watches every namespace, so running both at once would let it do
 //! the namespaced operator's work and prove nothing about the namespaced RBAC.
+//!
+//! Its own binary, so its own control plane: the cluster-mode operator watches every namespace, as the chart runs
+//! it, and would act on the objects of every other test sharing its API server.
 
 mod common;
 
@@ -18,10 +21,10 @@ use common::identity::{self, Identity, kind};
 use common::kube::{apikey, apply, condition, decode, eventually, get_json, has_event, is, key_id, ready_reason};
 use common::operator::{Operator, start_with_env};
 use common::ratelimit::{METRIC, gateway_sim, hpa, policy, replicas, workload};
-use common::{control_plane_with_crds, kubectl, kubectl_ok, namespace};
+use common::{control_plane_with_crds, http, kubectl, kubectl_ok, namespace};
 use serde_json::Value;
 
-const LOG: &str = "debug,hyper=info,tower=info,rustls=info,kube_client=info";
+use common::operator::LOG;
 /// The chart's default `leaderElection.leaseName`.
 const LEASE: &str = "keyward-leader";
 
@@ -454,15 +457,7 @@ async fn lifecycle(release: &str, release_ns: &str, ns: &str, outside: Option<&s
     let addr = eventually(10, "the operator's HTTP address", || op.op.borrow().http_addr()).await;
     // Alive, and ready (caches synced, leading): what the chart's liveness and readiness probes ask.
     for path in ["healthz", "readyz"] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let code = reqwest::get(format!("http://{addr}/{path}")).await.map(|r| r.status().as_u16()).ok();
-            if code == Some(200) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "/{path} answers {code:?}, not 200");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        http::wait_status(&format!("http://{addr}/{path}"), 200, 10, "at the end of the lifecycle").await;
     }
     // Stop it (the drop kills it), and leave nothing that would keep a later operator busy in these namespaces.
     drop(op);

@@ -10,6 +10,10 @@
 //!
 //! Each test owns a namespace and runs its operators with `--namespace`, so the tests may run in parallel. Only
 //! fingerprints appear in messages, never key material.
+//!
+//! Its own binary, so its own control plane: the crash suite is the longest (dozens of operators, each killed at a
+//! write boundary) and is run alone while working on the write path (`cargo test --test crash`); its own API server
+//! keeps the load of its kills and restarts off the timing of the shared integration tests.
 
 mod common;
 

@@ -7,6 +7,8 @@
 //! minute in a debug build on two cores. `KEYWARD_FUZZ_CASES=N` replaces every block's count for a longer run, e.g.
 //! `KEYWARD_FUZZ_CASES=100000 cargo test --release --test fuzz`; `PROPTEST_RNG_SEED=S` replays a run. Failures are
 //! not persisted to files: the shrunk input is printed, and belongs in a regression unit test next to the parser.
+//!
+//! Its own binary: it needs no cluster, is CPU-bound, and is run alone for long runs (above).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

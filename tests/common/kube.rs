@@ -42,10 +42,33 @@ pub fn ready_reason(ak: &Value) -> Option<(String, String)> {
     Some((c["status"].as_str()?.to_string(), c["reason"].as_str()?.to_string()))
 }
 
+/// A manifest of one of Keyward's kinds (`ApiKey`, `RateLimitPolicy`) with the given (indented) spec lines.
+pub fn manifest(kind: &str, name: &str, spec: &str) -> String {
+    let spec = if spec.is_empty() { "  {}" } else { spec };
+    format!("apiVersion: keyward.dev/v1alpha1\nkind: {kind}\nmetadata:\n  name: {name}\nspec:\n{spec}\n")
+}
+
 /// An ApiKey manifest with the given (indented) spec lines.
 pub fn apikey(name: &str, spec: &str) -> String {
-    let spec = if spec.is_empty() { "  {}" } else { spec };
-    format!("apiVersion: keyward.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name}\nspec:\n{spec}\n")
+    manifest("ApiKey", name, spec)
+}
+
+/// The ApiKey when it is Ready (`KeyIssued`), its Secret holds a current key, and Secret and status name the same
+/// key: a key that is issued and settled.
+pub fn issued(ns: &str, name: &str) -> Option<Value> {
+    let ak = get_json(ns, &format!("apikey/{name}"))?;
+    if ready_reason(&ak) != Some(("True".into(), "KeyIssued".into())) {
+        return None;
+    }
+    let secret_name = ak["spec"]["secretName"].as_str().unwrap_or(name).to_string();
+    let secret = get_json(ns, &format!("secret/{secret_name}"))?;
+    let in_secret = key_id(&decode(&secret, "api-key")?);
+    (ak["status"]["keyId"].as_str() == Some(in_secret.as_str())).then_some(ak)
+}
+
+/// `status.rotationCount` of an ApiKey object (0 when absent).
+pub fn rotation_count(ak: &Value) -> i64 {
+    ak["status"]["rotationCount"].as_i64().unwrap_or(0)
 }
 
 /// `kubectl apply --server-side` of a manifest into a namespace.

@@ -1,9 +1,12 @@
-//! Shared by the integration tests: one real control plane per test binary (built and cached on first use), one
-//! namespace per test, and kubectl as a user runs it.
+//! The one home of the integration tests' helpers: one real control plane per test binary (built and cached on
+//! first use), one namespace per test, kubectl and `keyward` as a user runs them, the operator as a child process,
+//! HTTP to its probes, the leak scanner, Prometheus, and the chart's identity.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod identity;
 pub mod kube;
+pub mod leak;
 pub mod operator;
 pub mod prometheus;
 pub mod ratelimit;
@@ -72,6 +75,33 @@ pub fn kubectl_stdin(args: &[&str], stdin: &str) -> Output {
         .expect("spawn kubectl");
     child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
     child.wait_with_output().expect("kubectl output")
+}
+
+/// Runs the `keyward` binary against the test control plane with `args`, and `stdin` as its standard input.
+pub fn keyward(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(args)
+        .env("KUBECONFIG", control_plane().kubeconfig())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn keyward");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    child.wait_with_output().expect("keyward output")
+}
+
+/// `keyward rotate NAME -n NS`; panics unless it succeeds. Returns the request value it set (the text between the
+/// parentheses of its output), which the ApiKey's `status.lastRotateRequest` shows once answered.
+pub fn keyward_rotate(ns: &str, name: &str) -> String {
+    let out = keyward(&["rotate", name, "-n", ns], "");
+    assert!(out.status.success(), "keyward rotate: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let value = stdout.rsplit_once('(').and_then(|(_, v)| v.split_once(')')).map(|(v, _)| v.to_string());
+    value.unwrap_or_else(|| panic!("keyward rotate printed no request value: {stdout}"))
 }
 
 /// Creates a fresh namespace for one test.

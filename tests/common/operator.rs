@@ -1,9 +1,13 @@
 //! The real `keyward run` binary as a child process against the test control plane, its logs in a file that the
-//! leak scan reads. It stops when the test process exits (its standard input closes).
+//! leak scan reads. It stops when its `Operator` is dropped or the test process exits (its standard input closes).
+//!
+//! In a control plane shared by many tests, every operator is scoped to its test's namespace ([`scoped`]): two
+//! unscoped operators without leader election on one API server would both act on every object. An operator that
+//! must watch every namespace belongs in a test binary that owns its control plane.
 
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 pub struct Operator {
     pub child: Child,
@@ -11,9 +15,26 @@ pub struct Operator {
     pub log: PathBuf,
 }
 
-/// Starts an operator with debug logging for Keyward; `tag` names its log file.
+/// The log filter of the tests' operators: debug for Keyward, info for the HTTP, TLS, client and Lease stacks.
+pub const LOG: &str = "debug,hyper=info,tower=info,rustls=info,kube_client=info,kube_lease_manager=info";
+
+/// Starts an operator with debug logging for Keyward that watches every namespace; `tag` names its log file. Only
+/// for a binary that owns its control plane (see the module docs).
 pub fn start(tag: &str) -> Operator {
-    start_with_log(tag, "debug,hyper=info,tower=info,rustls=info,kube_client=info")
+    start_with_log(tag, LOG)
+}
+
+/// Starts an operator with debug logging that watches only `ns` (its log file is named after `ns`): what a test
+/// in the shared control plane runs.
+pub fn scoped(ns: &str) -> Operator {
+    start_with_args(ns, LOG, &["--namespace", ns])
+}
+
+/// Like [`scoped`], with more `keyward run` arguments and another log file tag (for a test with several operators).
+pub fn scoped_with(tag: &str, ns: &str, filter: &str, extra: &[&str]) -> Operator {
+    let mut args = vec!["--namespace", ns];
+    args.extend_from_slice(extra);
+    start_with_args(tag, filter, &args)
 }
 
 /// Starts an operator with the given log filter.
@@ -30,6 +51,15 @@ pub fn start_with_args(tag: &str, filter: &str, extra: &[&str]) -> Operator {
 /// as another identity than the admin (see `identity::install`), or the `POD_NAME`/`POD_NAMESPACE` a pod would get.
 pub fn start_with_env(tag: &str, filter: &str, extra: &[&str], env: &[(&str, &str)]) -> Operator {
     let cp = super::control_plane();
+    // The shared control plane only gets scoped operators (see the module docs): refuse an unscoped one there.
+    let shared = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().starts_with("integration")))
+        .unwrap_or(false);
+    assert!(
+        !shared || extra.contains(&"--namespace"),
+        "operator {tag}: an operator in the shared integration control plane must watch only its test's namespace"
+    );
     let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{tag}.log"));
     let file = std::fs::File::create(&log).expect("log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
@@ -74,10 +104,44 @@ impl Operator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
 
-/// The operator shared by the tests of one binary.
-pub fn shared() -> &'static Mutex<Operator> {
-    static OP: OnceLock<Mutex<Operator>> = OnceLock::new();
-    OP.get_or_init(|| Mutex::new(start("shared")))
+    /// Stops it cleanly (SIGTERM, then SIGKILL after 15 s) and waits for it to exit.
+    pub fn stop(mut self) {
+        self.terminate();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill();
+    }
+
+    /// Waits (up to 60 s) until it serves HTTP; its address.
+    pub async fn wait_http_addr(&self) -> String {
+        super::kube::eventually(60, "the operator serves HTTP", || self.http_addr()).await
+    }
+
+    /// Its `/metrics` text now; panics if it does not answer.
+    pub async fn metrics(&self) -> String {
+        let addr = self.wait_http_addr().await;
+        super::http::get_text(&format!("http://{addr}/metrics")).await.expect("the operator's /metrics").1
+    }
+
+    /// Whether its log says its caches synced (it then acts on what it watches).
+    pub fn synced(&self) -> bool {
+        self.log_text().contains("caches synced: ready")
+    }
+
+    /// Its log lines that contain every one of `needles`.
+    pub fn log_lines(&self, needles: &[&str]) -> Vec<String> {
+        self.log_text().lines().filter(|l| needles.iter().all(|n| l.contains(n))).map(str::to_string).collect()
+    }
+
+    /// Panics with the matching lines if its log shows a panic.
+    pub fn assert_no_panic(&self) {
+        let panics = self.log_lines(&["panicked"]);
+        assert!(panics.is_empty(), "the operator panicked:\n{}", panics.join("\n"));
+    }
 }

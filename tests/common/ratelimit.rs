@@ -14,7 +14,7 @@ pub async fn gateway_sim() -> TrafficSim {
 
 /// A RateLimitPolicy manifest with the given (indented) spec lines.
 pub fn policy(name: &str, spec: &str) -> String {
-    format!("apiVersion: keyward.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata:\n  name: {name}\nspec:\n{spec}\n")
+    super::kube::manifest("RateLimitPolicy", name, spec)
 }
 
 /// A Deployment, StatefulSet or DaemonSet manifest (`replicas` None for a DaemonSet) of one container. No pod runs:

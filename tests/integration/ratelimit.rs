@@ -2,24 +2,25 @@
 //! metrics endpoint that the tests drive, with the real `keyward run` binary as the operator. Replicas, statuses and
 //! events are read back with kubectl, the way a user would.
 
-mod common;
-
 use std::time::Duration;
 
-use common::kube::{apikey, apply, condition, eventually, get_json, has_event, is};
-use common::prometheus::Prometheus;
-use common::ratelimit::{METRIC, gateway_sim, hpa, policy, replicas, workload};
-use common::{control_plane_with_crds, kubectl, kubectl_ok, namespace};
+use crate::common::kube::{apikey, apply, condition, eventually, get_json, has_event, is};
+use crate::common::operator::{self, Operator};
+use crate::common::prometheus::Prometheus;
+use crate::common::ratelimit::{METRIC, gateway_sim, hpa, policy, replicas, workload};
+use crate::common::{control_plane_with_crds, kubectl, kubectl_ok, namespace};
 
-async fn setup(test: &str) -> String {
+/// A namespace for `test`, and an operator that watches it (it stops when the test drops it).
+async fn setup(test: &str) -> (String, Operator) {
     control_plane_with_crds().await;
-    let _ = common::operator::shared();
-    namespace(test)
+    let ns = namespace(test);
+    let op = operator::scoped(&ns);
+    (ns, op)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrape_source_marks_keys_near_limit_and_exhausted_and_clears_them() {
-    let ns = setup("rlp_scrape_keys").await;
+    let (ns, _op) = setup("rlp_scrape_keys").await;
     let gw = gateway_sim().await;
     apply(
         &ns,
@@ -99,7 +100,7 @@ async fn scrape_source_marks_keys_near_limit_and_exhausted_and_clears_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_usage_scales_the_gateway_up_then_down_after_the_window_and_holds_without_data() {
-    let ns = setup("rlp_prometheus_scaling").await;
+    let (ns, _op) = setup("rlp_prometheus_scaling").await;
     let gw = gateway_sim().await;
     let mut prom = Prometheus::start(&[gw.addr().to_string()]);
     apply(&ns, &workload("Deployment", "gateway", Some(1)));
@@ -163,7 +164,7 @@ async fn prometheus_usage_scales_the_gateway_up_then_down_after_the_window_and_h
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_override_raises_the_limit_and_reverts_on_its_own() {
-    let ns = setup("rlp_override").await;
+    let (ns, _op) = setup("rlp_override").await;
     let gw = gateway_sim().await;
     let until = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(20);
     let until = jiff::Timestamp::from_second(until.as_second()).expect("until");
@@ -207,7 +208,7 @@ async fn an_override_raises_the_limit_and_reverts_on_its_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_hpa_on_the_target_is_a_conflict_and_nothing_is_written() {
-    let ns = setup("rlp_hpa_conflict").await;
+    let (ns, _op) = setup("rlp_hpa_conflict").await;
     let gw = gateway_sim().await;
     apply(&ns, &workload("Deployment", "gateway", Some(2)));
     apply(&ns, &hpa("gateway"));
@@ -239,7 +240,7 @@ async fn an_hpa_on_the_target_is_a_conflict_and_nothing_is_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statefulset_target_missing_at_first_is_a_condition_then_scales() {
-    let ns = setup("rlp_statefulset").await;
+    let (ns, _op) = setup("rlp_statefulset").await;
     let gw = gateway_sim().await;
     apply(
         &ns,
@@ -285,7 +286,7 @@ async fn a_statefulset_target_missing_at_first_is_a_condition_then_scales() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_source_does_not_stall_other_policies_or_keys() {
-    let ns = setup("rlp_hanging_source").await;
+    let (ns, _op) = setup("rlp_hanging_source").await;
     // Accepts connections (the kernel's backlog) and never answers.
     let black_hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let hole = format!("http://{}/metrics", black_hole.local_addr().expect("addr"));

@@ -2,22 +2,23 @@
 //! delete), with the real `keyward run` binary as the operator. Keys are compared by fingerprint, so that a
 //! failing assertion never prints key material.
 
-mod common;
-
 use std::time::Duration;
 
-use common::kube::{apikey, apply, decode, eventually, get_json, key_id as sha_prefix, ready_reason};
-use common::{control_plane_with_crds, kubectl_ok, namespace};
+use crate::common::kube::{apikey, apply, decode, eventually, get_json, key_id as sha_prefix, ready_reason};
+use crate::common::operator::{self, Operator};
+use crate::common::{control_plane_with_crds, http, keyward_rotate, kubectl_ok, namespace};
 
-async fn setup(test: &str) -> String {
+/// A namespace for `test`, and an operator that watches it (it stops when the test drops it).
+async fn setup(test: &str) -> (String, Operator) {
     control_plane_with_crds().await;
-    let _ = common::operator::shared();
-    namespace(test)
+    let ns = namespace(test);
+    let op = operator::scoped(&ns);
+    (ns, op)
 }
 
 #[tokio::test]
 async fn issues_a_key_into_an_owned_secret() {
-    let ns = setup("issues_a_key").await;
+    let (ns, _op) = setup("issues_a_key").await;
     apply(
         &ns,
         &apikey(
@@ -54,7 +55,7 @@ async fn issues_a_key_into_an_owned_secret() {
 
 #[tokio::test]
 async fn rotates_on_interval_with_grace_then_drops_previous() {
-    let ns = setup("interval_rotation").await;
+    let (ns, _op) = setup("interval_rotation").await;
     // A wide window between the end of the grace period (2 s) and the next rotation (8 s), so a busy machine
     // still sees it.
     apply(&ns, &apikey("fast", "  rotation: {interval: 8s, gracePeriod: 2s}"));
@@ -87,7 +88,7 @@ async fn rotates_on_interval_with_grace_then_drops_previous() {
 
 #[tokio::test]
 async fn manual_rotation_once_per_request() {
-    let ns = setup("manual_rotation").await;
+    let (ns, _op) = setup("manual_rotation").await;
     apply(&ns, &apikey("m", "  rotation: {gracePeriod: 0s}"));
     kubectl_ok(&["wait", "--for=condition=Ready", "apikey/m", "-n", &ns, "--timeout=60s"]);
     let first = decode(&get_json(&ns, "secret/m").expect("secret"), "api-key").expect("key");
@@ -108,13 +109,7 @@ async fn manual_rotation_once_per_request() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let now_key = decode(&get_json(&ns, "secret/m").expect("secret"), "api-key").map(|k| sha_prefix(&k));
     assert_eq!(now_key, Some(sha_prefix(&second)), "the same request rotated again");
-    let cp = common::control_plane();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(["rotate", "m", "-n", &ns])
-        .env("KUBECONFIG", cp.kubeconfig())
-        .output()
-        .expect("keyward rotate");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    keyward_rotate(&ns, "m");
     eventually(30, "rotation by keyward rotate", || {
         get_json(&ns, "apikey/m").filter(|a| a["status"]["rotationCount"] == 2)
     })
@@ -123,7 +118,7 @@ async fn manual_rotation_once_per_request() {
 
 #[tokio::test]
 async fn suspend_revokes_and_resume_issues_a_fresh_key() {
-    let ns = setup("suspend").await;
+    let (ns, _op) = setup("suspend").await;
     apply(&ns, &apikey("s", "  suspended: false"));
     kubectl_ok(&["wait", "--for=condition=Ready", "apikey/s", "-n", &ns, "--timeout=60s"]);
     let first = decode(&get_json(&ns, "secret/s").expect("secret"), "api-key").expect("key");
@@ -142,7 +137,7 @@ async fn suspend_revokes_and_resume_issues_a_fresh_key() {
 
 #[tokio::test]
 async fn expired_key_has_no_material() {
-    let ns = setup("expired").await;
+    let (ns, _op) = setup("expired").await;
     apply(&ns, &apikey("e", "  expiresAt: \"2020-01-01T00:00:00Z\""));
     eventually(30, "Expired", || {
         let ak = get_json(&ns, "apikey/e")?;
@@ -156,7 +151,7 @@ async fn expired_key_has_no_material() {
 
 #[tokio::test]
 async fn foreign_secret_is_left_untouched() {
-    let ns = setup("foreign_secret").await;
+    let (ns, _op) = setup("foreign_secret").await;
     kubectl_ok(&["create", "secret", "generic", "taken", "-n", &ns, "--from-literal=api-key=not-ours"]);
     let before = get_json(&ns, "secret/taken").expect("secret");
     apply(&ns, &apikey("taken", ""));
@@ -172,7 +167,7 @@ async fn foreign_secret_is_left_untouched() {
 
 #[tokio::test]
 async fn deleted_secret_is_recreated_with_a_new_key() {
-    let ns = setup("deleted_secret").await;
+    let (ns, _op) = setup("deleted_secret").await;
     apply(&ns, &apikey("d", ""));
     kubectl_ok(&["wait", "--for=condition=Ready", "apikey/d", "-n", &ns, "--timeout=60s"]);
     let first = decode(&get_json(&ns, "secret/d").expect("secret"), "api-key").expect("key");
@@ -188,7 +183,7 @@ async fn deleted_secret_is_recreated_with_a_new_key() {
 
 #[tokio::test]
 async fn edited_key_material_is_replaced() {
-    let ns = setup("tampered").await;
+    let (ns, _op) = setup("tampered").await;
     apply(&ns, &apikey("t", ""));
     kubectl_ok(&["wait", "--for=condition=Ready", "apikey/t", "-n", &ns, "--timeout=60s"]);
     kubectl_ok(&[
@@ -215,7 +210,7 @@ async fn edited_key_material_is_replaced() {
 
 #[tokio::test]
 async fn secret_is_garbage_collected_with_its_apikey() {
-    let ns = setup("garbage_collected").await;
+    let (ns, _op) = setup("garbage_collected").await;
     apply(&ns, &apikey("g", ""));
     kubectl_ok(&["wait", "--for=condition=Ready", "apikey/g", "-n", &ns, "--timeout=60s"]);
     kubectl_ok(&["delete", "apikey", "g", "-n", &ns]);
@@ -225,7 +220,7 @@ async fn secret_is_garbage_collected_with_its_apikey() {
 
 #[tokio::test]
 async fn rollout_restart_after_rotation() {
-    let ns = setup("rollout_restart").await;
+    let (ns, _op) = setup("rollout_restart").await;
     apply(
         &ns,
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: c, image: example.invalid/web:1}]}\n",
@@ -264,13 +259,30 @@ async fn rollout_restart_after_rotation() {
     .await;
 }
 
+/// The operator's count of finished ApiKey reconciles (successful or not), from its /metrics.
+async fn apikey_reconciles(op: &Operator) -> f64 {
+    http::sum(&op.metrics().await, "keyward_reconciles_total", &["controller=\"apikey\""])
+}
+
 #[tokio::test]
 async fn idle_means_no_writes() {
-    let ns = setup("idle").await;
+    let (ns, op) = setup("idle").await;
     // A missing restart target must not make idle reconciles publish events either.
     apply(&ns, &apikey("i", "  rotation: {interval: 720h}\n  rolloutRestart: [{kind: Deployment, name: absent}]"));
     kubectl_ok(&["wait", "--for=condition=Ready", "apikey/i", "-n", &ns, "--timeout=60s"]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Settled: the reconcile count stops moving (the operator watches this namespace only, so every reconcile it
+    // counts is of this key).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = apikey_reconciles(&op).await;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = apikey_reconciles(&op).await;
+        if now == last && now >= 1.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the operator never settled ({now} reconciles)");
+        last = now;
+    }
     let rv = |what: &str| {
         get_json(&ns, what).expect("object")["metadata"]["resourceVersion"].as_str().expect("rv").to_string()
     };
@@ -289,18 +301,28 @@ async fn idle_means_no_writes() {
     let events_before = events();
     // Touch the ApiKey (an annotation, not the spec: annotations trigger a reconcile, labels and status do not) to
     // force a reconcile: it must write nothing.
+    let before_poke = apikey_reconciles(&op).await;
     kubectl_ok(&["annotate", "apikey/i", "-n", &ns, "poke=1"]);
-    let ak_after_label = rv("apikey/i");
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let ak_after_poke = rv("apikey/i");
+    assert_ne!(ak, ak_after_poke, "the annotation changed the ApiKey");
+    // The poke caused a reconcile: without one, "no writes" would prove nothing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while apikey_reconciles(&op).await <= before_poke {
+        assert!(std::time::Instant::now() < deadline, "the poke caused no reconcile within 30s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let logged = op.log_lines(&["reconciled", &ns, "name=i"]);
+    assert!(!logged.is_empty(), "the operator's log shows no reconcile of the key");
+    // Time for a write to land, had the reconcile made one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(rv("secret/i"), s, "the Secret was rewritten while nothing was due");
-    assert_eq!(rv("apikey/i"), ak_after_label, "the status was rewritten while nothing was due");
-    assert_ne!(ak, ak_after_label);
+    assert_eq!(rv("apikey/i"), ak_after_poke, "the status was rewritten while nothing was due");
     assert_eq!(events(), events_before, "events were published or updated while nothing was due");
 }
 
 #[tokio::test]
 async fn bad_spec_the_schema_cannot_catch_reports_invalid_spec() {
-    let ns = setup("invalid_spec").await;
+    let (ns, _op) = setup("invalid_spec").await;
     // Five fields pass the schema, but 61 is not a minute.
     apply(&ns, &apikey("bad", "  rotation: {schedule: \"61 * * * *\"}"));
     let ak = eventually(30, "InvalidSpec", || {

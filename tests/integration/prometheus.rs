@@ -2,15 +2,13 @@
 //! computes a rate per API key, marks a vanished target down and its series stale, and its address is dead once
 //! stopped. Each test prints how long the steps took (`--nocapture` shows them).
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::prometheus::{Prometheus, Sample};
+use crate::common::prometheus::{Prometheus, Sample};
 
 /// A tiny exporter: GET /metrics answers `gateway_requests_total{api_key="a"}`, one more at each scrape.
 struct Exporter {

@@ -3,15 +3,13 @@
 //! scaled target, and polls that do not queue behind hanging sources. Each test runs its own operator scoped to its
 //! namespace, with the flags it needs.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::kube::{apikey, apply, condition, eventually, get_json, has_event, is, ready_reason};
-use common::ratelimit::{policy, replicas, workload};
-use common::{control_plane_with_crds, namespace, operator};
+use crate::common::kube::{apikey, apply, condition, eventually, get_json, has_event, is, ready_reason};
+use crate::common::ratelimit::{policy, replicas, workload};
+use crate::common::{control_plane_with_crds, namespace, operator};
 
 /// A metrics endpoint on 127.0.0.1 that counts the polls it answers; key `a`'s counter grows by 10 per poll.
 async fn counting_exporter() -> (String, Arc<AtomicU64>) {

@@ -4,16 +4,16 @@
 //! RBAC installed for real and probed with `kubectl auth can-i` to show it is minimal. helm is built from its Go
 //! module (`tests/helm`) on first use and cached, like the control plane.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::identity::{
+use crate::common::identity::{
     self, all_of, app_version, ci_values, kind, name, ns_of, only, parse_documents, run_helm, strings, template,
     to_stream,
 };
-use common::rbac::{CRD_RULES, Grant, LEASE_RULES, NAMESPACED_RULES, assert_grants, check_can_i, expand, grants};
-use common::{control_plane, control_plane_with_crds, kubectl, kubectl_ok, kubectl_stdin, namespace};
+use crate::common::rbac::{
+    CRD_RULES, Grant, LEASE_RULES, NAMESPACED_RULES, assert_grants, check_can_i, expand, grants,
+};
+use crate::common::{control_plane, control_plane_with_crds, kubectl, kubectl_ok, kubectl_stdin, namespace};
 use serde_yaml::Value;
 
 // ---------------------------------------------------------------------------------------------------------------

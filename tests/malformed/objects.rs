@@ -1,4 +1,4 @@
-//! The malformed objects of the first test, and the CRD swaps that let the API server store them: Keyward's CRDs
+//! The malformed objects of the test, and the CRD swaps that let the API server store them: Keyward's CRDs
 //! with a loose `spec` schema (the state of a cluster before a schema tightening), then the real ones again.
 
 use serde::Deserialize;
@@ -7,7 +7,6 @@ use serde_json::{Value, json};
 use crate::common::kube::{apikey, eventually};
 use crate::common::kubectl_stdin;
 use crate::common::operator;
-use crate::common::ratelimit::policy;
 
 /// `keyward crd`, as the CRD objects.
 fn real_crds() -> Vec<Value> {
@@ -116,13 +115,6 @@ pub const BAD: &[Bad] = &[
     },
     Bad { kind: "RateLimitPolicy", name: "bad-limit", spec: "  limit: lots", field: None },
 ];
-
-pub fn manifest(kind: &str, name: &str, spec: &str) -> String {
-    match kind {
-        "ApiKey" => apikey(name, spec),
-        _ => policy(name, spec),
-    }
-}
 
 pub fn short(kind: &str) -> &'static str {
     if kind == "ApiKey" { "apikey" } else { "rlp" }

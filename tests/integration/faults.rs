@@ -1,194 +1,23 @@
-//! Faults and secrecy: malformed objects stored in the API server (before a schema tightening, or with a value the
-//! schema cannot judge) do not stall the reconciliation of the others; and over a full lifecycle (issue, interval
-//! and manual rotation, grace, suspension, expiry, tampering, usage, scaling) nothing Keyward produced holds any
-//! 12-character piece of any key.
-//!
-//! Both tests start their own operator and run one at a time: the first swaps the CRDs, which every namespace sees.
-
-#[path = "../common/mod.rs"]
-mod common;
-mod leak;
-mod malformed;
+//! Secrecy over a full lifecycle (issue, interval and manual rotation, grace, suspension, expiry, tampering, usage,
+//! scaling): nothing Keyward produced (its debug log, events, statuses, condition messages, workloads, Secret
+//! metadata, metrics, probes, `keyward rotate` output) holds any 12-character piece of any key, in any encoding.
+//! (The malformed-objects fault test has its own binary, `tests/malformed/`: it swaps the CRDs.)
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::kube::{apikey, apply, condition, decode, eventually, get_json, has_event, key_id};
-use common::ratelimit::{METRIC, gateway_sim, policy, workload};
-use common::{control_plane, control_plane_with_crds, kubectl, kubectl_ok, kubectl_stdin, namespace, operator};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 
-use leak::{PIECE, Scanner, Seen, announced_key_ids, poll_keys, record, settle};
-use malformed::{BAD, create, loosen_crds, manifest, restore_crds, short, warned_about};
-
-/// The tests of this file run one at a time: the CRD swap changes what every namespace accepts.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-// ---------------------------------------------------------------------------------------------------------------
-// Helpers of both tests
-
-/// Stops an operator this test started (SIGTERM, then SIGKILL after 15 s), so the next test has the cluster alone.
-fn stop(mut op: operator::Operator) {
-    op.terminate();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if matches!(op.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    op.kill();
-}
-
-async fn http_get(url: &str) -> Option<(u16, String)> {
-    let resp = reqwest::get(url).await.ok()?;
-    let code = resp.status().as_u16();
-    Some((code, resp.text().await.ok()?))
-}
-
-fn ready_key(ns: &str, name: &str) -> Option<Value> {
-    get_json(ns, &format!("apikey/{name}")).filter(|a| {
-        condition(a, "Ready").is_some_and(|(s, r, _)| s == "True" && r == "KeyIssued")
-            && get_json(ns, &format!("secret/{name}")).and_then(|s| decode(&s, "api-key")).is_some()
-    })
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// 1. Malformed objects
-
-#[tokio::test]
-async fn malformed_objects_do_not_stall_the_others() {
-    let _serial = SERIAL.lock().await;
-    control_plane_with_crds().await;
-    let ns = namespace("faults_malformed");
-    // A key issued by nobody yet, created while the schema is real.
-    apply(&ns, &apikey("good-early", "  rotation: {interval: 1h}"));
-    apply(&ns, &apikey("good-turned-bad", ""));
-
-    // Phase 1: the objects are stored while the schema is loose, the schema is tightened again, and only then does
-    // the operator start: its first list holds them.
-    loosen_crds(&ns).await;
-    for b in BAD {
-        create(&ns, &manifest(b.kind, b.name, b.spec));
-    }
-    create(&ns, &apikey("good-during", "  format: {prefix: kw_during_}"));
-    restore_crds(&ns).await;
-    // The stored objects stay as they were: the tightened schema does not touch them.
-    let stored = get_json(&ns, "apikey/bad-type").expect("bad-type is stored");
-    assert_eq!(stored["spec"]["rotation"], "weekly", "the malformed value is still stored");
-    let stored = get_json(&ns, "rlp/bad-limit").expect("bad-limit is stored");
-    assert_eq!(stored["spec"]["limit"], "lots", "the malformed value is still stored");
-    // ... and the real schema refuses new ones of the same kind.
-    assert!(
-        !kubectl_stdin(&["create", "-n", &ns, "-f", "-"], &apikey("late-bad", "  rotation: weekly")).status.success()
-    );
-
-    let op = operator::start("faults-malformed");
-    let pid = op.child.id();
-    apply(
-        &ns,
-        &policy(
-            "good-tier",
-            "  limit: {requests: 600, period: 1m}\n  usage:\n    interval: 2s\n    prometheus: {address: \"http://127.0.0.1:1\", query: up}",
-        ),
-    );
-    apply(&ns, &apikey("good-late", "  rateLimitPolicyRef: {name: good-tier}\n  rotation: {interval: 24h}"));
-
-    // The good ones are issued and Ready, in the same namespace as the bad ones.
-    for name in ["good-early", "good-turned-bad", "good-during", "good-late"] {
-        let ak = eventually(90, &format!("{name} Ready"), || ready_key(&ns, name)).await;
-        assert!(ak["status"]["keyId"].is_string(), "{name}: {:?}", ak["status"]);
-    }
-    let p = eventually(60, "good-tier reconciled", || {
-        get_json(&ns, "rlp/good-tier").filter(|p| p["status"]["effectiveLimit"] == "600/1m")
-    })
-    .await;
-    assert!(condition(&p, "Ready").is_some_and(|c| c.1 != "InvalidSpec"), "{:?}", p["status"]);
-
-    // The bad ones that deserialize say what is wrong with them, naming the field; no key is issued for them.
-    for b in BAD {
-        let what = format!("{}/{}", short(b.kind), b.name);
-        match b.field {
-            Some(field) => {
-                let obj = eventually(60, &format!("{what} InvalidSpec"), || {
-                    get_json(&ns, &what)
-                        .filter(|o| condition(o, "Ready").is_some_and(|(s, r, _)| s == "False" && r == "InvalidSpec"))
-                })
-                .await;
-                let (_, _, message) = condition(&obj, "Ready").expect("Ready");
-                assert!(message.contains(field), "{what}: the message {message:?} does not name {field}");
-                if b.kind == "ApiKey" {
-                    assert!(get_json(&ns, &format!("secret/{}", b.name)).is_none(), "{what}: a key was issued");
-                }
-            }
-            None => {
-                // Undeserializable: a clear warning naming it, and no status written for it.
-                eventually(30, &format!("a warning about {what}"), || warned_about(&op, b.name).then_some(())).await;
-                let obj = get_json(&ns, &what).expect("still stored");
-                assert!(obj["status"]["conditions"].is_null(), "{what}: {:?}", obj["status"]);
-            }
-        }
-    }
-
-    // Phase 2, the same operator still running: an object becomes unreadable and a new one is stored unreadable
-    // through a loose schema again (the CRD changes under the operator's watches); the others carry on.
-    let before = decode(&get_json(&ns, "secret/good-turned-bad").expect("secret"), "api-key").map(|k| key_id(&k));
-    loosen_crds(&ns).await;
-    let out = kubectl(&[
-        "patch",
-        "apikey",
-        "good-turned-bad",
-        "-n",
-        &ns,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"rotation":"daily","suspended":true}}"#,
-    ]);
-    assert!(out.status.success(), "patch: {}", String::from_utf8_lossy(&out.stderr));
-    create(&ns, &apikey("bad-later", "  rotation: 7"));
-    restore_crds(&ns).await;
-    apply(&ns, &apikey("good-after", "  format: {encoding: hex}"));
-    kubectl_ok(&["annotate", "--overwrite", "apikey/good-early", "-n", &ns, "keyward.dev/rotate=after-the-swap"]);
-    eventually(90, "good-after Ready", || ready_key(&ns, "good-after")).await;
-    let early = eventually(60, "good-early rotated on request", || {
-        get_json(&ns, "apikey/good-early").filter(|a| a["status"]["lastRotateRequest"] == "after-the-swap")
-    })
-    .await;
-    assert_eq!(early["status"]["rotationCount"], 1, "{:?}", early["status"]);
-    eventually(30, "a warning about bad-later", || warned_about(&op, "bad-later").then_some(())).await;
-    eventually(30, "a warning about good-turned-bad", || warned_about(&op, "good-turned-bad").then_some(())).await;
-    // An object the operator cannot read is left as it was: its key is neither suspended nor replaced.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = decode(&get_json(&ns, "secret/good-turned-bad").expect("secret"), "api-key").map(|k| key_id(&k));
-    assert!(before.is_some() && before == after, "the unreadable key's Secret was changed");
-
-    // Alive, the same process, healthy and ready: nothing crashed or restarted, and nothing panicked.
-    let mut op = op;
-    assert!(matches!(op.child.try_wait(), Ok(None)), "the operator exited");
-    assert_eq!(op.child.id(), pid);
-    let addr = eventually(30, "the operator's HTTP address", || op.http_addr()).await;
-    assert_eq!(http_get(&format!("http://{addr}/healthz")).await.map(|r| r.0), Some(200));
-    assert_eq!(http_get(&format!("http://{addr}/readyz")).await.map(|r| r.0), Some(200));
-    let log = op.log_text();
-    let panics: Vec<&str> = log.lines().filter(|l| l.contains("panicked")).collect();
-    assert!(panics.is_empty(), "the operator panicked:\n{}", panics.join("\n"));
-    // Clean up what no later test should see: the unreadable objects (kubectl can delete what it cannot read).
-    for b in BAD.iter().filter(|b| b.field.is_none()) {
-        kubectl_ok(&["delete", short(b.kind), b.name, "-n", &ns, "--wait=false"]);
-    }
-    kubectl_ok(&["delete", "apikey", "bad-later", "good-turned-bad", "-n", &ns, "--wait=false"]);
-    stop(op);
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// 2. Leak scan
+use crate::common::kube::{apikey, apply, condition, eventually, get_json, has_event, issued, key_id};
+use crate::common::leak::{Scanner, Seen, announced_key_ids, poll_keys, record, scan, settle};
+use crate::common::ratelimit::{METRIC, gateway_sim, policy, workload};
+use crate::common::{control_plane_with_crds, http, keyward, kubectl_ok, namespace, operator};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_lifecycle_leaks_no_key_material() {
-    let _serial = SERIAL.lock().await;
     let cp = control_plane_with_crds().await;
     let ns = namespace("faults_leak");
     let client = cp.client().await.expect("client");
@@ -197,7 +26,7 @@ async fn a_full_lifecycle_leaks_no_key_material() {
     let poller = poll_keys(client.clone(), &ns, seen.clone(), stop_polling.clone());
 
     // Everything at debug level, including the Kubernetes client and HTTP stacks.
-    let op = operator::start_with_args("faults-leak", "debug", &["--namespace", &ns]);
+    let op = operator::scoped_with(&ns, &ns, "debug", &[]);
     let gw = gateway_sim().await;
     apply(&ns, &workload("Deployment", "gateway", Some(1)));
     apply(&ns, &workload("Deployment", "consumer", Some(1)));
@@ -242,7 +71,7 @@ async fn a_full_lifecycle_leaks_no_key_material() {
     apply(&ns, &apikey("tampered", "  format: {prefix: kw_t_}"));
     apply(&ns, &apikey("orphan", "  rateLimitPolicyRef: {name: down}"));
     for name in ["spin", "manual", "steady", "suspendme", "expiring", "tampered", "orphan"] {
-        eventually(90, &format!("{name} Ready"), || ready_key(&ns, name)).await;
+        eventually(90, &format!("{name} Ready"), || issued(&ns, name)).await;
     }
 
     // Manual rotations: by annotation, then with `keyward rotate` (its output is scanned too).
@@ -251,12 +80,7 @@ async fn a_full_lifecycle_leaks_no_key_material() {
         get_json(&ns, "apikey/manual").filter(|a| a["status"]["rotationCount"] == 1)
     })
     .await;
-    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(["rotate", "manual", "-n", &ns])
-        .env("KUBECONFIG", control_plane().kubeconfig())
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("keyward rotate");
+    let cli = keyward(&["rotate", "manual", "-n", &ns], "");
     assert!(cli.status.success(), "keyward rotate: {}", String::from_utf8_lossy(&cli.stderr));
     let cli_output = [cli.stdout, cli.stderr].concat();
     eventually(60, "manual rotated by keyward rotate", || {
@@ -272,7 +96,7 @@ async fn a_full_lifecycle_leaks_no_key_material() {
     })
     .await;
     kubectl_ok(&["patch", "apikey", "suspendme", "-n", &ns, "--type=merge", "-p", r#"{"spec":{"suspended":false}}"#]);
-    eventually(60, "suspendme issued again", || ready_key(&ns, "suspendme")).await;
+    eventually(60, "suspendme issued again", || issued(&ns, "suspendme")).await;
 
     // Tampering: someone writes a key of their own into the Secret; it is replaced (and it counts as a key).
     settle(&seen, &ns, "tampered").await;
@@ -368,10 +192,10 @@ async fn a_full_lifecycle_leaks_no_key_material() {
     eprintln!("leak scan: {} keys seen over {polls} polls, {} announced by events", seen.len(), announced.len());
 
     let addr = eventually(30, "the operator's HTTP address", || op.http_addr()).await;
-    let metrics = http_get(&format!("http://{addr}/metrics")).await.expect("metrics").1;
+    let metrics = http::get_text(&format!("http://{addr}/metrics")).await.expect("metrics").1;
     assert!(metrics.contains("keyward_"), "metrics were served");
-    let healthz = http_get(&format!("http://{addr}/healthz")).await.expect("healthz").1;
-    let readyz = http_get(&format!("http://{addr}/readyz")).await.expect("readyz").1;
+    let healthz = http::get_text(&format!("http://{addr}/healthz")).await.expect("healthz").1;
+    let readyz = http::get_text(&format!("http://{addr}/readyz")).await.expect("readyz").1;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = std::fs::read(&op.log).expect("operator log");
     assert!(log.len() > 10_000, "a debug log was written ({} bytes)", log.len());
@@ -408,25 +232,40 @@ async fn a_full_lifecycle_leaks_no_key_material() {
     let scanner = Scanner::new(&seen);
     assert!(seen.len() >= 15, "only {} keys seen", seen.len());
 
-    // Self-check first: the scanner finds a planted 12-character piece, a base64 form, and nothing in clean text.
-    let some_key = seen.iter().find(|k| k.len() > 40).expect("a key");
-    let planted_piece = format!("level=debug msg=\"{}\" done", &some_key[20..20 + PIECE]);
-    assert_eq!(scanner.hits(planted_piece.as_bytes()).len(), 1, "the scanner misses a planted 12-character piece");
+    // Self-check first: every encoding of a planted piece is found, 11 characters and clean text are not, and the
+    // Secrets' own data (base64 in JSON) is a hit.
+    scanner.self_check(seen.iter().find(|k| k.len() > 40).expect("a key"));
     let secret_json = kubectl_ok(&["get", "secrets", "-n", &ns, "-o", "json"]);
     assert!(!scanner.hits(secret_json.as_bytes()).is_empty(), "the scanner misses base64 key data");
-    let near_miss = format!("{}#{}", &some_key[..PIECE - 1], &some_key[PIECE..2 * PIECE - 1]);
-    assert!(scanner.hits(near_miss.as_bytes()).is_empty(), "11 characters are not a hit");
 
-    let mut report = Vec::new();
-    for (source, text) in &sources {
-        let hits = scanner.hits(text);
-        eprintln!("leak scan: {source}: {} bytes, {} keys hit", text.len(), hits.len());
-        if !hits.is_empty() {
-            // Fingerprints only: the report never shows key material.
-            report.push(format!("{source}: pieces of {} key(s) found (key ids {:?})", hits.len(), hits));
-        }
-    }
+    let report = scan(&scanner, &sources);
     assert!(report.is_empty(), "key material leaked:\n{}", report.join("\n"));
-    stop(op);
+    op.stop();
     gw.stop();
+}
+
+/// The scanner on its own (no cluster): every encoding of a whole key in a larger text is found, as are the forms
+/// its self-check plants; a different key of the same shape is not.
+#[test]
+fn the_leak_scanner_finds_every_encoding_of_a_key() {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let key = "kw_live_3fQ9xZ0aLmN7pR2sT5uV8wY1bC4dE6gH0jK2mN4pQ6rS8tU9kJ2mQ1";
+    let other = "kw_live_Zz9Yy8Xx7Ww6Vv5Uu4Tt3Ss2Rr1Qq0Pp9Oo8Nn7Mm6Ll5Kk4Jj3ZzYy";
+    let scanner = Scanner::new(&[key.to_string()].into());
+    scanner.self_check(key);
+    let bytes: Vec<String> = key.bytes().map(|b| b.to_string()).collect();
+    let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
+    let forms = [
+        format!("{{\"data\":{{\"api-key\":\"{}\"}}}}", STANDARD.encode(key)),
+        format!("token={}&x=1", URL_SAFE_NO_PAD.encode(format!("Bearer {key}"))),
+        format!("bytes: {}", hex.to_uppercase()),
+        format!("{{\"key\":[{}]}}", bytes.join(",")),
+        format!("Some([{}])", bytes.join(", ")),
+    ];
+    for form in &forms {
+        assert_eq!(scanner.hits(form.as_bytes()).len(), 1, "missed a whole-key form");
+    }
+    assert!(scanner.hits(other.as_bytes()).is_empty(), "another key is not a hit");
+    assert!(scanner.hits(STANDARD.encode(other).as_bytes()).is_empty(), "another key's base64 is not a hit");
 }

@@ -3,8 +3,6 @@
 //! body, sending hundreds of MiB or a million series. Each test runs its own operator scoped with `--namespace` to
 //! its namespaces, with or without `--allow-loopback-sources`.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,10 +13,10 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use common::kube::{apikey, apply, condition, eventually, get_json};
-use common::operator::Operator;
-use common::ratelimit::{METRIC, gateway_sim, policy};
-use common::{control_plane_with_crds, kubectl_ok, namespace};
+use crate::common::kube::{apikey, apply, condition, eventually, get_json};
+use crate::common::operator::Operator;
+use crate::common::ratelimit::{METRIC, gateway_sim, policy};
+use crate::common::{control_plane_with_crds, kubectl_ok, namespace};
 
 /// Serves `router` on a free port of 127.0.0.1, counting the requests of each path.
 async fn serve(router: Router) -> (SocketAddr, Hits) {
@@ -54,7 +52,7 @@ impl Hits {
 fn operator(tag: &str, namespaces: &[&str], loopback: bool) -> Operator {
     let scope = namespaces.join(",");
     let allow = if loopback { "true" } else { "false" };
-    common::operator::start_with_env(
+    crate::common::operator::start_with_env(
         tag,
         "info",
         &["--namespace", &scope],
@@ -300,7 +298,7 @@ async fn memory_stays_bounded_while_sources_send_hundreds_of_mib_and_a_million_s
         .route("/keys", get(move || std::future::ready(keys.clone())));
     let (addr, hits) = serve(router).await;
 
-    let mut op = common::operator::start_with_env(
+    let mut op = crate::common::operator::start_with_env(
         "sources-memory",
         "info",
         &["--namespace", &format!("{big},{normal}"), "--concurrency", "32"],

@@ -2,10 +2,8 @@
 //! cannot change under a live key, an `immutable` Secret is still revoked, a refused revocation says so on the
 //! object and keeps trying, and an edit that escapes the watch (label removed first) is still found.
 
-mod common;
-
-use common::kube::{apikey, apply, condition, decode, eventually, get_json, has_event, key_id, ready_reason};
-use common::{control_plane_with_crds, kubectl, kubectl_ok, kubectl_stdin, namespace, operator};
+use crate::common::kube::{apikey, apply, condition, decode, eventually, get_json, has_event, key_id, ready_reason};
+use crate::common::{control_plane_with_crds, kubectl, kubectl_ok, kubectl_stdin, namespace, operator};
 
 fn ready_is(ns: &str, name: &str, status: &str, reason: &str) -> Option<serde_json::Value> {
     get_json(ns, &format!("apikey/{name}")).filter(|a| ready_reason(a).is_some_and(|(s, r)| s == status && r == reason))

@@ -1,9 +1,7 @@
 //! The API against the real kube-apiserver: the CRDs install and are Established, the examples apply and read
 //! back unchanged, invalid manifests are rejected with the field named, and `kubectl explain` shows the docs.
 
-mod common;
-
-use common::{control_plane_with_crds, kubectl, kubectl_ok, kubectl_stdin, namespace};
+use crate::common::{control_plane_with_crds, kubectl, kubectl_ok, kubectl_stdin, namespace};
 use serde::Deserialize;
 
 #[tokio::test]
@@ -217,8 +215,9 @@ const POLICY_INVALID: &[Invalid] = &[
     },
 ];
 
+/// A manifest whose spec is `spec`, indented as the first line of the spec block.
 fn manifest(kind: &str, name: &str, spec: &str) -> String {
-    format!("apiVersion: keyward.dev/v1alpha1\nkind: {kind}\nmetadata:\n  name: {name}\nspec:\n  {spec}\n")
+    crate::common::kube::manifest(kind, name, &format!("  {spec}"))
 }
 
 #[tokio::test]

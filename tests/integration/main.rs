@@ -1,0 +1,30 @@
+//! Every integration test that can share one control plane: one real kube-apiserver (with etcd and the
+//! kube-controller-manager) for the whole binary, started on first use, Keyward's CRDs installed once, one namespace
+//! per test. Tests that need an operator start their own `keyward run` scoped to their namespace
+//! (`common::operator::scoped`), so operators never act on another test's objects; leader-election tests keep
+//! their Lease in their own namespace with a name of their own.
+//!
+//! What must own a control plane has its own binary, each saying why: `tests/restart.rs` (stops the API server),
+//! `tests/crash.rs` (the crash suite), `tests/run_cli.rs` (runs before the CRDs exist), `tests/malformed/` (swaps
+//! the CRDs), `tests/chart_identity.rs` (an operator that watches every namespace, as the cluster-scoped chart
+//! runs it). `tests/fuzz.rs` needs no cluster and runs on its own.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod api_server;
+mod apikey;
+mod apikey_safety;
+mod crds;
+mod examples;
+mod faults;
+mod helm;
+mod operations;
+mod prometheus;
+mod ratelimit;
+mod revocation;
+mod rotation;
+mod shell;
+mod sources;
+mod usage;
+mod verify_format;

@@ -1,0 +1,132 @@
+//! End to end, with the real operator and a simulated gateway, what only unit tests reached before: a custom
+//! `usage.keyLabel` with a custom `nearLimitRatio`, and the scale-up stabilization window (a spike shorter than the
+//! window does not scale the gateway; a sustained rise does, once it has lasted the window).
+
+use std::time::{Duration, Instant};
+
+use jiff::{SignedDuration, Timestamp};
+use keyward::devenv::traffic::TrafficSim;
+
+use crate::common::kube::{apikey, apply, eventually, get_json, has_event, is};
+use crate::common::ratelimit::{METRIC, gateway_sim, policy, replicas, workload};
+use crate::common::{control_plane_with_crds, namespace, operator};
+
+/// `status.usage.requestsPerSecond` of an ApiKey.
+fn rps(ak: &serde_json::Value) -> Option<f64> {
+    ak["status"]["usage"]["requestsPerSecond"].as_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_key_label_and_near_limit_ratio() {
+    control_plane_with_crds().await;
+    let ns = namespace("usage_key_label_ratio");
+    let _op = operator::scoped(&ns);
+    // The gateway labels its counter `client`, not the default `api_key`: a policy that ignored keyLabel would find
+    // no series for its keys and report no usage at all.
+    let gw = TrafficSim::start("127.0.0.1:0", METRIC, "client").await.expect("traffic simulator");
+    apply(
+        &ns,
+        &policy(
+            "half",
+            &format!(
+                "  limit: {{requests: 600, period: 1m}}\n  nearLimitRatio: 0.5\n  usage:\n    keyLabel: client\n    interval: 1s\n    scrape: {{urls: [\"{}\"], metric: {METRIC}}}",
+                gw.url()
+            ),
+        ),
+    );
+    apply(&ns, &apikey("checkout", "  rateLimitPolicyRef: {name: half}"));
+    apply(&ns, &apikey("search", "  rateLimitPolicyRef: {name: half}"));
+    let search_id = eventually(60, "search's key id", || {
+        get_json(&ns, "apikey/search")?["status"]["keyId"].as_str().map(str::to_string)
+    })
+    .await;
+    // 6 of 10 req/s: utilization 0.6, near the limit at a ratio of 0.5 (not at the default 0.8).
+    gw.set_rate("checkout", 6.0);
+    gw.set_rate(&search_id, 2.0);
+    let ak = eventually(60, "checkout NearLimit at 0.6", || {
+        get_json(&ns, "apikey/checkout").filter(|a| is(a, "NearLimit", "True"))
+    })
+    .await;
+    let measured = rps(&ak).expect("requestsPerSecond");
+    assert!((5.0..=7.0).contains(&measured), "about 6 req/s: {measured}");
+    assert!(is(&ak, "Exhausted", "False"), "{:?}", ak["status"]);
+    let utilization = ak["status"]["usage"]["utilization"].as_f64().expect("utilization");
+    assert!((0.5..0.8).contains(&utilization), "between the custom and the default ratio: {utilization}");
+    assert!(has_event(&ns, "ApiKey", "checkout", "NearLimit"));
+    // The key labelled by its keyId under the custom label is measured too, and is not near the limit at 0.2.
+    let search = eventually(60, "search measured by keyId", || {
+        get_json(&ns, "apikey/search").filter(|a| rps(a).is_some_and(|r| r > 1.0))
+    })
+    .await;
+    assert!(is(&search, "NearLimit", "False"), "{:?}", search["status"]);
+    // Below the ratio (and its 0.05 hysteresis band): the condition clears.
+    gw.set_rate("checkout", 4.0);
+    eventually(60, "checkout no longer NearLimit at 0.4", || {
+        get_json(&ns, "apikey/checkout").filter(|a| is(a, "NearLimit", "False"))
+    })
+    .await;
+}
+
+/// `status.observedUsage` of the policy.
+fn observed(ns: &str, name: &str) -> Option<f64> {
+    get_json(ns, &format!("rlp/{name}"))?["status"]["observedUsage"].as_f64()
+}
+
+/// Polls for `secs` seconds that the Deployment keeps `want` replicas; returns the highest observed usage.
+async fn holds(ns: &str, want: i64, secs: u64, what: &str) -> f64 {
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut highest = 0.0f64;
+    while Instant::now() < until {
+        assert_eq!(replicas(ns, "deployment/gateway"), Some(want), "{what}");
+        highest = highest.max(observed(ns, "gw").unwrap_or(0.0));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    highest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_up_waits_for_its_stabilization_window() {
+    control_plane_with_crds().await;
+    let ns = namespace("usage_scale_up_window");
+    let _op = operator::scoped(&ns);
+    let gw = gateway_sim().await;
+    apply(&ns, &workload("Deployment", "gateway", Some(1)));
+    apply(
+        &ns,
+        &policy(
+            "gw",
+            &format!(
+                "  limit: {{requests: 100000, period: 1s}}\n  usage:\n    interval: 1s\n    scrape: {{urls: [\"{}\"], metric: {METRIC}}}\n  scaling:\n    targetRef: {{apiVersion: apps/v1, kind: Deployment, name: gateway}}\n    minReplicas: 1\n    maxReplicas: 10\n    capacityPerReplica: {{requests: 100, period: 1s}}\n    targetUtilization: 100\n    scaleUp: {{stabilizationWindow: 20s}}\n    scaleDown: {{stabilizationWindow: 0s}}",
+                gw.url()
+            ),
+        ),
+    );
+    // 50 req/s: one replica, measured.
+    gw.set_rate("a", 50.0);
+    eventually(60, "the baseline measured", || observed(&ns, "gw").filter(|u| (30.0..=70.0).contains(u))).await;
+    let p = get_json(&ns, "rlp/gw").expect("policy");
+    assert!(is(&p, "ScalingActive", "True"), "{:?}", p["status"]);
+
+    // A spike of 8 s at 350 req/s (four replicas' worth), shorter than the 20 s window: measured, not followed.
+    let spike = Instant::now();
+    gw.set_rate("a", 350.0);
+    let highest = holds(&ns, 1, 8, "no scale-up during a spike shorter than the window").await;
+    gw.set_rate("a", 50.0);
+    assert!(highest > 200.0, "the spike was not measured (highest observed usage {highest}): the test proves nothing");
+    let rest = 28u64.saturating_sub(spike.elapsed().as_secs());
+    holds(&ns, 1, rest, "no scale-up after a spike shorter than the window").await;
+
+    // A sustained rise: the gateway scales up, but only once the rise has lasted the window.
+    let rise = Timestamp::now();
+    gw.set_rate("a", 350.0);
+    let first = eventually(90, "a scale-up", || {
+        replicas(&ns, "deployment/gateway").filter(|&r| r > 1).and_then(|_| get_json(&ns, "rlp/gw"))
+    })
+    .await;
+    let scaled: Timestamp = first["status"]["lastScaleTime"].as_str().expect("lastScaleTime").parse().expect("time");
+    // The last low recommendation came at most one poll after the rise; the window holds 20 s after it. Whole
+    // seconds in status, and some slack: a scaler without the window would act within a poll or two.
+    assert!(scaled.duration_since(rise) >= SignedDuration::from_secs(15), "scaled at {scaled} for a rise at {rise}");
+    eventually(60, "4 replicas", || replicas(&ns, "deployment/gateway").filter(|&r| r == 4)).await;
+    assert!(has_event(&ns, "RateLimitPolicy", "gw", "ScaledUp"));
+}
