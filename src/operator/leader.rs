@@ -17,6 +17,8 @@ use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
+use crate::runtime::fence;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,6 +36,15 @@ pub struct LeaderConfig {
     pub grace: Duration,
     /// This replica's name in `holderIdentity` (the pod name plus a random suffix).
     pub identity: String,
+}
+
+impl LeaderConfig {
+    /// How long after a renewal the leader keeps writing: the Lease less half the renew grace. The manager renews
+    /// `grace` before expiry, so a renewal lands before the deadline; a standby can take over only at expiry, so
+    /// a leader that could not renew stops writing `grace / 2` before anyone else may start.
+    pub fn renew_deadline(&self) -> Duration {
+        self.duration.saturating_sub(self.grace / 2)
+    }
 }
 
 /// Why leader election could not start.
@@ -171,6 +182,7 @@ impl Contender {
     }
 
     async fn release(self) {
+        fence::close();
         if self.leader {
             self.tx.send_replace(false);
         }
@@ -186,6 +198,10 @@ impl Contender {
                 if is_leader && !self.leader {
                     tracing::info!(identity = %self.cfg.identity, lease = %self.cfg.lease_name, "acquired the Lease: leading");
                     self.valid_until = Some(Instant::now() + self.cfg.duration);
+                    fence::hold_until((Instant::now() + self.cfg.renew_deadline()).into_std());
+                }
+                if !is_leader {
+                    fence::close();
                 }
                 if !is_leader && self.leader {
                     tracing::error!(identity = %self.cfg.identity, "the Lease was taken over");
@@ -209,8 +225,14 @@ impl Contender {
                 let until = renew.0.checked_add(jiff::SignedDuration::from_secs(i64::from(secs))).unwrap_or(renew.0);
                 let left = Duration::try_from(until.duration_since(jiff::Timestamp::now())).unwrap_or_default();
                 self.valid_until = Some(Instant::now() + left);
+                if self.leader {
+                    // NB: writes stop a safety margin before the Lease as renewed could pass to another replica.
+                    let margin = self.cfg.duration.saturating_sub(self.cfg.renew_deadline());
+                    fence::hold_until((Instant::now() + left.saturating_sub(margin)).into_std());
+                }
             }
         } else if self.leader {
+            fence::close();
             tracing::error!(identity = %self.cfg.identity, holder = ?holder, "the Lease names another holder");
             self.leader = false;
             self.tx.send_replace(false);
@@ -229,6 +251,7 @@ impl Contender {
     }
 
     fn lose(&mut self, why: &str) {
+        fence::close();
         tracing::error!(identity = %self.cfg.identity, "{why}");
         self.leader = false;
         self.tx.send_replace(false);

@@ -147,6 +147,7 @@ async fn lead<F: Future<Output = ()> + Send + 'static>(
 ) -> Result<(), RunError> {
     health.set_role(http::Role::Standby);
     metrics.set_leader(false);
+    crate::runtime::fence::close();
     tracing::info!(lease = %cfg.lease_name, namespace = %cfg.lease_namespace, identity = %cfg.identity, "standing by for the leader Lease");
     let election = leader::Election::start(client.clone(), cfg).await?;
     let mut leading = election.leadership();

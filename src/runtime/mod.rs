@@ -7,6 +7,7 @@ pub mod cache;
 pub mod conditions;
 pub mod drain;
 pub mod events;
+pub mod fence;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -226,8 +227,9 @@ pub fn describe(e: &kube::Error) -> String {
     }
 }
 
-/// `write`, failed with a timeout error after [`WRITE_TIMEOUT`].
+/// `write`, unless the leader fence is closed (see [`fence`]); failed with a timeout error after [`WRITE_TIMEOUT`].
 pub async fn within_timeout<T>(write: impl Future<Output = Result<T, kube::Error>>) -> Result<T, kube::Error> {
+    fence::check()?;
     match tokio::time::timeout(WRITE_TIMEOUT, write).await {
         Ok(result) => result,
         Err(_) => Err(kube::Error::Service(Box::new(std::io::Error::new(

@@ -18,6 +18,7 @@ mod apikey_safety;
 mod crds;
 mod examples;
 mod faults;
+mod fencing;
 mod helm;
 mod operations;
 mod prometheus;
