@@ -3,7 +3,8 @@
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 
 use super::book::Book;
@@ -89,6 +90,32 @@ async fn revoke_by_deletion(
     tracing::info!(secret = %o.secret_name, "the Secret is immutable; deleting it to revoke the key");
     within_timeout(secrets.delete(&o.secret_name, &dp)).await.map_err(blocked)?;
     Ok(None)
+}
+
+/// Deletes every other Secret this ApiKey controls (found by owner uid, whatever its name or labels: a Secret of
+/// a name the key no longer uses, written before `secretName` became immutable), so a revoked key is gone
+/// everywhere. Runs only for a revoked key.
+pub async fn revoke_others(ctx: &Context, o: &Observed) -> Result<(), Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.runtime.client.clone(), &o.ns);
+    let blocked = |name: &str, source| Error::RevocationBlocked { ns: o.ns.clone(), name: name.to_string(), source };
+    let list = secrets.list_metadata(&ListParams::default()).await.map_err(|e| blocked(&o.secret_name, e))?;
+    let ours = |s: &PartialObjectMeta<Secret>| {
+        s.metadata.owner_references.iter().flatten().any(|r| r.controller == Some(true) && r.uid == o.uid)
+    };
+    for s in list.items.iter().filter(|s| ours(s) && s.metadata.name.as_deref() != Some(o.secret_name.as_str())) {
+        let name = s.metadata.name.clone().unwrap_or_default();
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions { uid: s.metadata.uid.clone(), resource_version: None }),
+            ..DeleteParams::default()
+        };
+        tracing::info!(secret = %name, "deleting another Secret of this revoked key");
+        match within_timeout(secrets.delete(&name, &dp)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(blocked(&name, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Overwrites the key material a Secret value holds in this process's memory.

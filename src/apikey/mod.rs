@@ -388,6 +388,9 @@ async fn reconcile_key(apikey: &ApiKey, ctx: &Context, optimistic: bool) -> Resu
         Some(book) => Some(book),
         None => o.book().cloned(),
     };
+    if decision.revokes() {
+        apply::revoke_others(ctx, &o).await?;
+    }
     let just_rotated = matches!(decision.action, Action::Rotate { .. });
     let restart_wait = match &book {
         Some(b) => apply::restarts(ctx, apikey, &o.ns, b, just_rotated, now).await?,

@@ -69,6 +69,11 @@ impl Action {
 }
 
 impl Decision {
+    /// Whether the key is revoked (suspended or expired): no copy of its material may stay anywhere.
+    pub fn revokes(&self) -> bool {
+        matches!(self.ready.reason, reason::SUSPENDED | reason::EXPIRED)
+    }
+
     /// Whether the decision is to issue this ApiKey's first key.
     pub fn is_first_issue(&self) -> bool {
         matches!(self.action, Action::Issue(IssueKind::First))

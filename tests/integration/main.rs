@@ -12,6 +12,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod admission;
 mod api_server;
 mod apikey;
 mod apikey_safety;

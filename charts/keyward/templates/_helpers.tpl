@@ -100,10 +100,12 @@ holds the same list and fails when they differ.
   resources: [apikeys/status, ratelimitpolicies/status]
   verbs: [patch]
 # The keys' Secrets: watched metadata-only (which still needs list and watch), read once per version, created and
-# replaced. No delete: a Secret goes with its ApiKey through its ownerReference (garbage collection).
+# replaced. Delete only to revoke: an `immutable` Secret that cannot be emptied, or another Secret a revoked key
+# still controls. The admission guard (admission-guards.yaml) limits every write of the operator's identity to
+# Secrets that carry Keyward's label and an ApiKey owner.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, list, watch, create, update]
+  verbs: [get, list, watch, create, update, delete]
 # rolloutRestart targets: read the pod template annotation, patch it (what `kubectl rollout restart` does).
 - apiGroups: [apps]
   resources: [deployments, statefulsets, daemonsets]
