@@ -35,7 +35,6 @@ pub const ROTATE_ANNOTATION: &str = "keyward.dev/rotate";
          (has(oldSelf.spec.secretName) ? oldSelf.spec.secretName : oldSelf.metadata.name)"
     )
     .message("spec.secretName is immutable: create a new ApiKey for another Secret (a rename would leave the old Secret's key valid)")
-    .field_path(".spec.secretName")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeySpec {
