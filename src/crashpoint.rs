@@ -32,6 +32,10 @@ pub enum Point {
     BeforeGraceRemoval,
     /// After that write.
     AfterGraceRemoval,
+    /// Before the Secret write that removes the key material (suspension, expiry).
+    BeforeRevocation,
+    /// After that write.
+    AfterRevocation,
     /// Before the pod-template patch of a rollout restart.
     BeforeRolloutRestart,
     /// After that patch.
@@ -40,11 +44,13 @@ pub enum Point {
 
 impl Point {
     /// Every point.
-    pub const ALL: [Point; 6] = [
+    pub const ALL: [Point; 8] = [
         Point::BeforeSecretWrite,
         Point::AfterSecretWrite,
         Point::BeforeGraceRemoval,
         Point::AfterGraceRemoval,
+        Point::BeforeRevocation,
+        Point::AfterRevocation,
         Point::BeforeRolloutRestart,
         Point::AfterRolloutRestart,
     ];
@@ -56,18 +62,22 @@ impl Point {
             Point::AfterSecretWrite => "after-secret-write",
             Point::BeforeGraceRemoval => "before-grace-removal",
             Point::AfterGraceRemoval => "after-grace-removal",
+            Point::BeforeRevocation => "before-revocation",
+            Point::AfterRevocation => "after-revocation",
             Point::BeforeRolloutRestart => "before-rollout-restart",
             Point::AfterRolloutRestart => "after-rollout-restart",
         }
     }
 
     /// The points around the Secret write of an ApiKey action: the grace-removal points for `DropPrevious`, the
-    /// secret-write points for a new key (issue, rotation), none for a revocation or no write.
+    /// secret-write points for a new key (issue, rotation), the revocation points for a removal, none for a reseal or
+    /// no write.
     fn around_secret_write(action: &Action) -> Option<(Point, Point)> {
         match action {
             Action::Issue(_) | Action::Rotate { .. } => Some((Point::BeforeSecretWrite, Point::AfterSecretWrite)),
             Action::DropPrevious => Some((Point::BeforeGraceRemoval, Point::AfterGraceRemoval)),
-            Action::Remove(_) | Action::Reseal | Action::Nothing => None,
+            Action::Remove(_) => Some((Point::BeforeRevocation, Point::AfterRevocation)),
+            Action::Reseal | Action::Nothing => None,
         }
     }
 }
@@ -199,7 +209,12 @@ mod tests {
         assert_eq!(around(&Action::Rotate { manual: true }), Some((Point::BeforeSecretWrite, Point::AfterSecretWrite)));
         assert_eq!(around(&Action::Issue(IssueKind::First)).map(|p| p.0), Some(Point::BeforeSecretWrite));
         assert_eq!(around(&Action::DropPrevious), Some((Point::BeforeGraceRemoval, Point::AfterGraceRemoval)));
-        assert_eq!(around(&Action::Remove(Revocation::Suspended)), None);
+        assert_eq!(
+            around(&Action::Remove(Revocation::Suspended)),
+            Some((Point::BeforeRevocation, Point::AfterRevocation))
+        );
+        assert_eq!(around(&Action::Remove(Revocation::Expired)).map(|p| p.1), Some(Point::AfterRevocation));
+        assert_eq!(around(&Action::Reseal), None);
         assert_eq!(around(&Action::Nothing), None);
     }
 }

@@ -399,3 +399,63 @@ async fn sigkill_around_the_rollout_restart() {
     }
     s.converge().await;
 }
+
+/// Before and after the Secret write that revokes a key (4 + 4 trials), one suspended key per trial: after each kill
+/// the Secret holds either the key it had (the revocation is still owed) or no key material at all, never another
+/// key; after a normal operator converges every suspended key is `Suspended` with no material left.
+#[tokio::test]
+async fn sigkill_around_the_revocation() {
+    control_plane_with_crds().await;
+    let ns = namespace("crash_revocation");
+    let names: Vec<String> = (0..8).map(|i| format!("r{i}")).collect();
+    for n in &names {
+        apply(&ns, &apikey(n, "  rotation: {interval: 1h, gracePeriod: 1h}"));
+    }
+    let mut op = operator::start_with_args(&format!("{ns}-issue"), "info", &["--namespace", &ns]);
+    let issued = eventually(60, "the keys", || {
+        names.iter().map(|n| get_json(&ns, &format!("secret/{n}")).and_then(|s| decode(&s, "api-key"))).collect()
+    })
+    .await;
+    let issued: Vec<String> = issued;
+    op.kill();
+    for (trial, name) in names.iter().enumerate() {
+        let point = if trial % 2 == 0 { Point::BeforeRevocation } else { Point::AfterRevocation };
+        kubectl_ok(&["patch", "apikey", name, "-n", &ns, "--type", "merge", "-p", r#"{"spec":{"suspended":true}}"#]);
+        let tag = format!("{ns}-{trial}");
+        let arm = format!("{point}:1");
+        let mut op = operator::start_with_env(&tag, "info", &["--namespace", &ns], &[(crashpoint::VAR, &arm)]);
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = op.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(started.elapsed() < REACH, "{tag}: {arm} never reached (log {})", op.log.display());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(status.signal(), Some(9), "{tag}: {arm}: ended with {status}, not SIGKILL");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Every key so far: its own key, or nothing (the first revocation owed may be an earlier key's).
+        let mut stripped = 0;
+        for (i, n) in names.iter().enumerate().take(trial + 1) {
+            let s = get_json(&ns, &format!("secret/{n}")).expect("secret");
+            let held = decode(&s, "api-key");
+            assert!(held.is_none() || held.as_deref() == Some(issued[i].as_str()), "{tag}: {n} holds another key");
+            assert!(decode(&s, "previous-api-key").is_none(), "{tag}: {n} holds a previous key");
+            stripped += usize::from(held.is_none());
+        }
+        if point == Point::AfterRevocation {
+            assert!(stripped >= 1, "{tag}: crashed after a revocation write, yet every suspended key holds its key");
+        }
+    }
+    let op = operator::start_with_args(&format!("{ns}-final"), "info", &["--namespace", &ns]);
+    for n in &names {
+        eventually(CONVERGE_SECS, "revoked and Suspended", || {
+            let ak = get_json(&ns, &format!("apikey/{n}"))?;
+            let s = get_json(&ns, &format!("secret/{n}"))?;
+            let revoked = decode(&s, "api-key").is_none() && decode(&s, "previous-api-key").is_none();
+            (revoked && ready_reason(&ak) == Some(("False".into(), "Suspended".into()))).then_some(())
+        })
+        .await;
+    }
+    drop(op);
+}
