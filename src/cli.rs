@@ -1,4 +1,5 @@
-//! Small user commands beside the operator: request a rotation, check a key's format offline.
+//! Small user commands beside the operator: request a rotation, check a key's format offline; and the `keyward run`
+//! flags of the tenant-safety settings (floors, metrics protection), grouped so `main` only passes them on.
 
 use kube::api::{Api, Patch, PatchParams};
 
@@ -21,4 +22,36 @@ pub fn verify_format(key: &str, prefix: Option<&str>) -> Result<(), String> {
         return Err(format!("the key does not start with the prefix {p:?}"));
     }
     if crate::keys::verify_checksum(key) { Ok(()) } else { Err("the checksum does not match".to_string()) }
+}
+
+/// `keyward run` flags that bound what tenants can make the operator do (see docs/security.md).
+#[derive(clap::Args, Clone, Debug)]
+pub struct TenantArgs {
+    /// Shortest `usage.interval` a RateLimitPolicy may ask for. An explicit shorter interval is refused
+    /// (Ready=False, reason InvalidSpec, naming this flag); the default interval (15s) is raised to it.
+    #[arg(long, env = "KEYWARD_MIN_USAGE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub min_usage_interval: std::time::Duration,
+    /// Shortest `rotation.interval` of an ApiKey, and shortest gap between two runs of `rotation.schedule`. A
+    /// shorter one is refused (Ready=False, reason InvalidSpec, naming this flag).
+    #[arg(long, env = "KEYWARD_MIN_ROTATION_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub min_rotation_interval: std::time::Duration,
+    /// Shortest `rotation.gracePeriod` of an ApiKey. An explicit shorter one is refused (Ready=False, reason
+    /// InvalidSpec); the default grace period (24h) is raised to it.
+    #[arg(long, env = "KEYWARD_MIN_GRACE_PERIOD", default_value = "0s", value_parser = parse_duration)]
+    pub min_grace_period: std::time::Duration,
+}
+
+impl TenantArgs {
+    /// The floors, for [`crate::operator::Options`].
+    pub fn minimums(&self) -> crate::minimums::Minimums {
+        crate::minimums::Minimums {
+            usage_interval: self.min_usage_interval,
+            rotation_interval: self.min_rotation_interval,
+            grace_period: self.min_grace_period,
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::api::duration::parse(s).map_err(|e| e.to_string())
 }

@@ -16,6 +16,7 @@ pub mod drain;
 pub mod events;
 pub mod keys;
 pub mod metrics;
+pub mod minimums;
 pub mod operator;
 pub mod ratelimit;
 pub mod scaling;

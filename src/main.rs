@@ -59,6 +59,8 @@ enum Cmd {
         /// Log filter, in tracing's EnvFilter syntax (e.g. `info,keyward=debug`).
         #[arg(long, env = "KEYWARD_LOG", default_value = "info")]
         log: String,
+        #[command(flatten)]
+        tenant: keyward::cli::TenantArgs,
     },
     /// Rotate an ApiKey now (sets the keyward.dev/rotate annotation to a new value, like `cmctl renew`).
     Rotate {
@@ -146,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
             exit_on_stdin_close,
             log_format,
             log,
+            tenant,
         } => {
             init_logging(log_format, &log)?;
             // Signals are caught from here on, so a SIGTERM during start-up is a clean stop, not a kill.
@@ -161,8 +164,13 @@ async fn main() -> anyhow::Result<()> {
                 identity: keyward::operator::leader::identity(),
             });
             let namespaces = namespaces.into_iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
-            let options =
-                keyward::operator::Options { namespaces, concurrency, http_addr: Some(http_addr), leader_election };
+            let options = keyward::operator::Options {
+                namespaces,
+                concurrency,
+                http_addr: Some(http_addr),
+                leader_election,
+                minimums: tenant.minimums(),
+            };
             if exit_on_stdin_close {
                 let stdin_closed = async {
                     let mut sink = tokio::io::sink();

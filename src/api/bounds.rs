@@ -64,7 +64,7 @@ pub const MAX_ANNOTATION_VALUE_LENGTH: usize = 4096;
 /// A duration as the CEL literal `duration('…')` and the text shown in messages, in whole hours when it is.
 pub fn display(d: Duration) -> String {
     let secs = d.as_secs();
-    if secs % 3600 == 0 { format!("{}h", secs / 3600) } else { format!("{secs}s") }
+    if secs.is_multiple_of(3600) { format!("{}h", secs / 3600) } else { format!("{secs}s") }
 }
 
 /// The CEL rule: the duration is at most `max`; `why` ends the message.
@@ -123,7 +123,11 @@ fn cel_escape(pattern: &str) -> String {
 
 /// Checks a parsed duration against its maximum, for objects stored before the schema had the bound.
 pub fn check_at_most(field: &str, value: Duration, max: Duration) -> Result<(), String> {
-    if value > max { Err(format!("{field} must be at most {}, got {value:?}", display(max))) } else { Ok(()) }
+    if value > max {
+        Err(format!("{field}: must be at most {}, got {}", display(max), crate::minimums::show(value)))
+    } else {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +155,6 @@ mod tests {
     fn check_at_most_names_the_field() {
         assert!(check_at_most("usage.interval", Duration::from_secs(86_400), MAX_USAGE_INTERVAL).is_ok());
         let e = check_at_most("usage.interval", Duration::from_secs(86_401), MAX_USAGE_INTERVAL).unwrap_err();
-        assert!(e.starts_with("usage.interval must be at most 24h"), "{e}");
+        assert_eq!(e, "usage.interval: must be at most 24h, got 86401s");
     }
 }

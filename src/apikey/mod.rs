@@ -95,6 +95,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Keys whose state is in the metrics, to drop deleted ones.
     reported: Mutex<std::collections::HashSet<ObjectRef<ApiKey>>>,
+    /// The operator's floors (`keyward run --min-rotation-interval`, `--min-grace-period`).
+    pub minimums: crate::minimums::Minimums,
 }
 
 /// Name of this controller in metrics.
@@ -112,6 +114,7 @@ impl Context {
             policies: std::sync::OnceLock::new(),
             metrics,
             reported: Mutex::default(),
+            minimums: crate::minimums::Minimums::default(),
         }
     }
 
@@ -292,7 +295,7 @@ async fn reconcile_inner(apikey: &ApiKey, ctx: &Context, optimistic: bool) -> Re
     let rotate_request = apikey.annotations().get(ROTATE_ANNOTATION).map(String::as_str);
     let had_key = apikey.status.as_ref().is_some_and(|s| s.key_id.is_some() || s.rotation_count.unwrap_or(0) > 0);
     let jitter_key = format!("{ns}/{name}/{uid}");
-    let rotation = RotationPlan::from_spec(apikey.spec.rotation.as_ref());
+    let rotation = RotationPlan::from_spec_with(apikey.spec.rotation.as_ref(), &ctx.minimums);
     // NB: a format the schema would refuse can still be stored (before a schema tightening): it is a bad spec like a
     // bad schedule (Ready=False InvalidSpec, the existing key kept), not a reconcile error retried forever.
     let format = apikey.spec.format.clone().unwrap_or_default();

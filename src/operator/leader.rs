@@ -174,10 +174,10 @@ async fn compete(
                 let holder = spec.holder_identity.as_deref();
                 if holder == Some(cfg.identity.as_str()) {
                     if let (Some(renew), Some(secs)) = (spec.renew_time, spec.lease_duration_seconds) {
-                        let until = renew.0 + jiff::SignedDuration::from_secs(i64::from(secs));
+                        let until = renew.0.saturating_add(jiff::SignedDuration::from_secs(i64::from(secs))).unwrap_or(renew.0);
                         let left = until.duration_since(jiff::Timestamp::now());
                         let left = Duration::try_from(left).unwrap_or_default();
-                        valid_until = Some(Instant::now() + left);
+                        valid_until = Instant::now().checked_add(left);
                     }
                 } else if leader {
                     tracing::error!(identity = %cfg.identity, holder = ?holder, "the Lease names another holder");

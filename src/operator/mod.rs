@@ -33,12 +33,30 @@ pub struct Options {
     pub http_addr: Option<String>,
     /// Leader election; `None` reconciles without it.
     pub leader_election: Option<leader::LeaderConfig>,
+    /// The floors tenants' objects must respect (`--min-usage-interval`, `--min-rotation-interval`,
+    /// `--min-grace-period`).
+    pub minimums: crate::minimums::Minimums,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { namespaces: Vec::new(), concurrency: 16, http_addr: None, leader_election: None }
+        Options {
+            namespaces: Vec::new(),
+            concurrency: 16,
+            http_addr: None,
+            leader_election: None,
+            minimums: crate::minimums::Minimums::default(),
+        }
     }
+}
+
+/// What a controller takes from [`Options`].
+#[derive(Clone, Copy, Debug)]
+pub struct ControllerSettings {
+    /// Reconciles running at once.
+    pub concurrency: u16,
+    /// The floors tenants' objects must respect.
+    pub minimums: crate::minimums::Minimums,
 }
 
 /// Runs the operator until `shutdown` completes: checks the CRDs are installed (failing with a message that says
@@ -160,7 +178,9 @@ async fn controllers<F: Future<Output = ()> + Send + 'static>(
     for scope in scopes {
         let (apikey_synced, rx) = tokio::sync::oneshot::channel();
         synced.push(rx);
-        let ctx = std::sync::Arc::new(crate::apikey::Context::new(client.clone(), metrics.clone()));
+        let mut ctx = crate::apikey::Context::new(client.clone(), metrics.clone());
+        ctx.minimums = options.minimums;
+        let ctx = std::sync::Arc::new(ctx);
         // One ApiKey cache per scope, for both controllers.
         let api: kube::Api<crate::api::ApiKey> = crate::cache::scoped(client, scope.as_deref());
         let (store, ready, events) =
@@ -182,7 +202,7 @@ async fn controllers<F: Future<Output = ()> + Send + 'static>(
             metrics.clone(),
             scope,
             shared,
-            options.concurrency,
+            ControllerSettings { concurrency: options.concurrency, minimums: options.minimums },
             policy_synced,
             stopped(),
         )));

@@ -113,7 +113,7 @@ pub(super) async fn scale_target(
     if !state.seeded {
         // NB: seeded just before now, so the up window (default 0 s) does not see it.
         state.stabilizer.recommend(
-            now - SignedDuration::from_millis(1),
+            now.checked_sub(SignedDuration::from_millis(1)).unwrap_or(now),
             replicas,
             replicas,
             s.up_window,

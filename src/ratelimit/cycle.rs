@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::{Resource, ResourceExt};
@@ -45,7 +45,7 @@ pub(super) async fn reconcile_inner(policy: &RateLimitPolicy, ctx: &Context) -> 
     let generation = policy.metadata.generation;
     let current = policy.status.clone().unwrap_or_default();
 
-    let checked = match check(&policy.spec, now) {
+    let checked = match check(&policy.spec, now, &ctx.minimums) {
         Ok(c) => c,
         Err(message) => {
             let cycle = Cycle {
@@ -59,15 +59,11 @@ pub(super) async fn reconcile_inner(policy: &RateLimitPolicy, ctx: &Context) -> 
     };
 
     // Poll when the interval has passed, the spec changed, or the limit in force changed on its own.
-    let next_poll = state.last_poll.map(|t| t + as_signed(checked.interval));
+    let next_poll = state.last_poll.map(|t| checked.next_poll(t));
     let override_index = checked.limit.active.as_ref().map(|a| a.index);
     let due =
         next_poll.is_none_or(|t| now >= t) || state.generation != generation || state.override_index != override_index;
-    let requeue = |from: Timestamp| {
-        let next = [Some(from + as_signed(checked.interval)), checked.limit.changes_at].into_iter().flatten().min();
-        let wait = next.map(|t| t.duration_since((ctx.now)())).unwrap_or_default();
-        Requeue::requeue(Duration::try_from(wait).unwrap_or_default().max(Duration::from_millis(50)))
-    };
+    let requeue = |from: Timestamp| Requeue::requeue(checked.requeue_after(from, (ctx.now)()));
     if !due {
         return Ok(requeue(state.last_poll.unwrap_or(now)));
     }
@@ -252,8 +248,4 @@ async fn write_status(
         .await
         .map(|_| ())
         .map_err(|source| Error::Status { ns: ns.to_string(), name: name.to_string(), source })
-}
-
-fn as_signed(d: Duration) -> SignedDuration {
-    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
 }

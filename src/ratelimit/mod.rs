@@ -9,7 +9,7 @@
 
 mod apikeys;
 mod autoscale;
-mod check;
+pub mod check;
 mod cycle;
 mod events;
 pub mod keys;
@@ -110,6 +110,8 @@ pub struct Context {
     /// The controller's cache of policies, to forget the state of deleted ones; set by [`run`].
     policies: std::sync::OnceLock<Store<RateLimitPolicy>>,
     pub metrics: Arc<Metrics>,
+    /// The operator's floors (`keyward run --min-usage-interval`).
+    pub minimums: crate::minimums::Minimums,
 }
 
 /// Runs the controller until `shutdown` completes. `namespace` limits it to one namespace. The ApiKeys that
@@ -120,7 +122,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     namespace: Option<String>,
     keys: (Store<ApiKey>, crate::cache::Ready),
-    concurrency: u16,
+    settings: crate::operator::ControllerSettings,
     synced: tokio::sync::oneshot::Sender<()>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
@@ -138,6 +140,7 @@ pub async fn run(
         apikeys_ready: keys_ready.clone(),
         policies: std::sync::OnceLock::new(),
         metrics,
+        minimums: settings.minimums,
     });
     let shutdown = crate::drain::Shutdown::new(shutdown);
     let (policy_store, policies_ready, policy_events) =
@@ -154,7 +157,7 @@ pub async fn run(
         }
     });
     let controller = controller
-        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
         .trigger_backoff(crate::backoff::TriggersBackOffAlone)
         .graceful_shutdown_on(async move {
             let _ = shutdown.graceful.await;

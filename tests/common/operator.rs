@@ -37,6 +37,9 @@ pub fn start_with_env(tag: &str, filter: &str, extra: &[&str], env: &[(&str, &st
         .args(extra)
         .env("KUBECONFIG", cp.kubeconfig())
         .env("NO_COLOR", "1")
+        // The suites rotate keys every few seconds to see the mechanics; production's 10 s floor is tested in
+        // tests/tenant.rs. Set before `env`, so a test can put it back.
+        .env("KEYWARD_MIN_ROTATION_INTERVAL", "1s")
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(file.try_clone().expect("clone"))
