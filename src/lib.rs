@@ -15,6 +15,7 @@ pub mod devenv;
 pub mod drain;
 pub mod events;
 pub mod keys;
+pub mod liveness;
 pub mod metrics;
 pub mod minimums;
 pub mod operator;

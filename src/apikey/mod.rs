@@ -231,7 +231,7 @@ pub async fn run<S>(
         .graceful_shutdown_on(async move {
             let _ = shutdown.graceful.await;
         })
-        .run(reconcile, error_policy, ctx)
+        .run(crate::drain::watched("ApiKey", reconcile), error_policy, ctx)
         .for_each(crate::drain::log_result);
     crate::drain::run_bounded(controller, shutdown.started, "ApiKey").await;
     housekeeping.abort();

@@ -98,7 +98,7 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves GET `/healthz` (200 `ok` while the process runs), GET `/readyz` (200 `ok`, or 503 with a one-line reason;
+/// Serves GET `/healthz` (200 `ok` while every controller makes progress, else 503 with the reason), GET `/readyz` (200 `ok`, or 503 with a one-line reason;
 /// see [`Health::readiness`]) and GET `/metrics` (the OpenMetrics text of `metrics`) on `listener` until `shutdown`
 /// completes; other paths answer 404.
 pub async fn serve(
@@ -125,8 +125,13 @@ struct AppState {
     health: Arc<Health>,
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+/// Liveness: 200 `ok` while every running controller makes progress, else 503 with the reason (see
+/// [`crate::liveness`]).
+async fn healthz() -> (StatusCode, String) {
+    match crate::liveness::global().check(std::time::Instant::now()) {
+        Ok(()) => (StatusCode::OK, "ok".to_string()),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {

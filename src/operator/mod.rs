@@ -20,6 +20,8 @@ pub enum RunError {
     Http { addr: String, source: std::io::Error },
     #[error("lost the leader Lease; stopped writing at once (the process exits so a fresh one can stand by)")]
     LostLease,
+    #[error("the {0}; the process exits so that Kubernetes restarts it")]
+    ControllerStopped(String),
 }
 
 /// How the operator runs.
@@ -103,8 +105,7 @@ pub async fn run(
         None => {
             health.set_role(http::Role::Disabled);
             metrics.set_leader(true);
-            controllers(&client, &options, &metrics, &health, &stopped).await;
-            Ok(())
+            controllers(&client, &options, &metrics, &health, &stopped).await
         }
         Some(cfg) => lead(&client, &options, cfg, &metrics, &health, &stopped).await,
     };
@@ -144,10 +145,10 @@ async fn lead<F: Future<Output = ()> + Send + 'static>(
         let _ = leading.wait_for(|l| !*l).await;
     };
     tokio::select! {
-        () = controllers(client, options, metrics, health, stopped) => {
-            // Drained: hand the Lease over at once.
+        result = controllers(client, options, metrics, health, stopped) => {
+            // Drained (or a controller stopped): hand the Lease over at once.
             election.release().await;
-            Ok(())
+            result
         }
         () = lost => {
             // NB: dropping the controllers' future cancels every reconcile at its next await: no new writes.
@@ -159,14 +160,16 @@ async fn lead<F: Future<Output = ()> + Send + 'static>(
 }
 
 /// Both controllers for each watched namespace (or all), until `stopped`; marks the health synced when every
-/// controller's cache is.
+/// controller's cache is. A controller task that ends before shutdown (a panic, or its stream ending) stops the
+/// others and returns [`RunError::ControllerStopped`]: the process then exits non-zero and is restarted, instead
+/// of running on with one controller silently dead.
 async fn controllers<F: Future<Output = ()> + Send + 'static>(
     client: &kube::Client,
     options: &Options,
     metrics: &std::sync::Arc<crate::metrics::Metrics>,
     health: &std::sync::Arc<http::Health>,
     stopped: &(impl Fn() -> F + Clone + Send + 'static),
-) {
+) -> Result<(), RunError> {
     let scopes: Vec<Option<String>> =
         if options.namespaces.is_empty() { vec![None] } else { options.namespaces.iter().cloned().map(Some).collect() };
     tracing::info!(
@@ -225,10 +228,32 @@ async fn controllers<F: Future<Output = ()> + Send + 'static>(
         }
     }
     let mut guard = AbortOnDrop(runs);
-    guard.0.push(ready);
-    for h in guard.0.iter_mut() {
-        let _ = h.await;
+    let _ready = AbortOnDrop(vec![ready]);
+    supervise(&mut guard.0, stopped).await
+}
+
+/// Waits for every controller task; the first that ends before `stopped` has fired (or panics at any time) is an
+/// error. The caller aborts the rest.
+async fn supervise<F: Future<Output = ()>>(
+    runs: &mut Vec<tokio::task::JoinHandle<()>>,
+    stopped: &impl Fn() -> F,
+) -> Result<(), RunError> {
+    use futures::FutureExt as _;
+    while !runs.is_empty() {
+        let (result, index, _) = futures::future::select_all(runs.iter_mut()).await;
+        runs.remove(index);
+        let stopping = stopped().now_or_never().is_some();
+        let why = match result {
+            Err(e) if e.is_panic() => "controller task panicked",
+            Err(_) if stopping => continue,
+            Err(_) => "controller task was cancelled",
+            Ok(()) if stopping => continue,
+            Ok(()) => "controller task ended before shutdown",
+        };
+        tracing::error!(reason = why, "a controller stopped: exiting so that Kubernetes restarts the operator");
+        return Err(RunError::ControllerStopped(why.to_string()));
     }
+    Ok(())
 }
 
 /// Completes on SIGTERM or Ctrl-C (SIGINT).
@@ -260,5 +285,44 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(not(unix))]
     async {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn never() -> impl Fn() -> std::future::Pending<()> {
+        std::future::pending::<()>
+    }
+
+    #[tokio::test]
+    async fn a_panicking_controller_task_stops_the_operator() {
+        let mut runs = vec![
+            tokio::spawn(std::future::pending::<()>()),
+            tokio::spawn(async { panic!("time arithmetic overflowed") }),
+        ];
+        let result = supervise(&mut runs, &never()).await;
+        assert!(matches!(&result, Err(RunError::ControllerStopped(why)) if why.contains("panicked")), "{result:?}");
+        for h in runs {
+            h.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_controller_that_ends_before_shutdown_stops_the_operator() {
+        let mut runs = vec![tokio::spawn(std::future::pending::<()>()), tokio::spawn(async {})];
+        let result = supervise(&mut runs, &never()).await;
+        assert!(matches!(&result, Err(RunError::ControllerStopped(why)) if why.contains("ended before shutdown")));
+        for h in runs {
+            h.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn controllers_that_end_on_shutdown_are_a_clean_stop() {
+        let mut runs = vec![tokio::spawn(async {}), tokio::spawn(async {})];
+        let stopped = || std::future::ready(());
+        assert!(supervise(&mut runs, &stopped).await.is_ok());
     }
 }

@@ -162,7 +162,7 @@ pub async fn run(
         .graceful_shutdown_on(async move {
             let _ = shutdown.graceful.await;
         })
-        .run(reconcile, error_policy, ctx)
+        .run(crate::drain::watched("RateLimitPolicy", reconcile), error_policy, ctx)
         .for_each(crate::drain::log_result);
     crate::drain::run_bounded(controller, shutdown.started, "RateLimitPolicy").await;
     ready.abort();
