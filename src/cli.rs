@@ -42,13 +42,14 @@ pub struct TenantArgs {
 }
 
 impl TenantArgs {
-    /// The floors, for [`crate::operator::Options`].
-    pub fn minimums(&self) -> crate::minimums::Minimums {
-        crate::minimums::Minimums {
+    /// The floors, for [`crate::operator::Options`]; refused when above the schema's maxima.
+    pub fn minimums(&self) -> Result<crate::minimums::Minimums, String> {
+        let m = crate::minimums::Minimums {
             usage_interval: self.min_usage_interval,
             rotation_interval: self.min_rotation_interval,
             grace_period: self.min_grace_period,
-        }
+        };
+        m.validate().map(|()| m)
     }
 }
 

@@ -169,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
                 concurrency,
                 http_addr: Some(http_addr),
                 leader_election,
-                minimums: tenant.minimums(),
+                minimums: tenant.minimums().map_err(anyhow::Error::msg)?,
             };
             if exit_on_stdin_close {
                 let stdin_closed = async {

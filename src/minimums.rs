@@ -45,6 +45,16 @@ impl Minimums {
         Minimums { usage_interval: Duration::ZERO, rotation_interval: Duration::ZERO, grace_period: Duration::ZERO };
 }
 
+impl Minimums {
+    /// Refuses floors above the schema's own maxima (a floor no object could meet).
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::api::bounds::{MAX_GRACE_PERIOD, MAX_ROTATION_INTERVAL, MAX_USAGE_INTERVAL, check_at_most};
+        check_at_most(flag::USAGE_INTERVAL, self.usage_interval, MAX_USAGE_INTERVAL)?;
+        check_at_most(flag::ROTATION_INTERVAL, self.rotation_interval, MAX_ROTATION_INTERVAL)?;
+        check_at_most(flag::GRACE_PERIOD, self.grace_period, MAX_GRACE_PERIOD)
+    }
+}
+
 impl Default for Minimums {
     fn default() -> Self {
         Minimums::DEFAULT
@@ -96,6 +106,15 @@ mod tests {
         assert!(e.contains("--min-usage-interval"), "{e}");
         assert!(at_least("x", Duration::from_secs(1), Duration::from_secs(1), "--f").is_ok(), "the minimum itself");
         assert!(at_least("x", Duration::ZERO, Duration::ZERO, "--f").is_ok());
+    }
+
+    #[test]
+    fn floors_above_the_schema_maxima_are_refused() {
+        assert!(Minimums::DEFAULT.validate().is_ok());
+        let e = Minimums { usage_interval: Duration::from_secs(86_401), ..Minimums::DEFAULT }.validate().unwrap_err();
+        assert!(e.starts_with("--min-usage-interval: must be at most 24h"), "{e}");
+        let rotation = Minimums { rotation_interval: Duration::from_secs(8761 * 3600), ..Minimums::DEFAULT };
+        assert!(rotation.validate().is_err());
     }
 
     #[test]

@@ -83,7 +83,8 @@ fn minimums() -> impl Strategy<Value = Minimums> {
     prop_oneof![
         Just(Minimums::NONE),
         Just(Minimums::DEFAULT),
-        (0u64..100_000, 0u64..100_000, 0u64..100_000).prop_map(|(u, r, g)| Minimums {
+        // Any floors `keyward run` accepts (Minimums::validate: at most the schema's maxima).
+        (0u64..=86_400, 0u64..=8760 * 3600, 0u64..=8760 * 3600).prop_map(|(u, r, g)| Minimums {
             usage_interval: Duration::from_secs(u),
             rotation_interval: Duration::from_secs(r),
             grace_period: Duration::from_secs(g),
