@@ -39,6 +39,11 @@ pub struct TenantArgs {
     /// InvalidSpec); the default grace period (24h) is raised to it.
     #[arg(long, env = "KEYWARD_MIN_GRACE_PERIOD", default_value = "0s", value_parser = parse_duration)]
     pub min_grace_period: std::time::Duration,
+    /// Require on /metrics a bearer token that the API server authenticates (TokenReview) and allows to get the
+    /// non-resource URL /metrics (SubjectAccessReview); 401 without or with an invalid token, 403 when not allowed.
+    /// Off by default (`keyward dev`); on in the Helm chart. /healthz and /readyz stay open.
+    #[arg(long, env = "KEYWARD_METRICS_AUTH")]
+    pub metrics_auth: bool,
 }
 
 impl TenantArgs {

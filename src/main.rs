@@ -170,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
                 http_addr: Some(http_addr),
                 leader_election,
                 minimums: tenant.minimums().map_err(anyhow::Error::msg)?,
+                metrics_auth: tenant.metrics_auth,
             };
             if exit_on_stdin_close {
                 let stdin_closed = async {

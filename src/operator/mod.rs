@@ -4,6 +4,7 @@
 pub mod crds;
 pub mod http;
 pub mod leader;
+pub mod metrics_auth;
 
 use std::future::Future;
 
@@ -38,6 +39,8 @@ pub struct Options {
     /// The floors tenants' objects must respect (`--min-usage-interval`, `--min-rotation-interval`,
     /// `--min-grace-period`).
     pub minimums: crate::minimums::Minimums,
+    /// Require a bearer token allowed to get `/metrics` (TokenReview + SubjectAccessReview).
+    pub metrics_auth: bool,
 }
 
 impl Default for Options {
@@ -48,6 +51,7 @@ impl Default for Options {
             http_addr: None,
             leader_election: None,
             minimums: crate::minimums::Minimums::default(),
+            metrics_auth: false,
         }
     }
 }
@@ -96,7 +100,9 @@ pub async fn run(
         Some(addr) => {
             let listener = http::bind(addr).await.map_err(|source| RunError::Http { addr: addr.clone(), source })?;
             tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /healthz, /readyz and /metrics");
-            Some(tokio::spawn(http::serve(listener, metrics.clone(), health.clone(), stopped())))
+            let auth =
+                options.metrics_auth.then(|| std::sync::Arc::new(metrics_auth::MetricsAuth::new(client.clone())));
+            Some(tokio::spawn(http::serve(listener, metrics.clone(), health.clone(), auth, stopped())))
         }
         None => None,
     };
