@@ -134,6 +134,22 @@ impl Drop for InFlight {
     }
 }
 
+/// The environment variable of the test suite's one injected fault: `panic-in-reconcile:<controller>` (e.g.
+/// `panic-in-reconcile:RateLimitPolicy`) panics in every reconcile of that controller, the way a bug in time
+/// arithmetic did (issue #11), to prove that the process then exits non-zero. OFF unless set; nothing in a
+/// deployment sets it (like `crate::crashpoint`).
+pub const FAULT_VAR: &str = "KEYWARD_FAULT";
+
+fn injected_panic(what: &str) -> bool {
+    static FAULT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    FAULT
+        .get_or_init(|| {
+            std::env::var(FAULT_VAR).ok().and_then(|v| v.strip_prefix("panic-in-reconcile:").map(str::to_string))
+        })
+        .as_deref()
+        == Some(what)
+}
+
 /// A reconcile future that is recorded in [`global`] from its first poll until it completes or is dropped.
 pub struct Watched<F> {
     what: &'static str,
@@ -154,6 +170,9 @@ impl<F: Future> Future for Watched<F> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         if self.in_flight.is_none() {
             let what = self.what;
+            if injected_panic(what) {
+                panic!("{FAULT_VAR}: injected panic in a {what} reconcile");
+            }
             self.in_flight = Some(global().reconcile(what));
         }
         let out = self.fut.as_mut().poll(cx);

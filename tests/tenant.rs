@@ -149,3 +149,24 @@ async fn objects_below_the_operator_minimums_are_refused_with_a_condition() {
     }
     op.terminate();
 }
+
+/// A controller that dies (here: the test suite's injected panic in every RateLimitPolicy reconcile, the way the
+/// issue's overflow did) ends the process with a non-zero status, so Kubernetes restarts it; before issue #11 the
+/// process kept running with the controller dead and its probes green.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_that_panics_ends_the_process_non_zero() {
+    control_plane_with_crds().await;
+    let ns = namespace("tenant_panic_exit");
+    let mut op = common::operator::start_with_env(
+        "tenant-panic-exit",
+        "info",
+        &["--namespace", &ns],
+        &[(keyward::liveness::FAULT_VAR, "panic-in-reconcile:RateLimitPolicy")],
+    );
+    apply(&ns, &policy("any", "  limit: {requests: 10, period: 1m}"));
+    let status = eventually(60, "the operator to exit", || op.child.try_wait().expect("wait")).await;
+    assert!(!status.success(), "exited with {status:?}");
+    let log = op.log_text();
+    assert!(log.contains("injected panic in a RateLimitPolicy reconcile"), "{log}");
+    assert!(log.contains("a controller stopped: exiting so that Kubernetes restarts the operator"), "{log}");
+}
