@@ -44,6 +44,10 @@ pub struct TenantArgs {
     /// Off by default (`keyward dev`); on in the Helm chart. /healthz and /readyz stay open.
     #[arg(long, env = "KEYWARD_METRICS_AUTH")]
     pub metrics_auth: bool,
+    /// A reconcile running longer than this fails /healthz (liveness), so Kubernetes restarts a stuck operator.
+    /// Every reconcile is bounded far below the default (polls by their timeout, API calls by the client's).
+    #[arg(long, env = "KEYWARD_STUCK_RECONCILE_AFTER", default_value = "10m", value_parser = parse_duration)]
+    pub stuck_reconcile_after: std::time::Duration,
 }
 
 impl TenantArgs {

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -23,13 +24,20 @@ use std::time::{Duration, Instant};
 pub const BEAT_EVERY: Duration = Duration::from_secs(5);
 /// A heartbeat older than this means the controller's loop no longer runs.
 pub const STALE_AFTER: Duration = Duration::from_secs(60);
-/// A reconcile running longer than this is stuck.
+/// By default, a reconcile running longer than this is stuck (`keyward run --stuck-reconcile-after`).
 pub const STUCK_AFTER: Duration = Duration::from_secs(600);
 
 /// Heartbeats and reconciles in flight.
-#[derive(Default)]
 pub struct Registry {
     inner: Mutex<Inner>,
+    /// How long a reconcile may run before it counts as stuck, in milliseconds.
+    stuck_after_ms: AtomicU64,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry { inner: Mutex::default(), stuck_after_ms: AtomicU64::new(STUCK_AFTER.as_millis() as u64) }
+    }
 }
 
 #[derive(Default)]
@@ -49,6 +57,11 @@ impl Registry {
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
         // A poisoned lock only means a panic elsewhere while holding it; the maps stay usable.
         f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Sets how long a reconcile may run before it counts as stuck (default [`STUCK_AFTER`]).
+    pub fn set_stuck_after(&self, after: Duration) {
+        self.stuck_after_ms.store(u64::try_from(after.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Registers a running controller `what`; it beats now, and is forgotten when the handle drops.
@@ -71,9 +84,10 @@ impl Registry {
         InFlight { registry: self.clone(), id }
     }
 
-    /// `Ok` when every controller beat within [`STALE_AFTER`] of `now` and no reconcile has run for more than
-    /// [`STUCK_AFTER`]; else the one-line reason `/healthz` answers 503 with.
+    /// `Ok` when every controller beat within [`STALE_AFTER`] of `now` and no reconcile has run for longer than
+    /// the stuck threshold ([`STUCK_AFTER`] unless set); else the one-line reason `/healthz` answers 503 with.
     pub fn check(&self, now: Instant) -> Result<(), String> {
+        let stuck_after = Duration::from_millis(self.stuck_after_ms.load(Ordering::Relaxed));
         self.with(|i| {
             if let Some((what, at)) = i.beats.values().find(|(_, at)| now.saturating_duration_since(*at) > STALE_AFTER)
             {
@@ -83,7 +97,7 @@ impl Registry {
                 ));
             }
             if let Some((what, at)) =
-                i.running.values().find(|(_, at)| now.saturating_duration_since(*at) > STUCK_AFTER)
+                i.running.values().find(|(_, at)| now.saturating_duration_since(*at) > stuck_after)
             {
                 return Err(format!(
                     "a {what} reconcile has been running for {}s",
@@ -134,20 +148,31 @@ impl Drop for InFlight {
     }
 }
 
-/// The environment variable of the test suite's one injected fault: `panic-in-reconcile:<controller>` (e.g.
+/// The environment variable of the test suite's injected faults: `panic-in-reconcile:<controller>` (e.g.
 /// `panic-in-reconcile:RateLimitPolicy`) panics in every reconcile of that controller, the way a bug in time
-/// arithmetic did (issue #11), to prove that the process then exits non-zero. OFF unless set; nothing in a
-/// deployment sets it (like `crate::crashpoint`).
+/// arithmetic did (issue #11), to prove that the process then exits non-zero; `hang-in-reconcile:<controller>`
+/// never finishes one, to prove that `/healthz` then fails. OFF unless set; nothing in a deployment sets it (like
+/// `crate::crashpoint`).
 pub const FAULT_VAR: &str = "KEYWARD_FAULT";
 
-fn injected_panic(what: &str) -> bool {
-    static FAULT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    FAULT
-        .get_or_init(|| {
-            std::env::var(FAULT_VAR).ok().and_then(|v| v.strip_prefix("panic-in-reconcile:").map(str::to_string))
-        })
-        .as_deref()
-        == Some(what)
+/// The fault injected into reconciles of `what`, if any.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Panic,
+    Hang,
+}
+
+fn injected(what: &str) -> Option<Fault> {
+    static FAULT: std::sync::OnceLock<Option<(Fault, String)>> = std::sync::OnceLock::new();
+    let fault = FAULT.get_or_init(|| {
+        let v = std::env::var(FAULT_VAR).ok()?;
+        if let Some(c) = v.strip_prefix("panic-in-reconcile:") {
+            Some((Fault::Panic, c.to_string()))
+        } else {
+            v.strip_prefix("hang-in-reconcile:").map(|c| (Fault::Hang, c.to_string()))
+        }
+    });
+    fault.as_ref().filter(|(_, c)| c == what).map(|(f, _)| *f)
 }
 
 /// A reconcile future that is recorded in [`global`] from its first poll until it completes or is dropped.
@@ -170,10 +195,14 @@ impl<F: Future> Future for Watched<F> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         if self.in_flight.is_none() {
             let what = self.what;
-            if injected_panic(what) {
+            if injected(what) == Some(Fault::Panic) {
                 panic!("{FAULT_VAR}: injected panic in a {what} reconcile");
             }
             self.in_flight = Some(global().reconcile(what));
+        }
+        if injected(self.what) == Some(Fault::Hang) {
+            // Never woken: the reconcile stays in flight until the controller is dropped.
+            return Poll::Pending;
         }
         let out = self.fut.as_mut().poll(cx);
         if out.is_ready() {
@@ -200,6 +229,16 @@ mod tests {
         assert!(r.check(start + STALE_AFTER + Duration::from_secs(5)).is_ok(), "beat again: live again");
         drop(hb);
         assert!(r.check(start + STALE_AFTER * 10).is_ok(), "a controller that stopped cleanly is forgotten");
+    }
+
+    #[test]
+    fn the_stuck_threshold_can_be_set() {
+        let r = Arc::new(Registry::default());
+        r.set_stuck_after(Duration::from_secs(3));
+        let start = Instant::now();
+        let _running = r.reconcile("ApiKey");
+        assert!(r.check(start + Duration::from_secs(2)).is_ok());
+        assert!(r.check(start + Duration::from_secs(5)).is_err());
     }
 
     #[test]

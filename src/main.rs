@@ -171,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
                 leader_election,
                 minimums: tenant.minimums().map_err(anyhow::Error::msg)?,
                 metrics_auth: tenant.metrics_auth,
+                stuck_reconcile_after: tenant.stuck_reconcile_after,
             };
             if exit_on_stdin_close {
                 let stdin_closed = async {

@@ -170,3 +170,36 @@ async fn a_controller_that_panics_ends_the_process_non_zero() {
     assert!(log.contains("injected panic in a RateLimitPolicy reconcile"), "{log}");
     assert!(log.contains("a controller stopped: exiting so that Kubernetes restarts the operator"), "{log}");
 }
+
+/// A reconcile that never finishes fails `/healthz` (here: the injected hang in every ApiKey reconcile, with
+/// `--stuck-reconcile-after 3s`); before issue #11 liveness answered 200 while the process ran. `/readyz` is not
+/// liveness and is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_reconcile_fails_liveness() {
+    control_plane_with_crds().await;
+    let ns = namespace("tenant_stuck");
+    let mut op = common::operator::start_with_env(
+        "tenant-stuck",
+        "info",
+        &["--namespace", &ns, "--stuck-reconcile-after", "3s"],
+        &[(keyward::liveness::FAULT_VAR, "hang-in-reconcile:ApiKey")],
+    );
+    let addr = eventually(60, "the operator serves HTTP", || op.http_addr()).await;
+    let healthz = || async {
+        let r = reqwest::get(format!("http://{addr}/healthz")).await.expect("healthz");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    };
+    assert_eq!(healthz().await.0, 200, "live before anything is stuck");
+    apply(&ns, &apikey("stuck", ""));
+    let mut last = (0, String::new());
+    for _ in 0..150 {
+        last = healthz().await;
+        if last.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last.0, 503, "liveness still passes with a stuck reconcile: {}", last.1);
+    assert!(last.1.contains("ApiKey reconcile has been running"), "{}", last.1);
+    op.terminate();
+}

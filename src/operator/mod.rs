@@ -41,6 +41,8 @@ pub struct Options {
     pub minimums: crate::minimums::Minimums,
     /// Require a bearer token allowed to get `/metrics` (TokenReview + SubjectAccessReview).
     pub metrics_auth: bool,
+    /// A reconcile running longer than this fails `/healthz` ([`crate::liveness`]).
+    pub stuck_reconcile_after: std::time::Duration,
 }
 
 impl Default for Options {
@@ -52,6 +54,7 @@ impl Default for Options {
             leader_election: None,
             minimums: crate::minimums::Minimums::default(),
             metrics_auth: false,
+            stuck_reconcile_after: crate::liveness::STUCK_AFTER,
         }
     }
 }
@@ -78,6 +81,7 @@ pub async fn run(
     tracing::info!(server = %version.git_version, "connected to Kubernetes");
     crds::check(client.clone()).await?;
     tracing::info!("Keyward CRDs are installed and established");
+    crate::liveness::global().set_stuck_after(options.stuck_reconcile_after);
 
     // One shutdown, seen by every part.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
