@@ -327,7 +327,8 @@ async fn lifecycle(release: &str, release_ns: &str, ns: &str, outside: Option<&s
             "  secretName: restart-key\n  rotation: {gracePeriod: 1m}\n  secretTemplate:\n    labels: {gateway.example.com/api-key: \"true\"}\n  rolloutRestart:\n  - {kind: Deployment, name: web}\n  - {kind: StatefulSet, name: db}\n  - {kind: DaemonSet, name: agent}",
         ),
         // A wide window between the end of the grace period (2 s) and the next rotation (8 s).
-        apikey("rotating", "  rotation: {interval: 8s, gracePeriod: 2s}"),
+        // 10 s: the chart's --min-rotation-interval (a shorter interval is refused).
+        apikey("rotating", "  rotation: {interval: 10s, gracePeriod: 2s}"),
         apikey("sus", "  suspended: false"),
         apikey("usage", "  rateLimitPolicyRef: {name: tier}"),
     ];

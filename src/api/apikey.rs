@@ -6,13 +6,14 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::bounds::{self, DNS_SUBDOMAIN_PATTERN};
 use super::common::{Condition, GoDuration, Time};
 
 /// Annotation on an ApiKey that requests one rotation now; each distinct value rotates once.
 pub const ROTATE_ANNOTATION: &str = "keyward.dev/rotate";
 
 /// An API key that Keyward generates, stores in a Secret it owns, and rotates on a schedule.
-#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
     group = "keyward.dev",
     version = "v1alpha1",
@@ -39,10 +40,11 @@ pub const ROTATE_ANNOTATION: &str = "keyward.dev/rotate";
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeySpec {
     /// Name of the Secret that holds the key, in the ApiKey's namespace. Defaults to the ApiKey's name.
-    /// Keyward never overwrites a Secret of this name that it does not own. Immutable: a rename would leave the
-    /// old Secret's key valid.
+    /// Keyward never overwrites a Secret of this name that it does not own. A DNS-1123 subdomain (lower-case
+    /// letters, digits, `-` and `.`), at most 253 characters: it becomes part of an API path. Immutable: a rename
+    /// would leave the old Secret's key valid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub secret_name: Option<String>,
 
     /// How the key is generated and encoded.
@@ -53,8 +55,10 @@ pub struct ApiKeySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<Rotation>,
 
-    /// RFC 3339 time after which the key material is removed and the key reports Expired.
+    /// RFC 3339 time after which the key material is removed and the key reports Expired; from 1970 up to (not
+    /// including) the year 3000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = bounds::time_in_range("expiresAt"))]
     pub expires_at: Option<Time>,
 
     /// true removes the key material at once (revocation); setting it back to false issues a fresh key.
@@ -120,8 +124,11 @@ pub enum KeyEncoding {
 #[x_kube(validation = kube::core::Rule::new("!has(self.timeZone) || has(self.schedule)")
     .message("rotation.timeZone is only allowed together with rotation.schedule"))]
 pub struct Rotation {
-    /// Rotate this long after the previous rotation, e.g. `720h`.
+    /// Rotate this long after the previous rotation, e.g. `720h`: above 0s, at most 8760h (a key that lives
+    /// longer than a year without rotating is what Keyward exists to prevent). The operator may set a higher
+    /// minimum (`keyward run --min-rotation-interval`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = bounds::duration_positive_at_most("rotation.interval", bounds::MAX_ROTATION_INTERVAL, "rotate at least once a year"))]
     pub interval: Option<GoDuration>,
 
     /// Rotate on this 5-field cron schedule (minute hour day-of-month month day-of-week), e.g. `0 3 * * 1`.
@@ -137,31 +144,41 @@ pub struct Rotation {
     pub time_zone: Option<String>,
 
     /// How long the previous key stays valid after a rotation (`previous-api-key` in the Secret); default `24h`,
-    /// `0s` drops it at once.
+    /// `0s` drops it at once; at most 8760h (a year: longer keeps a possibly leaked key valid past any sane
+    /// rotation). The operator may set a minimum (`keyward run --min-grace-period`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = bounds::duration_at_most("rotation.gracePeriod", bounds::MAX_GRACE_PERIOD, "the previous key stays valid for at most a year"))]
     pub grace_period: Option<GoDuration>,
 
-    /// Random delay of up to this long added to each scheduled rotation, spreading keys that share a schedule.
+    /// Random delay of up to this long added to each scheduled rotation, spreading keys that share a schedule;
+    /// at most 24h (a day spreads any herd; more would make the schedule meaningless).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = bounds::duration_at_most("rotation.jitter", bounds::MAX_JITTER, "a day spreads any herd"))]
     pub jitter: Option<GoDuration>,
 }
 
 /// A reference to an object by name in the same namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 pub struct LocalObjectReference {
-    /// Name of the object.
-    #[schemars(length(min = 1, max = 253))]
+    /// Name of the object: a DNS-1123 subdomain, at most 253 characters.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub name: String,
 }
 
 /// Metadata copied onto the Secret Keyward writes.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 pub struct SecretTemplate {
-    /// Labels added to the Secret (Keyward's own labels win on conflict).
+    /// Labels added to the Secret (Keyward's own labels win on conflict): at most 64, keys at most 317
+    /// characters, values at most 63.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = bounds::MAX_TEMPLATE_ENTRIES))]
+    #[x_kube(validation = bounds::map_lengths("secretTemplate.labels", bounds::MAX_LABEL_VALUE_LENGTH))]
     pub labels: BTreeMap<String, String>,
-    /// Annotations added to the Secret (Keyward's own annotations win on conflict).
+    /// Annotations added to the Secret (Keyward's own annotations win on conflict): at most 64, keys at most 317
+    /// characters, values at most 4096.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = bounds::MAX_TEMPLATE_ENTRIES))]
+    #[x_kube(validation = bounds::map_lengths("secretTemplate.annotations", bounds::MAX_ANNOTATION_VALUE_LENGTH))]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -170,8 +187,8 @@ pub struct SecretTemplate {
 pub struct RolloutTarget {
     /// Kind of the workload: Deployment, StatefulSet or DaemonSet.
     pub kind: RolloutKind,
-    /// Name of the workload in the ApiKey's namespace.
-    #[schemars(length(min = 1, max = 253))]
+    /// Name of the workload in the ApiKey's namespace: a DNS-1123 subdomain, at most 253 characters.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub name: String,
 }
 

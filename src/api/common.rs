@@ -2,12 +2,15 @@
 
 use std::borrow::Cow;
 
+use kube::KubeSchema;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-use super::duration::{self, DURATION_PATTERN, DurationError};
+use super::bounds::{self, DURATION_MAX_LENGTH, SCHEMA_DURATION_PATTERN};
+use super::duration::{self, DurationError};
 
-/// A duration such as `90s`, `15m`, `24h` or `1h30m` (units `ms`, `s`, `m`, `h`).
+/// A duration such as `90s`, `15m`, `24h` or `1h30m` (units `ms`, `s`, `m`, `h`; at most 6 digits per number and
+/// 20 characters; each field adds its own maximum, see [`super::bounds`]).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 #[serde(transparent)]
 pub struct GoDuration(pub String);
@@ -38,20 +41,22 @@ impl JsonSchema for GoDuration {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "type": "string",
-            "pattern": DURATION_PATTERN,
-            "maxLength": 64,
+            "pattern": SCHEMA_DURATION_PATTERN,
+            "maxLength": DURATION_MAX_LENGTH,
         })
     }
 }
 
 /// A number of requests per period, e.g. 1000 per `1m`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestRate {
     /// Requests allowed (or served) in each period; at least 1.
     #[schemars(range(min = 1))]
     pub requests: i64,
-    /// The period the requests are counted over, as a duration such as `1s`, `1m` or `1h`.
+    /// The period the requests are counted over, as a duration such as `1s`, `1m` or `1h`: above 0s, at most
+    /// 8760h (a year, the longest quota period anyone writes).
+    #[x_kube(validation = bounds::duration_positive_at_most("period", bounds::MAX_RATE_PERIOD, "a rate is counted over at most a year"))]
     pub period: GoDuration,
 }
 

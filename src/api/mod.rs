@@ -5,6 +5,7 @@
 //! manifest is rejected at `kubectl apply` with the field named; the operator re-checks what the schema cannot.
 
 pub mod apikey;
+pub mod bounds;
 pub mod common;
 pub mod duration;
 pub mod ratelimit;

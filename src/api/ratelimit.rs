@@ -5,6 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::bounds::{self, API_VERSION_PATTERN, DNS_SUBDOMAIN_PATTERN, KIND_PATTERN};
 use super::common::{Condition, GoDuration, RequestRate, Time};
 
 /// A rate limit shared by the ApiKeys that reference it, with usage monitoring and gateway scaling.
@@ -52,15 +53,18 @@ pub struct RateLimitPolicySpec {
 }
 
 /// A limit that applies instead of `limit` until a point in time.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TemporaryOverride {
     /// Requests allowed in each period while the override is active; at least 1.
     #[schemars(range(min = 1))]
     pub requests: i64,
-    /// The period the requests are counted over, e.g. `1m`.
+    /// The period the requests are counted over, e.g. `1m`: above 0s, at most 8760h.
+    #[x_kube(validation = bounds::duration_positive_at_most("temporaryOverrides[].period", bounds::MAX_RATE_PERIOD, "a rate is counted over at most a year"))]
     pub period: GoDuration,
-    /// RFC 3339 time at which the override ends and the policy reverts to `limit`.
+    /// RFC 3339 time at which the override ends and the policy reverts to `limit`; from 1970 up to (not
+    /// including) the year 3000.
+    #[x_kube(validation = bounds::time_in_range("temporaryOverrides[].until"))]
     pub until: Time,
     /// Why the limit was raised (kept as a record; shown in events).
     #[schemars(length(min = 1, max = 256))]
@@ -86,16 +90,21 @@ pub struct UsageSource {
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$"))]
     pub key_label: Option<String>,
 
-    /// How often usage is polled; default `15s`.
+    /// How often usage is polled; default `15s`; above 0s, at most 24h (usage older than a day says nothing about
+    /// a key being near its limit now). The operator may set a higher minimum (`keyward run
+    /// --min-usage-interval`, default 1s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = bounds::duration_positive_at_most("usage.interval", bounds::MAX_USAGE_INTERVAL, "poll at least once a day"))]
     pub interval: Option<GoDuration>,
 }
 
 /// A Prometheus server and the query that yields requests per second by key.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 pub struct PrometheusSource {
-    /// Base URL of the Prometheus server, e.g. `http://prometheus.monitoring:9090`.
+    /// Base URL of the Prometheus server, e.g. `http://prometheus.monitoring:9090`: http or https, and no
+    /// credentials in the URL (`user:pass@` is refused; credentials belong in a Secret).
     #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://"))]
+    #[x_kube(validation = bounds::credential_free_url("usage.prometheus.address"))]
     pub address: String,
     /// PromQL instant query whose result is requests per second by key, e.g.
     /// `sum by (api_key) (rate(gateway_requests_total[1m]))`.
@@ -104,10 +113,12 @@ pub struct PrometheusSource {
 }
 
 /// Metrics endpoints read directly, for gateways without a Prometheus server.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 pub struct ScrapeSource {
-    /// URLs of the gateway's metrics endpoints (every replica); counters are summed across them.
+    /// URLs of the gateway's metrics endpoints (every replica); counters are summed across them. At most 64,
+    /// each http or https with no credentials in the URL (`user:pass@` is refused).
     #[schemars(length(min = 1, max = 64), inner(length(max = 2048), regex(pattern = r"^https?://")))]
+    #[x_kube(validation = bounds::credential_free_urls("usage.scrape.urls[]"))]
     pub urls: Vec<String>,
     /// Name of the request counter, e.g. `gateway_requests_total`.
     #[schemars(length(min = 1, max = 256), regex(pattern = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"))]
@@ -143,27 +154,30 @@ pub struct Scaling {
     pub scale_down: Option<ScalingRules>,
 }
 
-/// A reference to an object with a scale subresource.
+/// A reference to an object with a scale subresource. Each field becomes part of an API path, so each has the
+/// Kubernetes name pattern.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaleTargetRef {
-    /// API version of the target, e.g. `apps/v1`.
-    #[schemars(length(min = 1, max = 253))]
+    /// API version of the target, e.g. `apps/v1`: `group/version` or `version` (lower-case DNS names).
+    #[schemars(length(min = 1, max = 317), regex(pattern = API_VERSION_PATTERN))]
     pub api_version: String,
-    /// Kind of the target, e.g. `Deployment`.
-    #[schemars(length(min = 1, max = 63))]
+    /// Kind of the target, e.g. `Deployment`: a PascalCase identifier.
+    #[schemars(length(min = 1, max = 63), regex(pattern = KIND_PATTERN))]
     pub kind: String,
-    /// Name of the target in the policy's namespace.
-    #[schemars(length(min = 1, max = 253))]
+    /// Name of the target in the policy's namespace: a DNS-1123 subdomain, at most 253 characters.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub name: String,
 }
 
 /// Stabilization for one scaling direction.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScalingRules {
-    /// How far back recommendations are considered, e.g. `300s`.
+    /// How far back recommendations are considered, e.g. `300s`; at most 1h (the HorizontalPodAutoscaler's own
+    /// maximum; it also bounds how many recommendations a policy remembers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = bounds::duration_at_most("stabilizationWindow", bounds::MAX_STABILIZATION_WINDOW, "the HorizontalPodAutoscaler's maximum"))]
     pub stabilization_window: Option<GoDuration>,
 }
 

@@ -112,6 +112,8 @@ pub struct Context {
     /// How often every key's Secret is looked at even when nothing happens (spread per key over the second half of
     /// this period), so an edit that escapes the watch (a removed label) is still found.
     recheck: Duration,
+    /// The operator's floors (`keyward run --min-rotation-interval`, `--min-grace-period`).
+    pub minimums: crate::minimums::Minimums,
 }
 
 /// Default of [`Context::with_recheck`].
@@ -128,7 +130,14 @@ impl Context {
             lanes: OnceLock::new(),
             recheck: DEFAULT_RECHECK,
             sealer: seal::Sealer::ephemeral(),
+            minimums: crate::minimums::Minimums::default(),
         }
+    }
+
+    /// Refuses rotation specs below the operator's floors.
+    pub fn with_minimums(mut self, minimums: crate::minimums::Minimums) -> Self {
+        self.minimums = minimums;
+        self
     }
 
     /// Seals with the operator's keys instead of a key of this process alone.

@@ -87,7 +87,7 @@ pub fn facts(apikey: &ApiKey, ctx: &Context) -> Option<Observed> {
         jitter_key: format!("{ns}/{name}/{uid}"),
         rotate_request: apikey.annotations().get(ROTATE_ANNOTATION).cloned(),
         had_key: status.is_some_and(|s| s.key_id.is_some() || s.rotation_count.unwrap_or(0) > 0),
-        rotation: check_spec(apikey),
+        rotation: check_spec(apikey, &ctx.minimums),
         secret: SecretState::Missing,
         secret_version: None,
         fetched: None,
@@ -103,8 +103,8 @@ pub fn facts(apikey: &ApiKey, ctx: &Context) -> Option<Observed> {
 ///
 /// NB: a format the schema would refuse can still be stored (before a schema tightening): it is a bad spec like a
 /// bad schedule (Ready=False InvalidSpec, the existing key kept), not a reconcile error retried forever.
-fn check_spec(apikey: &ApiKey) -> Result<RotationPlan, String> {
-    let rotation = RotationPlan::from_spec(apikey.spec.rotation.as_ref()).map_err(|e| e.to_string())?;
+fn check_spec(apikey: &ApiKey, minimums: &crate::minimums::Minimums) -> Result<RotationPlan, String> {
+    let rotation = RotationPlan::from_spec_with(apikey.spec.rotation.as_ref(), minimums).map_err(|e| e.to_string())?;
     keys::ResolvedFormat::resolve(&apikey.spec.format.clone().unwrap_or_default()).map_err(|e| match e {
         keys::KeyError::InvalidSpec(m) => format!("format.{m}"),
         e => format!("format: {e}"),

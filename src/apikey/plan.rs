@@ -232,7 +232,7 @@ pub fn next_book(
                 } else {
                     None
                 },
-                rotation_count: book.rotation_count + 1,
+                rotation_count: book.rotation_count.saturating_add(1),
                 rotate_request: request,
             }
         }

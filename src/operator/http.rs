@@ -4,6 +4,10 @@
 //! replica's leader-election role. Readiness follows the role: a standby is ready as soon as it runs (it has nothing
 //! to sync, and a not-ready standby would be pulled from its Service for no reason), a leader — or a replica without
 //! leader election — only once its caches are synced.
+//!
+//! `/metrics` may require a bearer token allowed to `get` it (`--metrics-auth`, see [`super::metrics_auth`]);
+//! `/healthz` and `/readyz` stay open for the kubelet. The encoded metrics are reused for [`BODY_TTL`], so a storm
+//! of scrapes costs one encoding per second.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 
+use super::metrics_auth::{MetricsAuth, Verdict};
 use crate::metrics::Metrics;
 
 /// The content type of the OpenMetrics text format, as Prometheus negotiates it.
@@ -98,35 +103,51 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves GET `/healthz` (200 `ok` while the process runs), GET `/readyz` (200 `ok`, or 503 with a one-line reason;
+/// How long one encoding of the metrics is served again.
+pub const BODY_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Serves GET `/healthz` (200 `ok` while every controller makes progress, else 503 with the reason), GET `/readyz` (200 `ok`, or 503 with a one-line reason;
 /// see [`Health::readiness`]) and GET `/metrics` (the OpenMetrics text of `metrics`) on `listener` until `shutdown`
 /// completes; other paths answer 404.
+/// With `auth`, `/metrics` answers 401/403 unless the caller's bearer token is allowed to get it.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    auth: Option<Arc<MetricsAuth>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics, health)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(metrics, health, auth)).with_graceful_shutdown(shutdown).await
 }
 
 /// The endpoint's routes, for embedding elsewhere.
-pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
+pub fn router(metrics: Arc<Metrics>, health: Arc<Health>, auth: Option<Arc<MetricsAuth>>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(AppState { metrics, health })
+        .with_state(AppState { metrics, health, auth, body: Arc::default() })
 }
 
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    auth: Option<Arc<MetricsAuth>>,
+    /// The last encoding and when it was made; the async lock makes concurrent scrapes wait for one encoding.
+    body: Arc<tokio::sync::Mutex<Encoded>>,
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+/// One encoding of the metrics and when it was made.
+type Encoded = Option<(std::time::Instant, axum::body::Bytes)>;
+
+/// Liveness: 200 `ok` while every running controller makes progress, else 503 with the reason (see
+/// [`crate::liveness`]).
+async fn healthz() -> (StatusCode, String) {
+    match crate::liveness::global().check(std::time::Instant::now()) {
+        Ok(()) => (StatusCode::OK, "ok".to_string()),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
@@ -136,15 +157,44 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
     }
 }
 
-async fn metrics_text(State(state): State<AppState>) -> Response {
-    // Encoding 10,000 keys takes milliseconds of CPU: off the async workers, so probes never wait behind a scrape.
-    match tokio::task::spawn_blocking(move || state.metrics.encode()).await {
-        Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response(),
-        Err(error) => {
-            tracing::error!(%error, "encoding the metrics failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, "encoding the metrics failed").into_response()
+async fn metrics_text(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(auth) = &state.auth {
+        let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        match auth.check(authorization).await {
+            Verdict::Allowed => {}
+            Verdict::Unauthenticated => {
+                return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "Unauthorized")
+                    .into_response();
+            }
+            Verdict::Forbidden => return (StatusCode::FORBIDDEN, "Forbidden").into_response(),
+            Verdict::Unavailable => {
+                return (StatusCode::SERVICE_UNAVAILABLE, "cannot review the token").into_response();
+            }
         }
     }
+    let mut body = state.body.lock().await;
+    let fresh = body.as_ref().filter(|(at, _)| at.elapsed() < BODY_TTL).map(|(_, text)| text.clone());
+    let text = match fresh {
+        Some(text) => text,
+        None => {
+            // Encoding 10,000 keys takes milliseconds of CPU: off the async workers, so probes never wait behind
+            // a scrape.
+            let metrics = state.metrics.clone();
+            match tokio::task::spawn_blocking(move || metrics.encode()).await {
+                Ok(text) => {
+                    let text = axum::body::Bytes::from(text);
+                    *body = Some((std::time::Instant::now(), text.clone()));
+                    text
+                }
+                Err(error) => {
+                    tracing::error!(%error, "encoding the metrics failed");
+                    return (StatusCode::INTERNAL_SERVER_ERROR, "encoding the metrics failed").into_response();
+                }
+            }
+        }
+    };
+    drop(body);
+    ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response()
 }
 
 #[cfg(test)]
@@ -166,7 +216,7 @@ mod tests {
             let base = format!("http://{}", listener.local_addr().unwrap());
             let (metrics, health) = (Metrics::new(), Health::new());
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(serve(listener, metrics.clone(), health.clone(), async move {
+            let task = tokio::spawn(serve(listener, metrics.clone(), health.clone(), None, async move {
                 let _ = stopped.await;
             }));
             Server { base, metrics, health, stop: Some(stop), task }
@@ -258,6 +308,10 @@ mod tests {
         assert!(body.ends_with("# EOF\n"), "{body}");
 
         m.forget_key("ns", "k");
+        // The same encoding is served for BODY_TTL.
+        let (_, _, cached) = server.get("/metrics").await;
+        assert!(cached.contains(r#"keyward_apikey_next_rotation_seconds{"#), "{cached}");
+        tokio::time::sleep(BODY_TTL + std::time::Duration::from_millis(100)).await;
         let (_, _, body) = server.get("/metrics").await;
         assert!(!body.contains(r#"keyward_apikey_next_rotation_seconds{"#), "{body}");
         assert_eq!(sample(&body, r#"keyward_apikeys{state="Ready"}"#), Some(0.0));

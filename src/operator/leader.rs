@@ -224,7 +224,7 @@ impl Contender {
             if let (Some(renew), Some(secs)) = (spec.renew_time, spec.lease_duration_seconds) {
                 let until = renew.0.checked_add(jiff::SignedDuration::from_secs(i64::from(secs))).unwrap_or(renew.0);
                 let left = Duration::try_from(until.duration_since(jiff::Timestamp::now())).unwrap_or_default();
-                self.valid_until = Some(Instant::now() + left);
+                self.valid_until = Instant::now().checked_add(left);
                 if self.leader {
                     // NB: writes stop a safety margin before the Lease as renewed could pass to another replica.
                     let margin = self.cfg.duration.saturating_sub(self.cfg.renew_deadline());

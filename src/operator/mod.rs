@@ -5,6 +5,7 @@ pub mod args;
 pub mod crds;
 pub mod http;
 pub mod leader;
+pub mod metrics_auth;
 pub mod seal;
 
 use std::future::Future;
@@ -27,6 +28,8 @@ pub enum RunError {
     Http { addr: String, source: std::io::Error },
     #[error("lost the leader Lease; stopped writing at once (the process exits so a fresh one can stand by)")]
     LostLease,
+    #[error("the {0}; the process exits so that Kubernetes restarts it")]
+    ControllerStopped(String),
 }
 
 /// How the operator runs.
@@ -48,6 +51,13 @@ pub struct Options {
     pub leader_election: Option<leader::LeaderConfig>,
     /// Fence, caps and budget of the usage sources (`--source-*`, `--allow-loopback-sources`).
     pub sources: crate::usage::Settings,
+    /// The floors tenants' objects must respect (`--min-usage-interval`, `--min-rotation-interval`,
+    /// `--min-grace-period`).
+    pub minimums: crate::minimums::Minimums,
+    /// Require a bearer token allowed to get `/metrics` (TokenReview + SubjectAccessReview).
+    pub metrics_auth: bool,
+    /// A reconcile running longer than this fails `/healthz` ([`crate::liveness`]).
+    pub stuck_reconcile_after: std::time::Duration,
 }
 
 impl Default for Options {
@@ -61,8 +71,20 @@ impl Default for Options {
             http_addr: None,
             leader_election: None,
             sources: crate::usage::Settings::default(),
+            minimums: crate::minimums::Minimums::default(),
+            metrics_auth: false,
+            stuck_reconcile_after: crate::liveness::STUCK_AFTER,
         }
     }
+}
+
+/// What a controller takes from [`Options`].
+#[derive(Clone, Copy, Debug)]
+pub struct ControllerSettings {
+    /// Reconciles running at once.
+    pub concurrency: u16,
+    /// The floors tenants' objects must respect.
+    pub minimums: crate::minimums::Minimums,
 }
 
 /// Runs the operator until `shutdown` completes: checks the CRDs are installed (failing with a message that says
@@ -84,6 +106,7 @@ pub async fn run(
     };
     let sources = crate::usage::Sources::new(options.sources.clone());
     let setup = Setup { options: options.clone(), sealer, sources };
+    crate::liveness::global().set_stuck_after(options.stuck_reconcile_after);
     // One shutdown, seen by every part.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -105,7 +128,9 @@ pub async fn run(
         Some(addr) => {
             let listener = http::bind(addr).await.map_err(|source| RunError::Http { addr: addr.clone(), source })?;
             tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /healthz, /readyz and /metrics");
-            Some(tokio::spawn(http::serve(listener, metrics.clone(), health.clone(), stopped())))
+            let auth =
+                options.metrics_auth.then(|| std::sync::Arc::new(metrics_auth::MetricsAuth::new(client.clone())));
+            Some(tokio::spawn(http::serve(listener, metrics.clone(), health.clone(), auth, stopped())))
         }
         None => None,
     };
@@ -114,8 +139,7 @@ pub async fn run(
         None => {
             health.set_role(http::Role::Disabled);
             metrics.set_leader(true);
-            controllers(&client, &setup, &metrics, &health, &stopped).await;
-            Ok(())
+            controllers(&client, &setup, &metrics, &health, &stopped).await
         }
         Some(cfg) => lead(&client, &setup, cfg, &metrics, &health, &stopped).await,
     };
@@ -164,10 +188,10 @@ async fn lead<F: Future<Output = ()> + Send + 'static>(
         let _ = leading.wait_for(|l| !*l).await;
     };
     tokio::select! {
-        () = controllers(client, setup, metrics, health, stopped) => {
-            // Drained: hand the Lease over at once.
+        result = controllers(client, setup, metrics, health, stopped) => {
+            // Drained (or a controller stopped): hand the Lease over at once.
             election.release().await;
-            Ok(())
+            result
         }
         () = lost => {
             // NB: dropping the controllers' future cancels every reconcile at its next await: no new writes.
@@ -179,14 +203,16 @@ async fn lead<F: Future<Output = ()> + Send + 'static>(
 }
 
 /// Both controllers for each watched namespace (or all), until `stopped`; marks the health synced when every
-/// controller's cache is.
+/// controller's cache is. A controller task that ends before shutdown (a panic, or its stream ending) stops the
+/// others and returns [`RunError::ControllerStopped`]: the process then exits non-zero and is restarted, instead
+/// of running on with one controller silently dead.
 async fn controllers<F: Future<Output = ()> + Send + 'static>(
     client: &kube::Client,
     setup: &Setup,
     metrics: &std::sync::Arc<crate::metrics::Metrics>,
     health: &std::sync::Arc<http::Health>,
     stopped: &(impl Fn() -> F + Clone + Send + 'static),
-) {
+) -> Result<(), RunError> {
     let options = &setup.options;
     let scopes: Vec<Option<String>> =
         if options.namespaces.is_empty() { vec![None] } else { options.namespaces.iter().cloned().map(Some).collect() };
@@ -209,40 +235,72 @@ async fn controllers<F: Future<Output = ()> + Send + 'static>(
         let apikeys = Arc::new(
             crate::apikey::Context::new(client.clone(), metrics.clone())
                 .with_recheck(options.recheck_interval)
-                .with_sealer(setup.sealer.clone()),
+                .with_sealer(setup.sealer.clone())
+                .with_minimums(options.minimums),
         );
-        let policies = Arc::new(crate::ratelimit::Context::new(
-            client.clone(),
-            metrics.clone(),
-            (store.clone(), ready.clone()),
-            (setup.sources.clone(), options.poll_concurrency),
-        ));
+        let policies = Arc::new(
+            crate::ratelimit::Context::new(
+                client.clone(),
+                metrics.clone(),
+                (store.clone(), ready.clone()),
+                (setup.sources.clone(), options.poll_concurrency),
+            )
+            .with_minimums(options.minimums),
+        );
         let cache = crate::apikey::KeyCache { store, ready, events };
         runs.push(tokio::spawn(crate::apikey::run(apikeys, cache, launch())));
         runs.push(tokio::spawn(crate::ratelimit::run(policies, launch())));
     }
-    let health = health.clone();
-    let ready = tokio::spawn(async move {
-        for rx in synced {
-            let _ = rx.await;
-        }
-        tracing::info!("caches synced: ready");
-        health.set_synced(true);
-    });
-    // NB: dropping this future (lost Lease) must stop the spawned controllers too.
-    struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            for h in &self.0 {
-                h.abort();
-            }
-        }
-    }
+    let ready = tokio::spawn(ready_when_synced(health.clone(), synced));
     let mut guard = AbortOnDrop(runs);
-    guard.0.push(ready);
-    for h in guard.0.iter_mut() {
-        let _ = h.await;
+    let _ready = AbortOnDrop(vec![ready]);
+    supervise(&mut guard.0, stopped).await
+}
+
+/// Marks the health synced once every controller's caches are in.
+async fn ready_when_synced(health: std::sync::Arc<http::Health>, synced: Vec<tokio::sync::oneshot::Receiver<()>>) {
+    for rx in synced {
+        let _ = rx.await;
     }
+    tracing::info!("caches synced: ready");
+    health.set_synced(true);
+}
+
+/// Aborts the tasks when dropped.
+///
+/// NB: dropping the controllers' future (a lost Lease) must stop the spawned controllers too.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// Waits for every controller task; the first that ends before `stopped` has fired (or panics at any time) is an
+/// error. The caller aborts the rest.
+async fn supervise<F: Future<Output = ()>>(
+    runs: &mut Vec<tokio::task::JoinHandle<()>>,
+    stopped: &impl Fn() -> F,
+) -> Result<(), RunError> {
+    use futures::FutureExt as _;
+    while !runs.is_empty() {
+        let (result, index, _) = futures::future::select_all(runs.iter_mut()).await;
+        runs.remove(index);
+        let stopping = stopped().now_or_never().is_some();
+        let why = match result {
+            Err(e) if e.is_panic() => "controller task panicked",
+            Err(_) if stopping => continue,
+            Err(_) => "controller task was cancelled",
+            Ok(()) if stopping => continue,
+            Ok(()) => "controller task ended before shutdown",
+        };
+        tracing::error!(reason = why, "a controller stopped: exiting so that Kubernetes restarts the operator");
+        return Err(RunError::ControllerStopped(why.to_string()));
+    }
+    Ok(())
 }
 
 /// Completes on SIGTERM or Ctrl-C (SIGINT).
@@ -274,5 +332,44 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(not(unix))]
     async {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn never() -> impl Fn() -> std::future::Pending<()> {
+        std::future::pending::<()>
+    }
+
+    #[tokio::test]
+    async fn a_panicking_controller_task_stops_the_operator() {
+        let mut runs = vec![
+            tokio::spawn(std::future::pending::<()>()),
+            tokio::spawn(async { panic!("time arithmetic overflowed") }),
+        ];
+        let result = supervise(&mut runs, &never()).await;
+        assert!(matches!(&result, Err(RunError::ControllerStopped(why)) if why.contains("panicked")), "{result:?}");
+        for h in runs {
+            h.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_controller_that_ends_before_shutdown_stops_the_operator() {
+        let mut runs = vec![tokio::spawn(std::future::pending::<()>()), tokio::spawn(async {})];
+        let result = supervise(&mut runs, &never()).await;
+        assert!(matches!(&result, Err(RunError::ControllerStopped(why)) if why.contains("ended before shutdown")));
+        for h in runs {
+            h.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn controllers_that_end_on_shutdown_are_a_clean_stop() {
+        let mut runs = vec![tokio::spawn(async {}), tokio::spawn(async {})];
+        let stopped = || std::future::ready(());
+        assert!(supervise(&mut runs, &stopped).await.is_ok());
     }
 }

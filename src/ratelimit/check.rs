@@ -1,39 +1,90 @@
-//! The spec, checked for what the schema cannot catch: durations that do not parse, bounds out of order. Pure.
+//! The spec, checked for what the schema cannot catch: durations that do not parse or exceed the schema's maxima
+//! (objects stored before the schema had them), bounds out of order, and the operator's minimums. Pure: whatever
+//! the spec holds, this returns a message for `Ready=False` or values that the cycle's time arithmetic can use.
 
 use std::time::Duration;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 
 use super::{DEFAULT_INTERVAL, DEFAULT_TARGET_UTILIZATION, key_usage, limits};
+use crate::api::bounds::{self, MAX_RATE_PERIOD, MAX_STABILIZATION_WINDOW, MAX_USAGE_INTERVAL};
+use crate::api::common::RequestRate;
 use crate::api::ratelimit::{RateLimitPolicySpec, Scaling};
+use crate::minimums::{self, Minimums};
 use crate::scaling;
 
+/// The longest a policy's reconcile is requeued for: the effective limit or the poll may change on their own
+/// sooner, but nothing is ever scheduled further out than this (kube's scheduler has its own cap; this one is ours).
+pub const MAX_REQUEUE: Duration = Duration::from_secs(24 * 3600);
+
 /// The spec, checked for what the schema cannot catch (objects stored before a schema change).
-pub(super) struct Checked {
-    pub(super) interval: Duration,
-    pub(super) limit: limits::Effective,
-    pub(super) limit_rps: f64,
-    pub(super) near_limit_ratio: f64,
-    pub(super) scaling: Option<CheckedScaling>,
+pub struct Checked {
+    /// `usage.interval` (or its default raised to the operator's minimum): > 0, at most a day.
+    pub interval: Duration,
+    /// The limit in force at the time of the check.
+    pub limit: limits::Effective,
+    /// That limit in requests per second.
+    pub limit_rps: f64,
+    /// `nearLimitRatio` or its default, in (0, 1].
+    pub near_limit_ratio: f64,
+    /// `scaling`, checked.
+    pub scaling: Option<CheckedScaling>,
 }
 
-pub(super) struct CheckedScaling {
-    pub(super) capacity_rps: f64,
-    pub(super) target_utilization: i32,
-    pub(super) min: i32,
-    pub(super) max: i32,
-    pub(super) up_window: Duration,
-    pub(super) down_window: Duration,
+/// `spec.scaling`, checked.
+pub struct CheckedScaling {
+    /// What one replica serves, in requests per second.
+    pub capacity_rps: f64,
+    /// Percent of capacity to aim for.
+    pub target_utilization: i32,
+    /// Fewest replicas.
+    pub min: i32,
+    /// Most replicas.
+    pub max: i32,
+    /// Scale-up stabilization window, at most an hour.
+    pub up_window: Duration,
+    /// Scale-down stabilization window, at most an hour.
+    pub down_window: Duration,
 }
 
-pub(super) fn check(spec: &RateLimitPolicySpec, now: Timestamp) -> Result<Checked, String> {
+impl Checked {
+    /// When the poll after one at `last` is due: `last + interval`, saturating at the end of time (never a panic,
+    /// whatever `last` is).
+    pub fn next_poll(&self, last: Timestamp) -> Timestamp {
+        let step = SignedDuration::try_from(self.interval).unwrap_or(SignedDuration::MAX);
+        last.saturating_add(step).unwrap_or(Timestamp::MAX)
+    }
+
+    /// How long to wait at `now` before the next reconcile, after a poll at `from`: until the next poll or the
+    /// next change of the effective limit, whichever is first; at least 50 ms, at most [`MAX_REQUEUE`].
+    pub fn requeue_after(&self, from: Timestamp, now: Timestamp) -> Duration {
+        let next = [Some(self.next_poll(from)), self.limit.changes_at].into_iter().flatten().min();
+        let wait = next.map(|t| t.duration_since(now)).unwrap_or_default();
+        Duration::try_from(wait).unwrap_or_default().clamp(Duration::from_millis(50), MAX_REQUEUE)
+    }
+}
+
+/// Checks `spec` at `now` against the schema's maxima and the operator's minimums `min`. An explicit
+/// `usage.interval` below the minimum is refused; the default (15s) is raised to it.
+pub fn check(spec: &RateLimitPolicySpec, now: Timestamp, min: &Minimums) -> Result<Checked, String> {
     let usage = spec.usage.clone().unwrap_or_default();
     let interval = match &usage.interval {
-        Some(d) => d.parse().map_err(|e| format!("usage.interval: {e}"))?,
-        None => DEFAULT_INTERVAL,
+        Some(d) => {
+            let interval = d.parse().map_err(|e| format!("usage.interval: {e}"))?;
+            if interval.is_zero() {
+                return Err("usage.interval must be greater than 0".into());
+            }
+            bounds::check_at_most("usage.interval", interval, MAX_USAGE_INTERVAL)?;
+            minimums::at_least("usage.interval", interval, min.usage_interval, minimums::flag::USAGE_INTERVAL)?;
+            interval
+        }
+        None => DEFAULT_INTERVAL.max(min.usage_interval),
     };
-    if interval.is_zero() {
-        return Err("usage.interval must be greater than 0".into());
+    // Every period, the overrides' included (one may become active later), within the schema's maximum.
+    period_at_most("limit.period", &spec.limit)?;
+    for (i, o) in spec.temporary_overrides.iter().enumerate() {
+        let rate = RequestRate { requests: o.requests, period: o.period.clone() };
+        period_at_most(&format!("temporaryOverrides[{i}].period"), &rate)?;
     }
     let limit = limits::effective(spec, now);
     let field = if limit.active.is_some() { "temporaryOverrides[].period" } else { "limit.period" };
@@ -46,14 +97,27 @@ pub(super) fn check(spec: &RateLimitPolicySpec, now: Timestamp) -> Result<Checke
     Ok(Checked { interval, limit, limit_rps, near_limit_ratio, scaling })
 }
 
+/// A rate's period parses (or is left to the caller to report) and is at most [`MAX_RATE_PERIOD`].
+fn period_at_most(field: &str, rate: &RequestRate) -> Result<(), String> {
+    match rate.period.parse() {
+        Ok(period) => bounds::check_at_most(field, period, MAX_RATE_PERIOD),
+        Err(_) => Ok(()),
+    }
+}
+
 fn check_scaling(s: &Scaling) -> Result<CheckedScaling, String> {
     let window = |rules: &Option<crate::api::ratelimit::ScalingRules>, field: &str, default: Duration| match rules
         .as_ref()
         .and_then(|r| r.stabilization_window.as_ref())
     {
-        Some(d) => d.parse().map_err(|e| format!("scaling.{field}.stabilizationWindow: {e}")),
+        Some(d) => {
+            let field = format!("scaling.{field}.stabilizationWindow");
+            let window = d.parse().map_err(|e| format!("{field}: {e}"))?;
+            bounds::check_at_most(&field, window, MAX_STABILIZATION_WINDOW).map(|()| window)
+        }
         None => Ok(default),
     };
+    period_at_most("scaling.capacityPerReplica.period", &s.capacity_per_replica)?;
     let capacity_rps = s
         .capacity_per_replica
         .per_second()

@@ -8,7 +8,7 @@
 //! own policy's reconcile, for at most the poll timeout.
 
 mod apply;
-mod check;
+pub mod check;
 pub mod key_usage;
 pub mod limits;
 mod observe;
@@ -148,6 +148,8 @@ pub struct Context {
     apikeys_ready: cache::Ready,
     /// The controller's cache of policies, to forget the state of deleted ones; set by [`run`].
     policies: OnceLock<Store<RateLimitPolicy>>,
+    /// The operator's floors (`keyward run --min-usage-interval`).
+    pub minimums: crate::minimums::Minimums,
 }
 
 impl Context {
@@ -173,7 +175,14 @@ impl Context {
             apikeys,
             apikeys_ready,
             policies: OnceLock::new(),
+            minimums: crate::minimums::Minimums::default(),
         }
+    }
+
+    /// Refuses specs below the operator's floors.
+    pub fn with_minimums(mut self, minimums: crate::minimums::Minimums) -> Self {
+        self.minimums = minimums;
+        self
     }
 }
 
@@ -228,7 +237,7 @@ async fn reconcile_policy(policy: &RateLimitPolicy, ctx: &Context) -> Result<Req
     let ns = policy.namespace().ok_or(Error::MissingMetadata)?;
     let state = ctx.state(policy);
     let mut state = state.lock().await;
-    let checked = match check::check(&policy.spec, now) {
+    let checked = match check::check(&policy.spec, now, &ctx.minimums) {
         Ok(c) => c,
         Err(message) => {
             state.generation = policy.metadata.generation;

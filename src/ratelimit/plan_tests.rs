@@ -3,7 +3,12 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::ratelimit::check::check;
+use crate::ratelimit::check;
+
+/// The spec checked with the default floors.
+fn check(spec: &crate::api::ratelimit::RateLimitPolicySpec, now: Timestamp) -> Result<Checked, String> {
+    check::check(spec, now, &crate::minimums::Minimums::default())
+}
 use crate::usage::Rates;
 
 fn ts(s: &str) -> Timestamp {

@@ -1,5 +1,7 @@
 //! Graceful shutdown of a controller, shared by both: stop taking work when asked, let in-flight reconciles
-//! finish, but never wait longer than [`DRAIN_TIMEOUT`].
+//! finish, but never wait longer than [`DRAIN_TIMEOUT`]. Also the one place both controllers' drive loops and
+//! reconciles report their liveness ([`crate::liveness`]): [`run_bounded`] beats the controller's heartbeat while
+//! it polls the controller, and [`watched`] records each reconcile in flight.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -33,7 +35,8 @@ impl Shutdown {
     }
 }
 
-/// Runs `controller` until it ends or, once shutdown has started, until [`DRAIN_TIMEOUT`] has passed.
+/// Runs `controller` until it ends or, once shutdown has started, until [`DRAIN_TIMEOUT`] has passed; meanwhile
+/// beats the controller's heartbeat (`what`) every [`crate::liveness::BEAT_EVERY`].
 ///
 /// NB: a shutdown that arrives before the controller's watches have started can leave the graceful drain waiting
 /// forever; hence the bound. Stopping mid-reconcile is safe: every write is conditional and the next reconcile
@@ -41,7 +44,7 @@ impl Shutdown {
 pub async fn run_bounded(
     controller: impl Future<Output = ()>,
     started: tokio::sync::oneshot::Receiver<()>,
-    what: &str,
+    what: &'static str,
 ) {
     let deadline = async {
         if started.await.is_ok() {
@@ -50,10 +53,29 @@ pub async fn run_bounded(
             std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
-        () = controller => {}
-        () = deadline => tracing::warn!(timeout = ?DRAIN_TIMEOUT, "in-flight {what} reconciles did not finish in time; stopping anyway"),
+    let heartbeat = crate::liveness::global().controller(what);
+    let mut beat = tokio::time::interval(crate::liveness::BEAT_EVERY);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(controller, deadline);
+    loop {
+        tokio::select! {
+            () = &mut controller => break,
+            () = &mut deadline => {
+                tracing::warn!(timeout = ?DRAIN_TIMEOUT, "in-flight {what} reconciles did not finish in time; stopping anyway");
+                break;
+            }
+            _ = beat.tick() => heartbeat.beat(),
+        }
     }
+}
+
+/// Wraps a controller's reconcile function so that each reconcile is recorded as in flight while it runs (a
+/// reconcile stuck far past its bounds fails `/healthz`; see [`crate::liveness`]).
+pub fn watched<K, C, Fut>(
+    what: &'static str,
+    mut reconcile: impl FnMut(std::sync::Arc<K>, std::sync::Arc<C>) -> Fut,
+) -> impl FnMut(std::sync::Arc<K>, std::sync::Arc<C>) -> crate::liveness::Watched<Fut> {
+    move |obj, ctx| crate::liveness::Watched::new(what, reconcile(obj, ctx))
 }
 
 /// Logs one item of a controller's result stream at debug level.

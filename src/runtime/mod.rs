@@ -51,7 +51,7 @@ pub async fn drive<K, C, R, E>(
     error_policy: impl Fn(Arc<K>, &E, Arc<C>) -> Action,
     ctx: Arc<C>,
     (concurrency, shutdown): (u16, drain::Shutdown),
-    what: &str,
+    what: &'static str,
 ) where
     K: Kind,
     C: Send + Sync + 'static,
@@ -66,7 +66,7 @@ pub async fn drive<K, C, R, E>(
         .graceful_shutdown_on(async move {
             let _ = graceful.await;
         })
-        .run(reconcile, error_policy, ctx)
+        .run(drain::watched(what, reconcile), error_policy, ctx)
         .for_each(drain::log_result);
     drain::run_bounded(run, shutdown.started, what).await;
 }

@@ -18,8 +18,10 @@ use jiff::{SignedDuration, Timestamp};
 use sha2::{Digest as _, Sha256};
 
 use crate::api::apikey::Rotation;
+use crate::api::bounds;
 use crate::api::common::GoDuration;
 use crate::api::duration::DurationError;
+use crate::minimums::{self, Minimums};
 
 #[cfg(test)]
 mod tests;
@@ -48,6 +50,25 @@ pub enum ScheduleError {
         field: &'static str,
         /// The value as written.
         value: String,
+    },
+    /// A duration is above the maximum the schema allows (an object stored before the schema had the bound).
+    #[error("{0}")]
+    AboveMaximum(String),
+    /// A duration is below the minimum the operator allows (`keyward run --min-…`).
+    #[error("{0}")]
+    BelowMinimum(String),
+    /// `rotation.schedule` runs twice closer together than the operator's minimum rotation interval.
+    #[error(
+        "rotation.schedule: cron expression {value:?} runs twice within {gap}, below the minimum of {min} this \
+         operator allows between rotations (keyward run --min-rotation-interval)"
+    )]
+    CronTooFrequent {
+        /// The value as written.
+        value: String,
+        /// The shortest gap found between two runs.
+        gap: String,
+        /// The operator's minimum.
+        min: String,
     },
     /// `rotation.interval` is zero, which would rotate the key in a hot loop.
     #[error("rotation.interval: must be greater than 0s, got {0:?}")]
@@ -124,24 +145,35 @@ pub struct RotationPlan {
 }
 
 impl RotationPlan {
-    /// Parses `spec.rotation`. `None`, or a rotation with neither `interval` nor `schedule`, gives a plan that never
-    /// rotates on its own (but still has a grace period for rotations on request).
+    /// Parses `spec.rotation` with no operator minimums; see [`RotationPlan::from_spec_with`].
     pub fn from_spec(rotation: Option<&Rotation>) -> Result<RotationPlan, ScheduleError> {
+        Self::from_spec_with(rotation, &Minimums::NONE)
+    }
+
+    /// Parses `spec.rotation`. `None`, or a rotation with neither `interval` nor `schedule`, gives a plan that never
+    /// rotates on its own (but still has a grace period for rotations on request). Every duration is checked
+    /// against the schema's maximum ([`bounds`]) and the operator's minimum (`min`; an explicit value below it is
+    /// refused, the default grace period is raised to it).
+    pub fn from_spec_with(rotation: Option<&Rotation>, min: &Minimums) -> Result<RotationPlan, ScheduleError> {
+        let default_grace = DEFAULT_GRACE_PERIOD.max(min.grace_period);
         let Some(rotation) = rotation else {
-            return Ok(RotationPlan {
-                trigger: Trigger::Never,
-                grace_period: DEFAULT_GRACE_PERIOD,
-                jitter: Duration::ZERO,
-            });
+            return Ok(RotationPlan { trigger: Trigger::Never, grace_period: default_grace, jitter: Duration::ZERO });
         };
         let grace_period = match &rotation.grace_period {
-            Some(d) => parse_duration("rotation.gracePeriod", d)?,
-            None => DEFAULT_GRACE_PERIOD,
+            Some(d) => {
+                let grace = parse_duration("rotation.gracePeriod", d)?;
+                at_most("rotation.gracePeriod", grace, bounds::MAX_GRACE_PERIOD)?;
+                minimums::at_least("rotation.gracePeriod", grace, min.grace_period, minimums::flag::GRACE_PERIOD)
+                    .map_err(ScheduleError::BelowMinimum)?;
+                grace
+            }
+            None => default_grace,
         };
         let jitter = match &rotation.jitter {
             Some(d) => parse_duration("rotation.jitter", d)?,
             None => Duration::ZERO,
         };
+        at_most("rotation.jitter", jitter, bounds::MAX_JITTER)?;
         // The jitter offset is added to a time, so it must fit a signed duration.
         to_signed("rotation.jitter", rotation.jitter.as_ref(), jitter)?;
 
@@ -155,11 +187,27 @@ impl RotationPlan {
                 if parsed.is_zero() {
                     return Err(ScheduleError::ZeroInterval(interval.0.clone()));
                 }
+                at_most("rotation.interval", parsed, bounds::MAX_ROTATION_INTERVAL)?;
+                minimums::at_least(
+                    "rotation.interval",
+                    parsed,
+                    min.rotation_interval,
+                    minimums::flag::ROTATION_INTERVAL,
+                )
+                .map_err(ScheduleError::BelowMinimum)?;
                 Trigger::Interval(to_signed("rotation.interval", Some(interval), parsed)?)
             }
             (None, Some(schedule)) => {
                 let time_zone = parse_time_zone(rotation.time_zone.as_deref())?;
-                Trigger::Schedule(Box::new(CronSchedule::parse(schedule, time_zone)?))
+                let cron = CronSchedule::parse(schedule, time_zone)?;
+                if let Some(gap) = cron.gap_below(min.rotation_interval) {
+                    return Err(ScheduleError::CronTooFrequent {
+                        value: schedule.clone(),
+                        gap: minimums::show(gap),
+                        min: minimums::show(min.rotation_interval),
+                    });
+                }
+                Trigger::Schedule(Box::new(cron))
             }
             (None, None) => {
                 if rotation.time_zone.is_some() {
@@ -234,6 +282,33 @@ impl CronSchedule {
         Ok(schedule)
     }
 
+    /// A gap between two consecutive runs shorter than `min`, if there is one.
+    ///
+    /// A 5-field schedule never runs twice within a minute, so a `min` of 60 s or less always passes without a
+    /// search. Otherwise the runs from a fixed instant (2001-01-01, so the answer never depends on the clock) are
+    /// walked for up to [`GAP_SEARCH_DAYS`] days or [`GAP_SEARCH_RUNS`] runs, which covers every daily, weekly and
+    /// monthly pattern; the search stops at the first gap that is too short.
+    fn gap_below(&self, min: Duration) -> Option<Duration> {
+        if min <= Duration::from_secs(60) {
+            return None;
+        }
+        let start = Timestamp::from_second(978_307_200).ok()?;
+        let horizon = start.checked_add(SignedDuration::from_hours(24 * GAP_SEARCH_DAYS)).ok()?;
+        let mut previous = self.next_after(start)?;
+        for _ in 0..GAP_SEARCH_RUNS {
+            let next = self.next_after(previous)?;
+            let gap = Duration::try_from(next.duration_since(previous)).unwrap_or_default();
+            if gap < min {
+                return Some(gap);
+            }
+            if next > horizon {
+                return None;
+            }
+            previous = next;
+        }
+        None
+    }
+
     /// The first schedule time strictly after `after`.
     ///
     /// NB: daylight saving time. Croner (4.x, OCPS rules) walks the wall clock of the zone and treats two kinds of
@@ -261,6 +336,16 @@ impl CronSchedule {
         }
         None
     }
+}
+
+/// How far [`CronSchedule::gap_below`] looks: a leap year and a day (a monthly or yearly pattern repeats within).
+const GAP_SEARCH_DAYS: i64 = 367;
+/// At most this many runs are walked by [`CronSchedule::gap_below`] (bounds the cost of a frequent schedule).
+const GAP_SEARCH_RUNS: usize = 1_000;
+
+/// Refuses a duration above the schema's maximum, for objects stored before the schema had it.
+fn at_most(field: &str, value: Duration, max: Duration) -> Result<(), ScheduleError> {
+    bounds::check_at_most(field, value, max).map_err(ScheduleError::AboveMaximum)
 }
 
 /// Parses one duration field, naming the field in the error.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 
 use super::*;
+use crate::minimums::Minimums;
 
 fn ts(s: &str) -> Timestamp {
     s.parse().unwrap_or_else(|e| panic!("bad test timestamp {s}: {e}"))
@@ -367,12 +368,88 @@ fn bad_durations_name_their_field() {
         "rotation.jitter",
         &["\"-5m\""],
     );
-    // Parses as a u64 of seconds but does not fit a signed duration.
+    // Parses as a u64 of seconds but is far above the schema's maximum.
     assert_names(
         &err(Rotation { jitter: Some("9223372036854775808s".into()), ..interval("1h") }),
         "rotation.jitter",
-        &["too large"],
+        &["at most 24h"],
     );
+}
+
+#[test]
+fn durations_above_the_schema_maximum_are_refused() {
+    // Objects stored before the schema bounded them (issue #11: `100000000h` killed a controller).
+    assert_names(&err(interval("100000000h")), "rotation.interval", &["at most 8760h"]);
+    assert_names(&err(interval("8760h1s")), "rotation.interval", &["at most 8760h"]);
+    assert_names(
+        &err(Rotation { grace_period: Some("8761h".into()), ..interval("1h") }),
+        "rotation.gracePeriod",
+        &["at most 8760h"],
+    );
+    assert_names(
+        &err(Rotation { jitter: Some("24h1s".into()), ..schedule("0 3 * * 1", None) }),
+        "rotation.jitter",
+        &["at most 24h"],
+    );
+    // The maxima themselves pass.
+    plan(Rotation { grace_period: Some("8760h".into()), jitter: Some("24h".into()), ..interval("8760h") });
+}
+
+fn err_with(rotation: Rotation, min: &Minimums) -> ScheduleError {
+    match RotationPlan::from_spec_with(Some(&rotation), min) {
+        Ok(p) => panic!("{rotation:?} accepted as {p:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn explicit_values_below_the_operator_minimums_are_refused() {
+    let min = Minimums::DEFAULT;
+    assert_names(
+        &err_with(interval("9s"), &min),
+        "rotation.interval",
+        &["below the minimum of 10s", "--min-rotation-interval"],
+    );
+    assert!(RotationPlan::from_spec_with(Some(&interval("10s")), &min).is_ok(), "the minimum itself");
+    let strict = Minimums { grace_period: Duration::from_secs(3600), ..Minimums::DEFAULT };
+    assert_names(
+        &err_with(Rotation { grace_period: Some("0s".into()), ..interval("1h") }, &strict),
+        "rotation.gracePeriod",
+        &["below the minimum of 3600s", "--min-grace-period"],
+    );
+}
+
+#[test]
+fn defaults_are_raised_to_the_minimums_not_refused() {
+    let min = Minimums { grace_period: Duration::from_secs(48 * 3600), ..Minimums::DEFAULT };
+    let p = RotationPlan::from_spec_with(Some(&interval("1h")), &min).expect("default grace raised, not refused");
+    assert_eq!(p.grace_period(), Duration::from_secs(48 * 3600));
+    let none = RotationPlan::from_spec_with(None, &min).expect("no rotation spec");
+    assert_eq!(none.grace_period(), Duration::from_secs(48 * 3600));
+    assert_eq!(
+        RotationPlan::from_spec_with(None, &Minimums::DEFAULT).expect("ok").grace_period(),
+        DEFAULT_GRACE_PERIOD
+    );
+}
+
+#[test]
+fn the_rotation_minimum_applies_to_the_gap_between_cron_runs() {
+    // Every minute is fine under the default 10 s minimum (cron cannot run more often than once a minute).
+    assert!(RotationPlan::from_spec_with(Some(&schedule("* * * * *", None)), &Minimums::DEFAULT).is_ok());
+    let hour = Minimums { rotation_interval: Duration::from_secs(3600), ..Minimums::DEFAULT };
+    assert!(RotationPlan::from_spec_with(Some(&schedule("0 * * * *", None)), &hour).is_ok(), "hourly: gap 1h");
+    assert!(RotationPlan::from_spec_with(Some(&schedule("0 3 * * 1", Some("Europe/Berlin"))), &hour).is_ok());
+    assert_names(
+        &err_with(schedule("*/30 * * * *", None), &hour),
+        "rotation.schedule",
+        &["runs twice within 1800s", "--min-rotation-interval"],
+    );
+    // An irregular schedule: daily at 03:00 and 03:10 (gap 10 minutes, once a day).
+    assert_names(&err_with(schedule("0,10 3 * * *", None), &hour), "rotation.schedule", &["within 600s"]);
+    // Two days in a month one day apart: found within the first month.
+    let two_days = Minimums { rotation_interval: Duration::from_secs(2 * 86_400), ..Minimums::DEFAULT };
+    assert_names(&err_with(schedule("0 0 1,2 * *", None), &two_days), "rotation.schedule", &["within 86400s"]);
+    assert!(RotationPlan::from_spec_with(Some(&schedule("0 0 1,15 * *", None)), &two_days).is_ok());
 }
 
 #[test]

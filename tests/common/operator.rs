@@ -70,6 +70,9 @@ pub fn start_with_env(tag: &str, filter: &str, extra: &[&str], env: &[(&str, &st
         // The tests' sources (simulated gateways, Prometheus) listen on 127.0.0.1; a test that needs the default
         // fence passes `KEYWARD_ALLOW_LOOPBACK_SOURCES=false` in `env`.
         .env("KEYWARD_ALLOW_LOOPBACK_SOURCES", "true")
+        // The suites rotate keys every few seconds to see the mechanics; production's 10 s floor is tested in
+        // tests/tenant.rs. Set before `env`, so a test can put it back.
+        .env("KEYWARD_MIN_ROTATION_INTERVAL", "1s")
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(file.try_clone().expect("clone"))

@@ -24,12 +24,17 @@ pub const NAMESPACED_RULES: [Rule; 8] = [
 ];
 
 /// The one cluster-scoped read: the start-up check of the two CRDs, by name (`get` only: it reads each by name).
-pub const CRD_RULES: [Rule; 1] = [(
-    &["apiextensions.k8s.io"],
-    &["customresourcedefinitions"],
-    &["get"],
-    &["apikeys.keyward.dev", "ratelimitpolicies.keyward.dev"],
-)];
+pub const CRD_RULES: [Rule; 3] = [
+    (
+        &["apiextensions.k8s.io"],
+        &["customresourcedefinitions"],
+        &["get"],
+        &["apikeys.keyward.dev", "ratelimitpolicies.keyward.dev"],
+    ),
+    // `--metrics-auth` (on in the chart): TokenReview, then SubjectAccessReview (src/operator/metrics_auth.rs).
+    (&["authentication.k8s.io"], &["tokenreviews"], &["create"], &[]),
+    (&["authorization.k8s.io"], &["subjectaccessreviews"], &["create"], &[]),
+];
 
 /// Leader election, in the Lease's namespace: create (not limitable by name), the rest on the one Lease only.
 pub const LEASE_RULES: [Rule; 2] = [

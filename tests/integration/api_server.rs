@@ -297,3 +297,209 @@ async fn kubectl_explain_shows_field_docs() {
     let policy = kubectl_ok(&["explain", "ratelimitpolicy.spec.scaling.capacityPerReplica"]);
     assert!(policy.contains("The traffic one gateway replica serves"), "{policy}");
 }
+
+/// The tenant-safety bounds (issue #11): every duration and time bounded from above, every name that becomes part
+/// of an API path a Kubernetes name, no credentials in URLs, maps and lists capped. Built at run time: some cases
+/// are long. Each is `(kind, spec, text the rejection must contain)`.
+fn tenant_invalid() -> Vec<(&'static str, String, &'static str)> {
+    let key = |spec: &str, field: &'static str| ("ApiKey", spec.to_string(), field);
+    let policy = |spec: &str, field: &'static str| {
+        ("RateLimitPolicy", format!("limit: {{requests: 10, period: 1m}}\n  {spec}"), field)
+    };
+    let scaling = |target: &str, extra: &str, field: &'static str| {
+        policy(
+            &format!(
+                "scaling: {{targetRef: {target}, maxReplicas: 3, capacityPerReplica: {{requests: 100, period: 1s}}{extra}}}"
+            ),
+            field,
+        )
+    };
+    let gw = "{apiVersion: apps/v1, kind: Deployment, name: gw}";
+    let labels = |n: usize, value_len: usize| {
+        (0..n).map(|i| format!("l{i}: '{}'", "v".repeat(value_len))).collect::<Vec<_>>().join(", ")
+    };
+    vec![
+        // Durations: the issue's case, a value past Go's range, just over each maximum, zero where it must be > 0.
+        key("rotation: {interval: 100000000h}", "spec.rotation.interval"),
+        key("rotation: {interval: 9999999h}", "spec.rotation.interval"),
+        key(
+            "rotation: {interval: 999999h999999h99999h}",
+            "rotation.interval must be greater than 0s and at most 8760h",
+        ),
+        key("rotation: {interval: 999999h999999h999999h}", "spec.rotation.interval"),
+        key("rotation: {interval: 8761h}", "rotation.interval must be greater than 0s and at most 8760h"),
+        key("rotation: {interval: 8760h1ms}", "spec.rotation.interval"),
+        key("rotation: {interval: 0s}", "rotation.interval must be greater than 0s"),
+        key("rotation: {interval: 1h, gracePeriod: 8761h}", "rotation.gracePeriod must be at most 8760h"),
+        key("rotation: {interval: 1h, jitter: 24h1s}", "rotation.jitter must be at most 24h"),
+        key("rotation: {interval: 1h, jitter: 100000000h}", "spec.rotation.jitter"),
+        // Times.
+        key("expiresAt: '3000-01-01T00:00:00Z'", "expiresAt must be at or after"),
+        key("expiresAt: '9999-12-31T23:59:59Z'", "spec.expiresAt"),
+        key("expiresAt: '1969-12-31T23:59:59Z'", "spec.expiresAt"),
+        // Names that become API paths.
+        key("secretName: ../x", "spec.secretName"),
+        key("secretName: a/b", "spec.secretName"),
+        key("secretName: '%2e'", "spec.secretName"),
+        key("secretName: a..b", "spec.secretName"),
+        key("secretName: Secret", "spec.secretName"),
+        key(&format!("secretName: {}", "a".repeat(254)), "spec.secretName"),
+        key("rateLimitPolicyRef: {name: ../x}", "spec.rateLimitPolicyRef.name"),
+        key("rateLimitPolicyRef: {name: 'a/b'}", "spec.rateLimitPolicyRef.name"),
+        key("rateLimitPolicyRef: {name: '%2e%2e'}", "spec.rateLimitPolicyRef.name"),
+        key("rolloutRestart: [{kind: Deployment, name: ../x}]", "spec.rolloutRestart[0].name"),
+        key("rolloutRestart: [{kind: Deployment, name: 'a/b'}]", "spec.rolloutRestart[0].name"),
+        key("rolloutRestart: [{kind: Deployment, name: Web}]", "spec.rolloutRestart[0].name"),
+        key(
+            &format!("rolloutRestart: [{{kind: Deployment, name: {}}}]", "a".repeat(254)),
+            "spec.rolloutRestart[0].name",
+        ),
+        // Maps and lists.
+        key(&format!("secretTemplate: {{labels: {{{}}}}}", labels(65, 1)), "spec.secretTemplate.labels"),
+        key(&format!("secretTemplate: {{labels: {{{}}}}}", labels(1, 64)), "secretTemplate.labels: keys must be"),
+        key(
+            &format!("secretTemplate: {{annotations: {{a: '{}'}}}}", "x".repeat(4097)),
+            "spec.secretTemplate.annotations",
+        ),
+        key(
+            &format!("secretTemplate: {{annotations: {{'{}': x}}}}", "k".repeat(318)),
+            "spec.secretTemplate.annotations",
+        ),
+        key(
+            &format!("rolloutRestart: [{}]", vec!["{kind: Deployment, name: w}"; 33].join(", ")),
+            "spec.rolloutRestart",
+        ),
+        policy("usage: {interval: 100000000h}", "spec.usage.interval"),
+        policy("usage: {interval: 24h1s}", "usage.interval must be greater than 0s and at most 24h"),
+        policy("usage: {interval: 0s}", "usage.interval must be greater than 0s"),
+        ("RateLimitPolicy", "limit: {requests: 10, period: 8761h}".into(), "spec.limit.period"),
+        ("RateLimitPolicy", "limit: {requests: 10, period: 0s}".into(), "spec.limit.period"),
+        policy(
+            "temporaryOverrides: [{requests: 20, period: 8761h, until: '2030-01-01T00:00:00Z', reason: r}]",
+            "temporaryOverrides[].period must be",
+        ),
+        policy(
+            "temporaryOverrides: [{requests: 20, period: 1m, until: '3000-01-01T00:00:00Z', reason: r}]",
+            "temporaryOverrides[].until must be",
+        ),
+        policy(
+            &format!(
+                "temporaryOverrides: [{}]",
+                vec!["{requests: 20, period: 1m, until: '2030-01-01T00:00:00Z', reason: r}"; 17].join(", ")
+            ),
+            "spec.temporaryOverrides",
+        ),
+        scaling(gw, ", scaleDown: {stabilizationWindow: 3601s}", "stabilizationWindow must be at most 1h"),
+        scaling(gw, ", scaleUp: {stabilizationWindow: 2h}", "spec.scaling.scaleUp.stabilizationWindow"),
+        policy(
+            "scaling: {targetRef: {apiVersion: apps/v1, kind: Deployment, name: gw}, maxReplicas: 3, capacityPerReplica: {requests: 100, period: 0s}}",
+            "spec.scaling.capacityPerReplica.period",
+        ),
+        scaling("{apiVersion: apps/v1, kind: Deployment, name: ../x}", "", "spec.scaling.targetRef.name"),
+        scaling("{apiVersion: apps/v1, kind: Deployment, name: 'a/b'}", "", "spec.scaling.targetRef.name"),
+        scaling("{apiVersion: apps/v1, kind: Deployment, name: '%2e'}", "", "spec.scaling.targetRef.name"),
+        scaling("{apiVersion: apps/v1, kind: Deployment, name: Gw}", "", "spec.scaling.targetRef.name"),
+        scaling(
+            &format!("{{apiVersion: apps/v1, kind: Deployment, name: {}}}", "g".repeat(254)),
+            "",
+            "spec.scaling.targetRef.name",
+        ),
+        scaling("{apiVersion: apps/v1, kind: deployment, name: gw}", "", "spec.scaling.targetRef.kind"),
+        scaling("{apiVersion: apps/v1, kind: 'Deploy/ments', name: gw}", "", "spec.scaling.targetRef.kind"),
+        scaling("{apiVersion: apps/v1, kind: '..', name: gw}", "", "spec.scaling.targetRef.kind"),
+        scaling("{apiVersion: '../v1', kind: Deployment, name: gw}", "", "spec.scaling.targetRef.apiVersion"),
+        scaling("{apiVersion: apps/v1/x, kind: Deployment, name: gw}", "", "spec.scaling.targetRef.apiVersion"),
+        scaling("{apiVersion: Apps/v1, kind: Deployment, name: gw}", "", "spec.scaling.targetRef.apiVersion"),
+        scaling("{apiVersion: 'apps/%2e', kind: Deployment, name: gw}", "", "spec.scaling.targetRef.apiVersion"),
+        // Credentials in URLs, and schemes other than http(s).
+        policy(
+            "usage: {prometheus: {address: 'http://user:pass@prom:9090', query: up}}",
+            "usage.prometheus.address must be an http",
+        ),
+        policy("usage: {prometheus: {address: 'https://user@prom:9090', query: up}}", "spec.usage.prometheus.address"),
+        policy("usage: {prometheus: {address: 'ftp://prom:9090', query: up}}", "spec.usage.prometheus.address"),
+        policy(
+            "usage: {scrape: {urls: ['http://gw/metrics', 'http://u:p@gw/metrics'], metric: m}}",
+            "usage.scrape.urls[] must each be",
+        ),
+        policy("usage: {scrape: {urls: ['file:///etc/passwd'], metric: m}}", "spec.usage.scrape.urls"),
+        policy(
+            &format!("usage: {{scrape: {{urls: [{}], metric: m}}}}", vec!["'http://gw/metrics'"; 65].join(", ")),
+            "spec.usage.scrape.urls",
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn tenant_bounds_are_rejected_naming_the_field() {
+    let _cp = control_plane_with_crds().await;
+    let ns = namespace("tenant_bounds");
+    let cases = tenant_invalid();
+    let mut failures = Vec::new();
+    for (i, (kind, spec, field)) in cases.iter().enumerate() {
+        let out =
+            kubectl_stdin(&["apply", "--server-side", "-n", &ns, "-f", "-"], &manifest(kind, &format!("b-{i}"), spec));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            failures.push(format!("case {i} ({spec:.120}) was accepted"));
+        } else if !stderr.contains(field) {
+            failures.push(format!("case {i} ({spec:.120}) rejected without naming {field:?}: {stderr:.600}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    let left = kubectl_ok(&["get", "apikeys,ratelimitpolicies", "-n", &ns, "-o", "name"]);
+    assert!(left.trim().is_empty(), "rejected objects were stored: {left}");
+}
+
+#[tokio::test]
+async fn tenant_bounds_edges_are_accepted() {
+    let _cp = control_plane_with_crds().await;
+    let ns = namespace("tenant_edges");
+    let full_labels = (0..64).map(|i| format!("l{i}: '{}'", "v".repeat(63))).collect::<Vec<_>>().join(", ");
+    let scaling = |target: &str, extra: &str| {
+        format!(
+            "limit: {{requests: 1, period: 8760h}}\n  scaling: {{targetRef: {target}, maxReplicas: 3, capacityPerReplica: {{requests: 1, period: 1ms}}{extra}}}"
+        )
+    };
+    let cases: Vec<(&str, String)> = vec![
+        ("ApiKey", "rotation: {interval: 8760h, gracePeriod: 8760h, jitter: 24h}".into()),
+        ("ApiKey", "rotation: {interval: 999999ms, gracePeriod: 0s, jitter: 0s}".into()),
+        ("ApiKey", "rotation: {interval: 8759h59m59.999s}".into()),
+        ("ApiKey", "expiresAt: '2999-12-31T23:59:59Z'".into()),
+        ("ApiKey", "expiresAt: '1970-01-01T00:00:00Z'\n  suspended: true".into()),
+        ("ApiKey", format!("secretName: {}", ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61)].join("."))),
+        ("ApiKey", "secretName: web.api-key-1\n  rateLimitPolicyRef: {name: gold.tier-1}".into()),
+        ("ApiKey", "rolloutRestart: [{kind: StatefulSet, name: web-0.db}]".into()),
+        ("ApiKey", format!("secretTemplate: {{labels: {{{full_labels}}}}}")),
+        (
+            "ApiKey",
+            format!("secretTemplate: {{annotations: {{'{}/{}': '{}'}}}}", "p".repeat(253), "n".repeat(63), "x".repeat(4096)),
+        ),
+        ("RateLimitPolicy", "limit: {requests: 1, period: 8760h}\n  usage: {interval: 24h}".into()),
+        ("RateLimitPolicy", "limit: {requests: 1, period: 1ms}\n  usage: {interval: 1ms}".into()),
+        (
+            "RateLimitPolicy",
+            "limit: {requests: 1, period: 1s}\n  temporaryOverrides: [{requests: 2, period: 8760h, until: '2999-12-31T23:59:59Z', reason: r}, {requests: 2, period: 1s, until: '1970-01-01T00:00:00Z', reason: old}]".into(),
+        ),
+        ("RateLimitPolicy", scaling("{apiVersion: apps/v1, kind: Deployment, name: gw}", ", scaleUp: {stabilizationWindow: 1h}, scaleDown: {stabilizationWindow: 0s}")),
+        ("RateLimitPolicy", scaling("{apiVersion: v1, kind: ReplicationController, name: gw.v2}", "")),
+        ("RateLimitPolicy", scaling("{apiVersion: gateway.example.com/v1beta1, kind: MyGateway2, name: gw}", "")),
+        (
+            "RateLimitPolicy",
+            "limit: {requests: 1, period: 1s}\n  usage: {prometheus: {address: 'https://prom.monitoring.svc:9090/prefix/@x?q=a@b', query: up}}".into(),
+        ),
+        (
+            "RateLimitPolicy",
+            "limit: {requests: 1, period: 1s}\n  usage: {scrape: {urls: ['http://10.0.0.1:9090/metrics', 'https://[::1]:8443/m#f'], metric: m}}".into(),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (kind, spec)) in cases.iter().enumerate() {
+        let out =
+            kubectl_stdin(&["apply", "--server-side", "-n", &ns, "-f", "-"], &manifest(kind, &format!("e-{i}"), spec));
+        if !out.status.success() {
+            failures.push(format!("case {i} ({spec:.160}): {}", String::from_utf8_lossy(&out.stderr)));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

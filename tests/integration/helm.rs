@@ -158,6 +158,10 @@ fn default_render_is_restricted_with_probes_and_leader_election() {
         "--lease-duration=15s",
         "--lease-grace=5s",
         "--log-format=json",
+        "--min-usage-interval=1s",
+        "--min-rotation-interval=10s",
+        "--min-grace-period=0s",
+        "--metrics-auth",
     ] {
         assert!(args.iter().any(|x| x == a), "{a} missing from {args:?}");
     }
@@ -184,7 +188,7 @@ fn default_render_is_restricted_with_probes_and_leader_election() {
 #[test]
 fn cluster_rbac_is_exactly_what_the_operator_uses() {
     let objects = template("kw", "keyward-system", &[]);
-    let cr = only(&objects, "ClusterRole");
+    let cr = operator_cluster_role(&objects);
     let mut want = expand(&NAMESPACED_RULES);
     want.extend(expand(&CRD_RULES));
     assert_grants(&grants(cr), &want, "ClusterRole");
@@ -196,7 +200,9 @@ fn cluster_rbac_is_exactly_what_the_operator_uses() {
     assert_eq!(ns_of(lease), "keyward-system");
     assert_grants(&grants(lease), &expand(&LEASE_RULES), "leader-election Role");
     // Secrets are never deleted by the operator (ownerReferences do it), so nothing may grant it.
-    for role in all_of(&objects, "ClusterRole").into_iter().chain(all_of(&objects, "Role")) {
+    // (The metrics-reader ClusterRole grants only `get` on /metrics, checked in metrics_auth_is_on_….)
+    let bound = all_of(&objects, "ClusterRole").into_iter().filter(|r| !name(r).ends_with("-metrics-reader"));
+    for role in bound.chain(all_of(&objects, "Role")) {
         assert!(!grants(role).iter().any(|(_, _, v, _)| v == "delete" || v == "deletecollection"), "{}", name(role));
     }
     // Without leader election there is no Lease Role; a different Lease name is what the Role names.
@@ -217,7 +223,7 @@ fn cluster_rbac_is_exactly_what_the_operator_uses() {
 #[test]
 fn namespaced_render_has_a_role_per_watched_namespace() {
     let objects = template("kw", "keyward-system", &["-f", &ci_values("namespaced-values.yaml")]);
-    let cr = only(&objects, "ClusterRole");
+    let cr = operator_cluster_role(&objects);
     assert_grants(&grants(cr), &expand(&CRD_RULES), "namespaced scope: the ClusterRole only reads the two CRDs");
     assert_eq!(only(&objects, "ClusterRoleBinding")["roleRef"]["name"], name(cr));
     let roles = all_of(&objects, "Role");
@@ -240,11 +246,43 @@ fn namespaced_render_has_a_role_per_watched_namespace() {
 
     // Extra scale targets get the scale subresource only.
     let objects = template("kw", "keyward-system", &["-f", &ci_values("all-features-values.yaml")]);
-    let g = grants(only(&objects, "ClusterRole"));
+    let g = grants(operator_cluster_role(&objects));
     let extra: Vec<&Grant> = g.iter().filter(|(group, ..)| group == "argoproj.io").collect();
     let verbs: BTreeSet<&str> = extra.iter().map(|(_, _, v, _)| v.as_str()).collect();
     assert!(extra.iter().all(|(_, r, _, _)| r == "rollouts/scale"), "{extra:?}");
     assert_eq!(verbs, ["get", "patch"].into());
+}
+
+/// The ClusterRole the operator is bound to (the chart also renders the metrics-reader role for scrapers).
+fn operator_cluster_role(objects: &[Value]) -> &Value {
+    let roles: Vec<&Value> =
+        all_of(objects, "ClusterRole").into_iter().filter(|r| !name(r).ends_with("-metrics-reader")).collect();
+    assert_eq!(roles.len(), 1, "one operator ClusterRole");
+    roles[0]
+}
+
+#[test]
+fn metrics_auth_is_on_with_a_reader_role_and_can_be_turned_off() {
+    let objects = template("kw", "keyward-system", &[]);
+    let reader = all_of(&objects, "ClusterRole")
+        .into_iter()
+        .find(|r| name(r) == "kw-keyward-metrics-reader")
+        .expect("the metrics-reader ClusterRole");
+    assert_eq!(reader["rules"][0]["nonResourceURLs"][0], "/metrics");
+    assert_eq!(strings(&reader["rules"][0]["verbs"]), ["get"]);
+    let objects = template("kw", "keyward-system", &["--set", "metrics.auth=false,metrics.readerClusterRole=false"]);
+    assert!(all_of(&objects, "ClusterRole").iter().all(|r| !name(r).ends_with("-metrics-reader")));
+    let args = strings(&only(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]);
+    assert!(!args.iter().any(|a| a == "--metrics-auth"), "{args:?}");
+    let reviews = grants(operator_cluster_role(&objects));
+    assert!(!reviews.iter().any(|(_, r, _, _)| r == "tokenreviews"), "no reviews without metrics.auth");
+    // The floors reach the command line.
+    let objects =
+        template("kw", "keyward-system", &["--set", "minimums.rotationInterval=1h,minimums.usageInterval=30s"]);
+    let args = strings(&only(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]);
+    assert!(
+        args.iter().any(|a| a == "--min-rotation-interval=1h") && args.iter().any(|a| a == "--min-usage-interval=30s")
+    );
 }
 
 #[test]

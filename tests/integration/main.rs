@@ -7,7 +7,7 @@
 //! What must own a control plane has its own binary, each saying why: `tests/restart.rs` (stops the API server),
 //! `tests/crash.rs` (the crash suite), `tests/run_cli.rs` (runs before the CRDs exist), `tests/malformed/` (swaps
 //! the CRDs), `tests/chart_identity.rs` (an operator that watches every namespace, as the cluster-scoped chart
-//! runs it). `tests/fuzz.rs` needs no cluster and runs on its own.
+//! runs it), `tests/tenant.rs` (loosens the CRDs to store what no schema accepts today). `tests/fuzz.rs` needs no cluster and runs on its own.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -21,6 +21,7 @@ mod examples;
 mod faults;
 mod fencing;
 mod helm;
+mod metrics_auth;
 mod operations;
 mod prometheus;
 mod ratelimit;

@@ -132,10 +132,20 @@ holds the same list and fails when they differ.
   verbs: [create]
 {{- end }}
 
-{{/* The cluster-scoped read the operator needs in every mode: it checks its two CRDs by name at start. */}}
+{{/* The cluster-scoped rules the operator needs in every mode: it checks its two CRDs by name at start; with
+metrics.auth it asks the API server who a scraper is and whether it may get /metrics. */}}
 {{- define "keyward.crdRules" -}}
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   resourceNames: [apikeys.keyward.dev, ratelimitpolicies.keyward.dev]
   verbs: [get]
+{{- if .Values.metrics.auth }}
+# --metrics-auth: TokenReview, then SubjectAccessReview (src/operator/metrics_auth.rs).
+- apiGroups: [authentication.k8s.io]
+  resources: [tokenreviews]
+  verbs: [create]
+- apiGroups: [authorization.k8s.io]
+  resources: [subjectaccessreviews]
+  verbs: [create]
+{{- end }}
 {{- end }}
