@@ -16,7 +16,9 @@ pub const NAMESPACED_RULES: [Rule; 8] = [
     (&["keyward.dev"], &["apikeys"], &["get", "list", "watch"], &[]),
     (&["keyward.dev"], &["ratelimitpolicies"], &["list", "watch"], &[]),
     (&["keyward.dev"], &["apikeys/status", "ratelimitpolicies/status"], &["patch"], &[]),
-    (&[""], &["secrets"], &["get", "list", "watch", "create", "update"], &[]),
+    // `delete` only to revoke (an immutable Secret, another Secret of a revoked key); the chart's admission guard
+    // limits every Secret write of the operator to Keyward's own Secrets.
+    (&[""], &["secrets"], &["get", "list", "watch", "create", "update", "delete"], &[]),
     (&["apps"], &["deployments", "statefulsets", "daemonsets"], &["get", "patch"], &[]),
     (&["apps"], &["deployments/scale", "statefulsets/scale"], &["get", "patch"], &[]),
     (&["autoscaling"], &["horizontalpodautoscalers"], &["list"], &[]),
@@ -41,6 +43,10 @@ pub const LEASE_RULES: [Rule; 2] = [
     (&["coordination.k8s.io"], &["leases"], &["create"], &[]),
     (&["coordination.k8s.io"], &["leases"], &["get", "list", "watch", "patch"], &["keyward-leader"]),
 ];
+
+/// The seal key Secret, in the release namespace: create (not limitable by name), get of that one Secret.
+pub const SEAL_RULES: [Rule; 2] =
+    [(&[""], &["secrets"], &["create"], &[]), (&[""], &["secrets"], &["get"], &["keyward-seal"])];
 
 /// A rule exploded into single grants: (group, resource, verb, name or "").
 pub type Grant = (String, String, String, String);

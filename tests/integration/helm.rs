@@ -11,7 +11,7 @@ use crate::common::identity::{
     to_stream,
 };
 use crate::common::rbac::{
-    CRD_RULES, Grant, LEASE_RULES, NAMESPACED_RULES, assert_grants, check_can_i, expand, grants,
+    CRD_RULES, Grant, LEASE_RULES, NAMESPACED_RULES, SEAL_RULES, assert_grants, check_can_i, expand, grants,
 };
 use crate::common::{control_plane, control_plane_with_crds, kubectl, kubectl_ok, kubectl_stdin, namespace};
 use serde_yaml::Value;
@@ -104,6 +104,8 @@ fn default_render_is_restricted_with_probes_and_leader_election() {
         "Deployment",
         "Service",
         "PodDisruptionBudget",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ]
     .into();
     assert_eq!(kinds, want, "the default install's objects");
@@ -114,7 +116,10 @@ fn default_render_is_restricted_with_probes_and_leader_election() {
             assert!(labels.get(l).is_some(), "{} {} lacks label {l}", kind(o), name(o));
         }
         assert_eq!(labels["app.kubernetes.io/managed-by"], "Helm");
-        if !matches!(kind(o), "CustomResourceDefinition" | "ClusterRole" | "ClusterRoleBinding") {
+        let cluster_scoped = ["CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"]
+            .into_iter()
+            .chain(["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]);
+        if !cluster_scoped.into_iter().any(|k| k == kind(o)) {
             assert_eq!(ns_of(o), "keyward-system", "{} {} namespace", kind(o), name(o));
         }
     }
@@ -196,18 +201,22 @@ fn cluster_rbac_is_exactly_what_the_operator_uses() {
     assert_eq!(crb["roleRef"]["name"], name(cr));
     assert_eq!(crb["subjects"][0]["name"], "kw-keyward");
     assert_eq!(crb["subjects"][0]["namespace"], "keyward-system");
-    let lease = only(&objects, "Role");
+    let lease = role_named(&objects, "-leader-election");
     assert_eq!(ns_of(lease), "keyward-system");
     assert_grants(&grants(lease), &expand(&LEASE_RULES), "leader-election Role");
-    // Secrets are never deleted by the operator (ownerReferences do it), so nothing may grant it.
+    let seal = role_named(&objects, "-seal");
+    assert_eq!(ns_of(seal), "keyward-system");
+    assert_grants(&grants(seal), &expand(&SEAL_RULES), "seal key Role");
+    // The operator deletes only Secrets (to revoke), never anything else, and never a whole collection.
     // (The metrics-reader ClusterRole grants only `get` on /metrics, checked in metrics_auth_is_on_….)
     let bound = all_of(&objects, "ClusterRole").into_iter().filter(|r| !name(r).ends_with("-metrics-reader"));
     for role in bound.chain(all_of(&objects, "Role")) {
-        assert!(!grants(role).iter().any(|(_, _, v, _)| v == "delete" || v == "deletecollection"), "{}", name(role));
+        let deletes = grants(role).into_iter().filter(|(_, _, v, _)| v.starts_with("delete")).collect::<Vec<_>>();
+        assert!(deletes.iter().all(|(g, r, v, _)| g.is_empty() && r == "secrets" && v == "delete"), "{}", name(role));
     }
     // Without leader election there is no Lease Role; a different Lease name is what the Role names.
     let objects = template("kw", "keyward-system", &["--set", "replicaCount=1,leaderElection.enabled=false"]);
-    assert!(all_of(&objects, "Role").is_empty());
+    assert!(all_of(&objects, "Role").iter().all(|r| name(r).ends_with("-seal")), "only the seal key Role");
     let args = strings(&only(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]);
     assert!(!args.iter().any(|a| a.starts_with("--le")), "{args:?}");
     let objects = template(
@@ -215,9 +224,17 @@ fn cluster_rbac_is_exactly_what_the_operator_uses() {
         "keyward-system",
         &["--set", "leaderElection.leaseName=shard-1,leaderElection.leaseNamespace=ops"],
     );
-    let lease = only(&objects, "Role");
+    let lease = role_named(&objects, "-leader-election");
     assert_eq!(ns_of(lease), "ops");
     assert!(grants(lease).iter().any(|(_, _, v, n)| v == "patch" && n == "shard-1"));
+}
+
+/// The one rendered Role whose name ends with `suffix`.
+fn role_named<'a>(objects: &'a [Value], suffix: &str) -> &'a Value {
+    let mut found = all_of(objects, "Role").into_iter().filter(|r| name(r).ends_with(suffix));
+    let role = found.next().unwrap_or_else(|| panic!("no Role named *{suffix}"));
+    assert!(found.next().is_none(), "more than one Role named *{suffix}");
+    role
 }
 
 #[test]
@@ -230,13 +247,18 @@ fn namespaced_render_has_a_role_per_watched_namespace() {
     let by_ns: BTreeSet<&str> = roles.iter().map(|r| ns_of(r)).collect();
     assert_eq!(by_ns, ["keyward-system", "team-a", "team-b"].into(), "a Role per watched namespace + the Lease's");
     for role in &roles {
-        let want = if ns_of(role) == "keyward-system" { expand(&LEASE_RULES) } else { expand(&NAMESPACED_RULES) };
+        let want = match name(role) {
+            n if n.ends_with("-leader-election") => expand(&LEASE_RULES),
+            n if n.ends_with("-seal") => expand(&SEAL_RULES),
+            _ => expand(&NAMESPACED_RULES),
+        };
         assert_grants(&grants(role), &want, &format!("Role {} in {}", name(role), ns_of(role)));
     }
     let bindings = all_of(&objects, "RoleBinding");
-    assert_eq!(bindings.len(), 3);
+    assert_eq!(bindings.len(), 4);
     for b in bindings {
-        let role = roles.iter().find(|r| ns_of(r) == ns_of(b)).expect("a Role beside each RoleBinding");
+        let role = roles.iter().find(|r| ns_of(r) == ns_of(b) && b["roleRef"]["name"] == name(r));
+        let role = role.expect("a Role beside each RoleBinding");
         assert_eq!(b["roleRef"]["name"], name(role));
         assert_eq!(b["roleRef"]["kind"], "Role");
         assert_eq!(b["subjects"][0]["namespace"], "keyward-system");
@@ -479,8 +501,10 @@ fn namespaced_identity_is_minimal() {
             (false, vec!["list", "apikeys.keyward.dev", "-n", other]),
             (false, vec!["patch", "deployments.apps", "--subresource=scale", "-n", other]),
             // Nothing the controllers do not do, even in a watched namespace.
-            (false, vec!["delete", "secrets", "-n", a]),
+            (true, vec!["delete", "secrets", "-n", a]),
             (false, vec!["deletecollection", "secrets", "-n", a]),
+            (true, vec!["get", "secrets/keyward-seal", "-n", rel]),
+            (false, vec!["get", "secrets/another", "-n", rel]),
             (false, vec!["patch", "secrets", "-n", a]),
             (false, vec!["create", "deployments.apps", "-n", a]),
             (false, vec!["update", "deployments.apps", "-n", a]),
@@ -523,7 +547,8 @@ fn cluster_identity_is_minimal() {
             (true, vec!["create", "events.events.k8s.io", "-n", other]),
             (true, vec!["get", "customresourcedefinitions/ratelimitpolicies.keyward.dev"]),
             (true, vec!["patch", "leases.coordination.k8s.io/keyward-leader", "-n", rel]),
-            (false, vec!["delete", "secrets", "-n", other]),
+            (true, vec!["delete", "secrets", "-n", other]),
+            (false, vec!["deletecollection", "secrets", "-n", other]),
             (false, vec!["patch", "secrets", "-n", other]),
             (false, vec!["create", "deployments.apps", "-n", other]),
             (false, vec!["patch", "daemonsets.apps", "--subresource=scale", "-n", other]),
