@@ -148,3 +148,21 @@ impl Operator {
         assert!(panics.is_empty(), "the operator panicked:\n{}", panics.join("\n"));
     }
 }
+
+/// `keyward run` arguments of a replica with leader election on Lease `lease` in `ns` (6 s Lease, renewed 2 s before
+/// it ends), watching `ns` only.
+pub fn leader_args<'a>(ns: &'a str, lease: &'a str) -> Vec<&'a str> {
+    vec![
+        "--leader-elect",
+        "--lease-namespace",
+        ns,
+        "--lease-name",
+        lease,
+        "--lease-duration",
+        "6s",
+        "--lease-grace",
+        "2s",
+        "--namespace",
+        ns,
+    ]
+}

@@ -7,24 +7,11 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 
 use crate::common::kube::{apikey, apply, eventually, get_json, rotation_count};
-use crate::common::operator::{LOG, Operator, start_with_env};
+use crate::common::operator::{LOG, Operator, leader_args, start_with_env};
 use crate::common::{control_plane_with_crds, keyward_rotate, kubectl, kubectl_ok, namespace};
 
 fn leader(tag: &str, ns: &str, pod: &str) -> Operator {
-    let args = [
-        "--leader-elect",
-        "--lease-namespace",
-        ns,
-        "--lease-name",
-        "keyward-test-paused",
-        "--lease-duration",
-        "6s",
-        "--lease-grace",
-        "2s",
-        "--namespace",
-        ns,
-    ];
-    start_with_env(tag, LOG, &args, &[("POD_NAME", pod)])
+    start_with_env(tag, LOG, &leader_args(ns, "keyward-test-paused"), &[("POD_NAME", pod)])
 }
 
 fn holder(ns: &str) -> Option<String> {

@@ -6,27 +6,11 @@ use std::time::Duration;
 use crate::common::http::{get_text as get, sum, wait_status};
 use crate::common::kube::{apikey, apply, eventually, get_json, rotation_count};
 use crate::common::leak::Scanner;
-use crate::common::operator::{LOG, Operator, start_with_args};
+use crate::common::operator::{LOG, Operator, leader_args, start_with_args};
 use crate::common::{control_plane_with_crds, keyward_rotate, kubectl_ok, namespace};
 
 async fn wait_addr(op: &Operator) -> String {
     op.wait_http_addr().await
-}
-
-fn leader_args<'a>(ns: &'a str, lease: &'a str) -> Vec<&'a str> {
-    vec![
-        "--leader-elect",
-        "--lease-namespace",
-        ns,
-        "--lease-name",
-        lease,
-        "--lease-duration",
-        "6s",
-        "--lease-grace",
-        "2s",
-        "--namespace",
-        ns,
-    ]
 }
 
 fn holder(ns: &str, lease: &str) -> Option<String> {
