@@ -68,17 +68,27 @@ pub fn display(d: Duration) -> String {
 }
 
 /// The CEL rule: the duration is at most `max`; `why` ends the message.
+///
+/// NB: a value that is not a duration at all is left to the schema pattern: `duration()` would fail at run time, and
+/// an evaluation error is not ratcheted, so an object stored before the rule (under a looser schema) could then
+/// never have its status written, not even the `InvalidSpec` that says what is wrong.
 pub fn duration_at_most(field: &str, max: Duration, why: &str) -> Rule {
     let max = display(max);
-    Rule::new(format!("duration(self) <= duration('{max}')"))
-        .message(Message::Message(format!("{field} must be at most {max}: {why}")))
+    Rule::new(format!(
+        "!self.matches('{}') || duration(self) <= duration('{max}')",
+        cel_escape(SCHEMA_DURATION_PATTERN)
+    ))
+    .message(Message::Message(format!("{field} must be at most {max}: {why}")))
 }
 
 /// The CEL rule: the duration is greater than zero and at most `max`.
 pub fn duration_positive_at_most(field: &str, max: Duration, why: &str) -> Rule {
     let max = display(max);
-    Rule::new(format!("duration(self) > duration('0s') && duration(self) <= duration('{max}')"))
-        .message(Message::Message(format!("{field} must be greater than 0s and at most {max}: {why}")))
+    Rule::new(format!(
+        "!self.matches('{}') || (duration(self) > duration('0s') && duration(self) <= duration('{max}'))",
+        cel_escape(SCHEMA_DURATION_PATTERN)
+    ))
+    .message(Message::Message(format!("{field} must be greater than 0s and at most {max}: {why}")))
 }
 
 /// The CEL rule: a time in [`MIN_TIME`, `MAX_TIME`).

@@ -24,8 +24,12 @@ fn real_crds() -> Vec<Value> {
 pub async fn loosen_crds(ns: &str) {
     for mut crd in real_crds() {
         for v in crd["spec"]["versions"].as_array_mut().expect("versions") {
-            v["schema"]["openAPIV3Schema"]["properties"]["spec"] =
-                json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+            let schema = &mut v["schema"]["openAPIV3Schema"];
+            schema["properties"]["spec"] = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+            // The rules on the whole object (secretName immutable) read spec fields a loose schema has no more.
+            if let Some(root) = schema.as_object_mut() {
+                root.remove("x-kubernetes-validations");
+            }
         }
         let out = kubectl_stdin(&["apply", "--server-side", "--force-conflicts", "-f", "-"], &crd.to_string());
         assert!(out.status.success(), "loosen CRD: {}", String::from_utf8_lossy(&out.stderr));
