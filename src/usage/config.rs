@@ -1,7 +1,7 @@
 //! What the admin sets for every usage source (flags of `keyward run`), and [`Sources`]: the fenced HTTP client, the
 //! limits and the process-wide budget of bytes in flight that every poll shares.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -159,29 +159,6 @@ impl Sources {
         Sources { inner: Arc::new(Inner { client, settings, budget }) }
     }
 
-    /// Makes `settings` the process's (see [`installed`](Self::installed)); `keyward run` calls it at start.
-    pub fn install(settings: Settings) {
-        let sources = Sources::new(settings);
-        match INSTALLED.write() {
-            Ok(mut slot) => *slot = Some(sources),
-            Err(poisoned) => *poisoned.into_inner() = Some(sources),
-        }
-    }
-
-    /// The handle [`install`](Self::install)ed last, or one with the default settings (loopback denied).
-    pub fn installed() -> Sources {
-        if let Ok(slot) = INSTALLED.read()
-            && let Some(sources) = slot.as_ref()
-        {
-            return sources.clone();
-        }
-        let mut slot = match INSTALLED.write() {
-            Ok(slot) => slot,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        slot.get_or_insert_with(|| Sources::new(Settings::default())).clone()
-    }
-
     /// The HTTP client.
     pub(crate) fn client(&self) -> &reqwest::Client {
         &self.inner.client
@@ -209,8 +186,6 @@ impl Sources {
         self.inner.budget.available_permits()
     }
 }
-
-static INSTALLED: RwLock<Option<Sources>> = RwLock::new(None);
 
 const USER_AGENT: &str = concat!("keyward/", env!("CARGO_PKG_VERSION"));
 
