@@ -362,5 +362,5 @@ fn ready(desired: &[Desired], has_usage: bool, limit: &str) -> Desired {
 }
 
 #[cfg(test)]
-#[path = "plan_tests.rs"]
+#[path = "plan_tests/mod.rs"]
 mod tests;

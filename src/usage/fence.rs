@@ -272,5 +272,5 @@ impl reqwest::dns::Resolve for FencedResolver {
 }
 
 #[cfg(test)]
-#[path = "fence_tests.rs"]
+#[path = "fence_tests/mod.rs"]
 mod tests;

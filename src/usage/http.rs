@@ -51,6 +51,11 @@ pub(crate) trait BodySink: Send {
     fn retained(&self) -> usize;
     /// Bytes the sink will hold once it has taken `chunk`.
     fn retained_after(&self, chunk: &[u8]) -> usize;
+
+    /// Whether what the sink holds fits in the bytes outside the budget ([`FREE_BYTES`]).
+    fn holds_little(&self) -> bool {
+        self.retained() <= FREE_BYTES
+    }
 }
 
 /// How an exchange ended when it did not fail.
@@ -155,7 +160,7 @@ async fn read(
         }
         sink.feed(&chunk)?;
         drop(chunk);
-        if sink.retained() <= FREE_BYTES {
+        if sink.holds_little() {
             held = None;
         }
     }

@@ -350,5 +350,5 @@ impl<'de> Visitor<'de> for LabelSeed<'_> {
 }
 
 #[cfg(test)]
-#[path = "promjson_tests.rs"]
+#[path = "promjson_tests/mod.rs"]
 mod tests;

@@ -403,5 +403,5 @@ impl RateTracker {
 }
 
 #[cfg(test)]
-#[path = "textformat_tests.rs"]
+#[path = "textformat_tests/mod.rs"]
 mod tests;
