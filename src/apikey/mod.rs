@@ -381,13 +381,15 @@ async fn reconcile_key(apikey: &ApiKey, ctx: &Context, optimistic: bool) -> Resu
     // A key seen for the first time (no status) almost never has a Secret yet: when the decision on a missing
     // Secret is to issue, the read is skipped and the create tells whether it exists after all (409: read, decide
     // again). Saves a request per new key, at the API server's limit on a cold start.
-    if !(optimistic
-        && plan::decide(&plan::inputs(&o, &apikey.spec, now), o.rotation.as_ref().map_err(Clone::clone))
-            .is_first_issue())
-    {
-        observe::read_secret(ctx, apikey, &mut o, now).await?;
-    }
-    let decision = plan::decide(&plan::inputs(&o, &apikey.spec, now), o.rotation.as_ref().map_err(Clone::clone));
+    let decide =
+        |o: &Observed| plan::decide(&plan::inputs(o, &apikey.spec, now), o.rotation.as_ref().map_err(Clone::clone));
+    let decision = match optimistic.then(|| decide(&o)).filter(Decision::is_first_issue) {
+        Some(assumed) => assumed,
+        None => {
+            observe::read_secret(ctx, apikey, &mut o, now).await?;
+            decide(&o)
+        }
+    };
     log_decision(apikey, &o, &decision);
     if matches!(decision.action, Action::Rotate { manual: true }) && !observe::request_is_current(ctx, &o).await? {
         tracing::debug!("the cached ApiKey is behind its rotation request; deciding again once it catches up");

@@ -44,14 +44,12 @@ pub struct Observed {
     pub had_key: bool,
     /// The parsed rotation spec, or why the spec (rotation or format) is invalid.
     pub rotation: Result<RotationPlan, String>,
-    /// The Secret as read (or as assumed, see [`Observed::read`]).
+    /// The Secret as read (or assumed missing on a first-seen key, when the read is skipped).
     pub secret: SecretState,
     /// The Secret's resourceVersion the decision is based on: every write is conditional on it.
     pub secret_version: Option<String>,
     /// The whole Secret, when it was read with its data.
     pub fetched: Option<Secret>,
-    /// Whether the Secret was read at all (`false`: assumed missing on a first-seen key).
-    pub read: bool,
     /// `rateLimitPolicyRef` names a policy that does not exist (known only once the policies are listed).
     pub policy_missing: bool,
 }
@@ -91,7 +89,6 @@ pub fn facts(apikey: &ApiKey, ctx: &Context) -> Option<Observed> {
         secret: SecretState::Missing,
         secret_version: None,
         fetched: None,
-        read: false,
         policy_missing: policy_missing(apikey, ctx, &ns),
         ns,
         uid,
@@ -133,7 +130,6 @@ pub(crate) async fn read_secret(ctx: &Context, apikey: &ApiKey, o: &mut Observed
     } else {
         secrets.get_metadata_opt(&o.secret_name).await.map_err(serr)?.map(|m| m.metadata)
     };
-    o.read = true;
     let Some(meta) = meta else { return Ok(()) };
     o.secret_version = meta.resource_version.clone();
     if !secret::controlled_by(meta.owner_references.as_ref(), apikey) {

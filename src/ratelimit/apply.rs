@@ -17,7 +17,7 @@ pub async fn plan(ctx: &Context, policy: &RateLimitPolicy, ns: &str, p: &mut Pla
     for w in std::mem::take(&mut p.keys) {
         let body = serde_json::json!({ "usage": w.status.usage, "conditions": w.status.conditions });
         let key_name = w.key.name_any();
-        if let Err(e) = ctx.key_status.apply_status(ns, &key_name, &body).await {
+        if let Err(e) = ctx.runtime.apply_status_of::<ApiKey>(ns, &key_name, &body).await {
             tracing::warn!(apikey = %key_name, error = %e, "could not write the key's usage; the next poll retries");
             continue;
         }

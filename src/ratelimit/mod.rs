@@ -134,8 +134,6 @@ impl PolicyState {
 pub struct Context {
     /// Client, clock, events, metrics and backoff of the policies.
     pub runtime: Plumbing<RateLimitPolicy>,
-    /// Writes of ApiKey usage, under this controller's field manager.
-    key_status: Plumbing<ApiKey>,
     /// Usage sources: fenced client, caps and byte budget (see [`crate::usage`]).
     sources: crate::usage::Sources,
     poller: poller::Poller,
@@ -167,8 +165,7 @@ impl Context {
         Context {
             poller,
             woken: Mutex::new(Some(woken)),
-            runtime: Plumbing::new(client.clone(), metrics.clone(), CONTROLLER, MANAGER),
-            key_status: Plumbing::new(client, metrics, CONTROLLER, MANAGER),
+            runtime: Plumbing::new(client, metrics, CONTROLLER, MANAGER),
             sources,
             states: Mutex::default(),
             targets: Mutex::default(),

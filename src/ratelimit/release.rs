@@ -25,7 +25,7 @@ pub async fn run(ctx: Arc<Context>, policies: Store<RateLimitPolicy>, policies_r
         for key in ctx.apikeys.state().into_iter().filter(|k| released(k, &policies)) {
             let (ns, name) = (key.namespace().unwrap_or_default(), key.name_any());
             // NB: an apply that owns nothing removes every field this manager applied before.
-            match ctx.key_status.apply_status(&ns, &name, &serde_json::json!({})).await {
+            match ctx.runtime.apply_status_of::<ApiKey>(&ns, &name, &serde_json::json!({})).await {
                 Ok(()) => tracing::debug!(namespace = %ns, apikey = %name, "usage released"),
                 Err(e) => tracing::warn!(namespace = %ns, apikey = %name, error = %e, "could not release usage"),
             }

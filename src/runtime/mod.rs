@@ -133,21 +133,21 @@ impl<K: Kind> Plumbing<K> {
     /// Applies `status` to the object's status subresource with this controller's field manager, within
     /// [`WRITE_TIMEOUT`].
     pub async fn apply_status(&self, ns: &str, name: &str, status: &impl Serialize) -> Result<(), kube::Error> {
-        self.apply_status_as(self.manager, ns, name, status).await
+        self.apply_status_of::<K>(ns, name, status).await
     }
 
-    /// Like [`Self::apply_status`] with another field manager.
-    pub async fn apply_status_as(
+    /// Like [`Self::apply_status`], on an object of another kind `R` whose status fields this controller owns (the
+    /// RateLimitPolicy controller's usage on ApiKeys).
+    pub async fn apply_status_of<R: Kind>(
         &self,
-        manager: &str,
         ns: &str,
         name: &str,
         status: &impl Serialize,
     ) -> Result<(), kube::Error> {
-        let body = serde_json::json!({ "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status });
-        let api: Api<K> = Api::namespaced(self.client.clone(), ns);
-        self.metrics.api_write(self.controller, K::STATUS_WRITE);
-        let pp = PatchParams::apply(manager).force();
+        let body = serde_json::json!({ "apiVersion": R::api_version(&()), "kind": R::kind(&()), "status": status });
+        let api: Api<R> = Api::namespaced(self.client.clone(), ns);
+        self.metrics.api_write(self.controller, R::STATUS_WRITE);
+        let pp = PatchParams::apply(self.manager).force();
         within_timeout(api.patch_status(name, &pp, &Patch::Apply(&body))).await.map(|_| ())
     }
 
