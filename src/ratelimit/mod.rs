@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use kube::api::{Api, ApiResource};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -111,8 +111,7 @@ impl PolicyState {
     /// on its own. A due cycle is recorded as started; returns whether the active override changed.
     fn start_cycle(&mut self, generation: Option<i64>, checked: &Checked, now: Timestamp) -> Option<bool> {
         let override_index = checked.limit.active.as_ref().map(|a| a.index);
-        let next_poll = self.last_poll.and_then(|t| t.checked_add(as_signed(checked.interval)).ok());
-        let due = next_poll.is_none_or(|t| now >= t)
+        let due = self.last_poll.is_none_or(|t| now >= checked.next_poll(t))
             || self.generation != generation
             || self.override_index != override_index;
         if !due {
@@ -123,10 +122,10 @@ impl PolicyState {
         Some(changed)
     }
 
-    /// When the next cycle is due: the next poll, or the limit changing on its own, whichever is first.
-    fn next_cycle(&self, checked: &Checked, now: Timestamp) -> Option<Timestamp> {
-        let next_poll = self.last_poll.unwrap_or(now).checked_add(as_signed(checked.interval)).ok();
-        [next_poll, checked.limit.changes_at].into_iter().flatten().min()
+    /// How long until the next cycle, looked at `at`: the next poll or the limit changing on its own, whichever
+    /// is first (see [`Checked::requeue_after`], bounded by [`check::MAX_REQUEUE`]).
+    fn next_cycle(&self, checked: &Checked, now: Timestamp, at: Timestamp) -> Duration {
+        checked.requeue_after(self.last_poll.unwrap_or(now), at)
     }
 }
 
@@ -245,7 +244,7 @@ async fn reconcile_policy(policy: &RateLimitPolicy, ctx: &Context) -> Result<Req
     };
     let rates = match usage(ctx, policy, &mut state, &checked, now).await {
         Step::Answer(rates) => rates,
-        Step::Wait(at) => return Ok(crate::runtime::requeue_at(at, ctx.runtime.now())),
+        Step::Wait(wait) => return Ok(Requeue::requeue(wait)),
     };
     let now = ctx.runtime.now();
     let observed = observe::observe(ctx, policy, &ns, rates, &checked).await;
@@ -273,15 +272,15 @@ async fn reconcile_policy(policy: &RateLimitPolicy, ctx: &Context) -> Result<Req
     apply::plan(ctx, policy, &ns, &mut p, now).await;
     let new = plan::status(policy, p.conditions, p.figures, Some(checked.limit.display()), now);
     apply::status(ctx, policy, new).await?;
-    Ok(crate::runtime::requeue_at(state.next_cycle(&checked, now), ctx.runtime.now()))
+    Ok(Requeue::requeue(state.next_cycle(&checked, now, ctx.runtime.now())))
 }
 
 /// Where a cycle stands on its usage.
 enum Step {
     /// The usage a poll answered (or why there is none): the cycle goes on.
     Answer(Result<crate::usage::Rates, SourceError>),
-    /// Nothing to do until then (`None`: until the running poll wakes the policy).
-    Wait(Option<Timestamp>),
+    /// Nothing to do for this long (or until the running poll wakes the policy, sooner).
+    Wait(Duration),
 }
 
 /// The usage for this cycle: a finished poll's answer, or a new poll when one is due (answered at once when it is
@@ -295,14 +294,13 @@ async fn usage(
 ) -> Step {
     if state.poll.running() {
         // NB: the finished poll wakes the policy; the requeue is only a safety net.
-        let net = now.checked_add(as_signed(checked.interval + MAX_POLL_TIMEOUT)).ok();
-        return Step::Wait(net);
+        return Step::Wait(poll_safety_net(checked));
     }
     if let Some(done) = state.poll.take_done() {
         return Step::Answer(state.finish(done));
     }
     let Some(override_changed) = state.start_cycle(policy.metadata.generation, checked, now) else {
-        return Step::Wait(state.next_cycle(checked, now));
+        return Step::Wait(state.next_cycle(checked, now, now));
     };
     state.override_changed = override_changed;
     let Some(spec) = policy.spec.usage.as_ref() else {
@@ -322,7 +320,7 @@ async fn usage(
     state.poll.wait_briefly().await;
     match state.poll.take_done() {
         Some(done) => Step::Answer(state.finish(done)),
-        None => Step::Wait(now.checked_add(as_signed(checked.interval + MAX_POLL_TIMEOUT)).ok()),
+        None => Step::Wait(poll_safety_net(checked)),
     }
 }
 
@@ -346,8 +344,9 @@ fn tokio_stream_from(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-fn as_signed(d: Duration) -> SignedDuration {
-    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+/// How long a policy with a poll in flight waits before it looks again if the poll never wakes it.
+fn poll_safety_net(checked: &Checked) -> Duration {
+    checked.interval.saturating_add(MAX_POLL_TIMEOUT).min(check::MAX_REQUEUE)
 }
 
 impl Context {
