@@ -78,15 +78,6 @@ impl Default for Options {
     }
 }
 
-/// What a controller takes from [`Options`].
-#[derive(Clone, Copy, Debug)]
-pub struct ControllerSettings {
-    /// Reconciles running at once.
-    pub concurrency: u16,
-    /// The floors tenants' objects must respect.
-    pub minimums: crate::minimums::Minimums,
-}
-
 /// Runs the operator until `shutdown` completes: checks the CRDs are installed (failing with a message that says
 /// how to install them), serves probes and metrics, waits for the Lease when leader election is on, then runs both
 /// controllers for each watched namespace. On shutdown in-flight reconciles finish (bounded) and the Lease is
