@@ -331,11 +331,12 @@ impl Scenario {
 }
 
 /// Before and after the Secret write of a new key (12 + 12 trials): the first trials crash around the first
-/// issue, the others around rotations asked for with `keyward.dev/rotate` (a long grace keeps every previous key).
+/// issue, the others around rotations asked for with `keyward.dev/rotate`. The 2 s grace period makes a request
+/// that comes inside it wait for its end, so the kills land on deferred rotations as well.
 #[tokio::test]
 async fn sigkill_around_the_secret_write() {
     control_plane_with_crds().await;
-    let mut s = Scenario::new("crash_secret_write", "w", 5, "3600s", false);
+    let mut s = Scenario::new("crash_secret_write", "w", 5, "2s", false);
     for trial in 0..24 {
         let (persisted, _) = s.observe("before a trial");
         // Ask again of about two keys in three that owe nothing, so n picks different keys each time.
@@ -382,7 +383,7 @@ async fn sigkill_around_the_grace_removal() {
 #[tokio::test]
 async fn sigkill_around_the_rollout_restart() {
     control_plane_with_crds().await;
-    let mut s = Scenario::new("crash_rollout_restart", "c", 3, "3600s", true);
+    let mut s = Scenario::new("crash_rollout_restart", "c", 3, "2s", true);
     s.issue_first_keys().await;
     for trial in 0..12 {
         let (persisted, restarted) = s.observe("before a trial");
@@ -409,7 +410,7 @@ async fn sigkill_around_the_revocation() {
     let ns = namespace("crash_revocation");
     let names: Vec<String> = (0..8).map(|i| format!("r{i}")).collect();
     for n in &names {
-        apply(&ns, &apikey(n, "  rotation: {interval: 1h, gracePeriod: 1h}"));
+        apply(&ns, &apikey(n, "  rotation: {interval: 1h, gracePeriod: 30m}"));
     }
     let mut op = operator::start_with_args(&format!("{ns}-issue"), "info", &["--namespace", &ns]);
     let issued = eventually(60, "the keys", || {

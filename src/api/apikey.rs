@@ -123,6 +123,8 @@ pub enum KeyEncoding {
     .message("rotation: set at most one of rotation.interval and rotation.schedule"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.timeZone) || has(self.schedule)")
     .message("rotation.timeZone is only allowed together with rotation.schedule"))]
+#[x_kube(validation = bounds::shorter_than(("gracePeriod", "rotation.gracePeriod"), ("interval", "rotation.interval"),
+    "a rotation never cuts the previous key's grace period short, so with a grace period as long as the interval every rotation would wait"))]
 pub struct Rotation {
     /// Rotate this long after the previous rotation, e.g. `720h`: above 0s, at most 8760h (a key that lives
     /// longer than a year without rotating is what Keyward exists to prevent). The operator may set a higher
@@ -143,9 +145,12 @@ pub struct Rotation {
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$"))]
     pub time_zone: Option<String>,
 
-    /// How long the previous key stays valid after a rotation (`previous-api-key` in the Secret); default `24h`,
-    /// `0s` drops it at once; at most 8760h (a year: longer keeps a possibly leaked key valid past any sane
-    /// rotation). The operator may set a minimum (`keyward run --min-grace-period`).
+    /// How long the previous key stays valid after a rotation (`previous-api-key` in the Secret); `0s` drops it at
+    /// once; at most 8760h (a year: longer keeps a possibly leaked key valid past any sane rotation); shorter than
+    /// `interval`. Default `24h`, or half the time until the next scheduled rotation when that is sooner. A rotation
+    /// never cuts a grace period short: one that comes due (asked for or scheduled) while the previous key is in
+    /// its grace period waits for its end (Ready reason `RotationDeferred`). The operator may set a minimum
+    /// (`keyward run --min-grace-period`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = bounds::duration_at_most("rotation.gracePeriod", bounds::MAX_GRACE_PERIOD, "the previous key stays valid for at most a year"))]
     pub grace_period: Option<GoDuration>,

@@ -91,6 +91,19 @@ pub fn duration_positive_at_most(field: &str, max: Duration, why: &str) -> Rule 
     .message(Message::Message(format!("{field} must be greater than 0s and at most {max}: {why}")))
 }
 
+/// The CEL rule on an object: its duration field `shorter` is less than its duration field `longer` when both are
+/// set (`field_*` name them in the message, which ends with `why`). Values that are not durations are left to the
+/// schema pattern, as in [`duration_at_most`].
+pub fn shorter_than(shorter: (&str, &str), longer: (&str, &str), why: &str) -> Rule {
+    let ((a, field_a), (b, field_b)) = (shorter, longer);
+    let pattern = cel_escape(SCHEMA_DURATION_PATTERN);
+    Rule::new(format!(
+        "!has(self.{a}) || !has(self.{b}) || !self.{a}.matches('{pattern}') || !self.{b}.matches('{pattern}') || \
+         duration(self.{a}) < duration(self.{b})"
+    ))
+    .message(Message::Message(format!("{field_a} must be shorter than {field_b}: {why}")))
+}
+
 /// The CEL rule: a time in [`MIN_TIME`, `MAX_TIME`).
 pub fn time_in_range(field: &str) -> Rule {
     Rule::new(format!("self >= timestamp('{MIN_TIME}') && self < timestamp('{MAX_TIME}')"))

@@ -38,7 +38,6 @@ use crate::api::ratelimit::RateLimitPolicy;
 use crate::keys::{self, OsRandom};
 use crate::metrics::Metrics;
 use crate::runtime::{Launch, Plumbing, ReconcileError, cache};
-use crate::schedule::RotationPlan;
 
 /// Field manager of this controller's server-side applies.
 pub const MANAGER: &str = "keyward/apikey";
@@ -428,7 +427,7 @@ async fn write_secret(
         _ => None,
     };
     let (kept, kept_previous) = observe::kept_material(ctx, o, action.keeps_material()).await?;
-    let grace = o.rotation.as_ref().map(RotationPlan::grace_period).unwrap_or_default();
+    let grace = o.rotation.as_ref().map(|p| p.grace_period_at(now, &o.jitter_key)).unwrap_or_default();
     let material = plan::Material { new_key, kept, kept_previous };
     match plan::write(apikey, o, action, &material, (grace, &ctx.sealer), now) {
         Some(write) => apply::secret(ctx, apikey, o, write).await.map(Some),

@@ -58,6 +58,8 @@ pub struct Decision {
     pub ready: Desired,
     /// The earliest future moment something is due (rotation, grace end, expiry).
     pub requeue_at: Option<Timestamp>,
+    /// A rotation is due but waits until then, when the previous key's grace period ends.
+    pub deferred_until: Option<Timestamp>,
 }
 
 impl Action {
@@ -96,6 +98,8 @@ pub struct Inputs<'a> {
 /// Ready condition reasons.
 pub mod reason {
     pub const KEY_ISSUED: &str = "KeyIssued";
+    /// Issued, and a due rotation waits for the previous key's grace period to end.
+    pub const ROTATION_DEFERRED: &str = "RotationDeferred";
     pub const SUSPENDED: &str = "Suspended";
     pub const EXPIRED: &str = "Expired";
     pub const SECRET_CONFLICT: &str = "SecretConflict";
@@ -130,6 +134,7 @@ pub fn decide(i: &Inputs<'_>, plan: Result<&RotationPlan, String>) -> Decision {
                      Delete it or choose another spec.secretName",
                 ),
                 requeue_at: None,
+                deferred_until: None,
             };
         }
         SecretState::Missing => None,
@@ -143,6 +148,7 @@ pub fn decide(i: &Inputs<'_>, plan: Result<&RotationPlan, String>) -> Decision {
             action: if holds_material { Action::Remove(Revocation::Suspended) } else { Action::Nothing },
             ready: Desired::new("Ready", false, reason::SUSPENDED, "the key is suspended: no key material is held"),
             requeue_at: None,
+            deferred_until: None,
         };
     }
     if let Some(exp) = expires_at
@@ -152,6 +158,7 @@ pub fn decide(i: &Inputs<'_>, plan: Result<&RotationPlan, String>) -> Decision {
             action: if holds_material { Action::Remove(Revocation::Expired) } else { Action::Nothing },
             ready: Desired::new("Ready", false, reason::EXPIRED, format!("the key expired at {exp}")),
             requeue_at: None,
+            deferred_until: None,
         };
     }
     let plan = match plan {
@@ -162,6 +169,7 @@ pub fn decide(i: &Inputs<'_>, plan: Result<&RotationPlan, String>) -> Decision {
                 action: Action::Nothing,
                 ready: Desired::new("Ready", false, reason::INVALID_SPEC, message),
                 requeue_at: expires_at.filter(|e| *e > i.now),
+                deferred_until: None,
             };
         }
     };
@@ -170,26 +178,48 @@ pub fn decide(i: &Inputs<'_>, plan: Result<&RotationPlan, String>) -> Decision {
         (SecretState::Missing, _) => Action::Issue(if i.had_key { IssueKind::Regenerated } else { IssueKind::First }),
         (SecretState::Managed { tampered: true, .. }, _) => Action::Issue(IssueKind::Tampered),
         (_, Some(b)) if !b.has_key() => Action::Issue(if i.had_key { IssueKind::Resumed } else { IssueKind::First }),
-        (_, Some(b)) => {
-            let manual = i.rotate_request.is_some_and(|r| b.rotate_request.as_deref() != Some(r));
-            let due = match b.rotated_at {
-                // Bookkeeping lost: rotating keeps the current key valid for the grace period, so nothing is lost.
-                None => true,
-                Some(at) => plan.next_rotation(at, i.jitter_key).is_some_and(|next| next <= i.now),
-            };
-            if manual || due {
-                Action::Rotate { manual }
-            } else if b.previous_expires_at.is_some_and(|e| e <= i.now) && b.has_previous() {
-                Action::DropPrevious
-            } else if matches!(i.secret, SecretState::Managed { reseal: true, .. }) {
-                Action::Reseal
-            } else {
-                Action::Nothing
-            }
-        }
+        (_, Some(b)) => return decide_issued(i, plan, b),
         (_, None) => Action::Issue(IssueKind::First),
     };
-    Decision { requeue_at: None, ready: issued_condition(None), action }
+    Decision { requeue_at: None, ready: issued_condition(None), action, deferred_until: None }
+}
+
+/// The decision for a key that is issued and intact: rotate when due or asked, unless that would cut the previous
+/// key's grace period short (the rotation then waits for its end); else drop an ended grace, reseal, or nothing.
+fn decide_issued(i: &Inputs<'_>, plan: &RotationPlan, b: &Book) -> Decision {
+    let manual = i.rotate_request.is_some_and(|r| b.rotate_request.as_deref() != Some(r));
+    let due = match b.rotated_at {
+        // Bookkeeping lost: rotating keeps the current key valid for the grace period, so nothing is lost.
+        None => true,
+        Some(at) => plan.next_rotation(at, i.jitter_key).is_some_and(|next| next <= i.now),
+    };
+    let grace_end = b.previous_expires_at.filter(|_| b.has_previous());
+    let action = match grace_end {
+        Some(end) if (manual || due) && end > i.now => return deferred(manual, end, i.secret),
+        _ if manual || due => Action::Rotate { manual },
+        Some(end) if end <= i.now => Action::DropPrevious,
+        _ if matches!(i.secret, SecretState::Managed { reseal: true, .. }) => Action::Reseal,
+        _ => Action::Nothing,
+    };
+    Decision { requeue_at: None, ready: issued_condition(None), action, deferred_until: None }
+}
+
+/// A due rotation that waits until `end`, when the previous key's grace period ends: rotating now would drop that
+/// key before the time its consumers were promised. Ready stays True (the current key works), with a reason and
+/// message that say why the rotation has not happened and when it will.
+fn deferred(manual: bool, end: Timestamp, secret: &SecretState) -> Decision {
+    let what = if manual { "the requested rotation (keyward.dev/rotate)" } else { "the scheduled rotation" };
+    let message = format!(
+        "{what} waits until {end}, when the previous key's grace period ends: rotating earlier would revoke the \
+         previous key before its grace period is over"
+    );
+    let reseal = matches!(secret, SecretState::Managed { reseal: true, .. });
+    Decision {
+        action: if reseal { Action::Reseal } else { Action::Nothing },
+        ready: Desired::new("Ready", true, reason::ROTATION_DEFERRED, message),
+        requeue_at: Some(end),
+        deferred_until: Some(end),
+    }
 }
 
 /// Ready=True for an issued key, naming its fingerprint (never the key).
@@ -358,8 +388,9 @@ pub struct Outcome {
 pub fn outcome(apikey: &ApiKey, o: &Observed, decision: &Decision, book: Option<&Book>, now: Timestamp) -> Outcome {
     let (next_rotation, requeue_at) =
         next_due(book.unwrap_or(&Book::default()), o.rotation.as_ref().ok(), &apikey.spec, &o.jitter_key, now);
+    let next_rotation = decision.deferred_until.or(next_rotation);
     let ready = match decision.ready.reason {
-        reason::KEY_ISSUED if o.policy_missing => policy_missing_condition(apikey),
+        reason::KEY_ISSUED | reason::ROTATION_DEFERRED if o.policy_missing => policy_missing_condition(apikey),
         reason::KEY_ISSUED => issued_condition(book.and_then(|b| b.key_id.as_deref())),
         _ => decision.ready.clone(),
     };

@@ -141,6 +141,10 @@ struct CronSchedule {
 pub struct RotationPlan {
     trigger: Trigger,
     grace_period: Duration,
+    /// Whether `rotation.gracePeriod` is set; a default grace period is shortened to fit between rotations.
+    grace_explicit: bool,
+    /// The operator's minimum grace period (`keyward run --min-grace-period`): no grace is shortened below it.
+    min_grace: Duration,
     jitter: Duration,
 }
 
@@ -157,7 +161,13 @@ impl RotationPlan {
     pub fn from_spec_with(rotation: Option<&Rotation>, min: &Minimums) -> Result<RotationPlan, ScheduleError> {
         let default_grace = DEFAULT_GRACE_PERIOD.max(min.grace_period);
         let Some(rotation) = rotation else {
-            return Ok(RotationPlan { trigger: Trigger::Never, grace_period: default_grace, jitter: Duration::ZERO });
+            return Ok(RotationPlan {
+                trigger: Trigger::Never,
+                grace_period: default_grace,
+                grace_explicit: false,
+                min_grace: min.grace_period,
+                jitter: Duration::ZERO,
+            });
         };
         let grace_period = match &rotation.grace_period {
             Some(d) => {
@@ -216,7 +226,8 @@ impl RotationPlan {
                 Trigger::Never
             }
         };
-        Ok(RotationPlan { trigger, grace_period, jitter })
+        let (grace_explicit, min_grace) = (rotation.grace_period.is_some(), min.grace_period);
+        Ok(RotationPlan { trigger, grace_period, grace_explicit, min_grace, jitter })
     }
 
     /// Whether the key rotates on its own (an interval or a schedule is set).
@@ -225,8 +236,25 @@ impl RotationPlan {
     }
 
     /// How long the previous key stays valid after a rotation: `rotation.gracePeriod`, default 24h; may be zero.
+    /// The longest grace a rotation can give (see [`RotationPlan::grace_period_at`]).
     pub fn grace_period(&self) -> Duration {
         self.grace_period
+    }
+
+    /// The grace period a rotation at `now` gives the key it replaces. An explicit `rotation.gracePeriod` as
+    /// written. The default (24h) is shortened to half the time until the next scheduled rotation, so that with an
+    /// interval or a schedule shorter than two days every key still gets its whole grace before the next rotation
+    /// comes (a rotation never cuts a grace short: it waits, see `apikey::plan::decide`); never below the
+    /// operator's minimum grace period.
+    pub fn grace_period_at(&self, now: Timestamp, jitter_key: &str) -> Duration {
+        if self.grace_explicit {
+            return self.grace_period;
+        }
+        let until_next = self
+            .next_rotation(now, jitter_key)
+            .and_then(|next| Duration::try_from(next.duration_since(now)).ok())
+            .unwrap_or(Duration::MAX);
+        self.grace_period.min(until_next / 2).max(self.min_grace)
     }
 
     /// The upper bound (exclusive) of the delay added to each due time: `rotation.jitter`, default zero.

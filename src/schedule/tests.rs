@@ -75,6 +75,24 @@ fn grace_period_default_and_explicit() {
     assert_eq!(p.grace_period(), Duration::ZERO);
 }
 
+#[test]
+fn a_default_grace_fits_between_two_rotations() {
+    let now = ts("2026-01-01T00:00:00Z");
+    let at = |p: &RotationPlan| p.grace_period_at(now, "ns/name/uid");
+    // Default 24h, shortened to half the time until the next rotation when that comes sooner than in two days.
+    assert_eq!(at(&plan(interval("720h"))), DEFAULT_GRACE_PERIOD);
+    assert_eq!(at(&plan(interval("48h"))), DEFAULT_GRACE_PERIOD);
+    assert_eq!(at(&plan(interval("1h"))), Duration::from_secs(1800));
+    assert_eq!(at(&plan(schedule("*/10 * * * *", None))), Duration::from_secs(300));
+    assert_eq!(at(&RotationPlan::from_spec(None).unwrap()), DEFAULT_GRACE_PERIOD, "no schedule: the whole default");
+    // An explicit grace period is kept as written.
+    assert_eq!(at(&plan(Rotation { grace_period: Some("50m".into()), ..interval("1h") })), Duration::from_secs(3000));
+    // Never below the operator's minimum grace period.
+    let strict = Minimums { grace_period: Duration::from_secs(2400), ..Minimums::DEFAULT };
+    let p = RotationPlan::from_spec_with(Some(&interval("1h")), &strict).unwrap();
+    assert_eq!(at(&p), Duration::from_secs(2400));
+}
+
 // --- interval ----------------------------------------------------------------------------------------------------
 
 #[test]

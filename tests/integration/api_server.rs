@@ -331,6 +331,16 @@ fn tenant_invalid() -> Vec<(&'static str, String, &'static str)> {
         key("rotation: {interval: 8760h1ms}", "spec.rotation.interval"),
         key("rotation: {interval: 0s}", "rotation.interval must be greater than 0s"),
         key("rotation: {interval: 1h, gracePeriod: 8761h}", "rotation.gracePeriod must be at most 8760h"),
+        // A rotation never cuts a grace short, so a grace as long as the interval would make every rotation wait.
+        key("rotation: {interval: 1h, gracePeriod: 1h}", "rotation.gracePeriod must be shorter than rotation.interval"),
+        key(
+            "rotation: {interval: 1h, gracePeriod: 60m}",
+            "rotation.gracePeriod must be shorter than rotation.interval",
+        ),
+        key(
+            "rotation: {interval: 10m, gracePeriod: 24h}",
+            "rotation.gracePeriod must be shorter than rotation.interval",
+        ),
         key("rotation: {interval: 1h, jitter: 24h1s}", "rotation.jitter must be at most 24h"),
         key("rotation: {interval: 1h, jitter: 100000000h}", "spec.rotation.jitter"),
         // Times.
@@ -462,7 +472,9 @@ async fn tenant_bounds_edges_are_accepted() {
         )
     };
     let cases: Vec<(&str, String)> = vec![
-        ("ApiKey", "rotation: {interval: 8760h, gracePeriod: 8760h, jitter: 24h}".into()),
+        ("ApiKey", "rotation: {interval: 8760h, gracePeriod: 8759h59m59.999s, jitter: 24h}".into()),
+        ("ApiKey", "rotation: {interval: 1h, gracePeriod: 59m59.999s}".into()),
+        ("ApiKey", "rotation: {schedule: '* * * * *', gracePeriod: 8760h}".into()),
         ("ApiKey", "rotation: {interval: 999999ms, gracePeriod: 0s, jitter: 0s}".into()),
         ("ApiKey", "rotation: {interval: 8759h59m59.999s}".into()),
         ("ApiKey", "expiresAt: '2999-12-31T23:59:59Z'".into()),

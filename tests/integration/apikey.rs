@@ -229,7 +229,7 @@ async fn rollout_restart_after_rotation() {
         &ns,
         &apikey(
             "r",
-            "  rotation: {gracePeriod: 1m}\n  rolloutRestart:\n  - {kind: Deployment, name: web}\n  - {kind: StatefulSet, name: missing}",
+            "  rotation: {gracePeriod: 3s}\n  rolloutRestart:\n  - {kind: Deployment, name: web}\n  - {kind: StatefulSet, name: missing}",
         ),
     );
     kubectl_ok(&["wait", "--for=condition=Ready", "apikey/r", "-n", &ns, "--timeout=60s"]);

@@ -55,9 +55,9 @@ async fn wait_decided(op: &Operator, name: &str, request: &str) -> bool {
 async fn sigkill_during_rotations_converges_without_double_rotation_and_leaks_nothing() {
     control_plane_with_crds().await;
     let ns = namespace("sigkill");
-    // No schedule: only requests rotate, so the count of rotations is exactly known. A long grace period keeps
-    // the previous key, so losing it would show.
-    apply(&ns, &apikey("crash", "  format: {prefix: kw_crash_}\n  rotation: {gracePeriod: 1h}"));
+    // No schedule: only requests rotate, so the count of rotations is exactly known. The grace period keeps the
+    // previous key, so losing it would show; a request inside it waits for its end (a few seconds).
+    apply(&ns, &apikey("crash", "  format: {prefix: kw_crash_}\n  rotation: {gracePeriod: 4s}"));
     apply(&ns, &apikey("steady", "  rotation: {interval: 2s, gracePeriod: 1s}"));
     // The first key is issued before the kills: from then on, every write of a new key answers a request.
     let first = operator::scoped_with("sigkill-first", &ns, "debug", &[]);
@@ -159,7 +159,7 @@ async fn sigkill_during_rotations_converges_without_double_rotation_and_leaks_no
 async fn two_racing_operators_never_rotate_twice() {
     control_plane_with_crds().await;
     let ns = namespace("two_operators");
-    apply(&ns, &apikey("race", "  rotation: {gracePeriod: 1h}"));
+    apply(&ns, &apikey("race", "  rotation: {gracePeriod: 4s}"));
     // Two instances without leader election reconcile the same ApiKey at once; the Secret write is conditional on
     // its resourceVersion, so for each request only one of them can rotate.
     let mut a = operator::scoped_with("race-a", &ns, LOG, &[]);

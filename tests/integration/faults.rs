@@ -62,7 +62,7 @@ async fn a_full_lifecycle_leaks_no_key_material() {
         &ns,
         &apikey(
             "manual",
-            "  format: {prefix: kw_leak_, encoding: hex}\n  rotation: {gracePeriod: 1h}\n  rolloutRestart:\n  - {kind: Deployment, name: consumer}\n  - {kind: StatefulSet, name: missing}",
+            "  format: {prefix: kw_leak_, encoding: hex}\n  rotation: {gracePeriod: 3s}\n  rolloutRestart:\n  - {kind: Deployment, name: consumer}\n  - {kind: StatefulSet, name: missing}",
         ),
     );
     apply(&ns, &apikey("steady", "  format: {entropyBytes: 16}\n  rateLimitPolicyRef: {name: tier}"));

@@ -137,3 +137,58 @@ async fn previous_key_expires_at_the_rotation_time_plus_the_grace_period() {
     assert_eq!(ann_time("previous-expires-at"), Some(until));
     assert!(decode(&s, "previous-api-key").is_some(), "the previous key is held until then");
 }
+
+/// A second rotation inside the grace period would revoke the older key early: it waits for the grace end instead,
+/// with Ready=True reason `RotationDeferred` saying until when, and then rotates once. Every key whose grace has not
+/// ended stays in the Secret the whole time.
+#[tokio::test]
+async fn a_rotation_inside_the_grace_period_waits_for_its_end() {
+    control_plane_with_crds().await;
+    let ns = namespace("grace_overlap");
+    let _op = operator::scoped(&ns);
+    apply(&ns, &apikey("o", "  rotation: {gracePeriod: 8s}"));
+    let first = eventually(60, "the first key", || issued(&ns, "o")).await["status"]["keyId"].clone();
+    kubectl_ok(&["annotate", "apikey/o", "-n", &ns, "keyward.dev/rotate=one"]);
+    let ak = eventually(30, "the first rotation", || issued(&ns, "o").filter(|a| rotation_count(a) == 1)).await;
+    let second = ak["status"]["keyId"].clone();
+    let grace_end = status_time(&ak, "previousKeyExpiresAt").expect("previousKeyExpiresAt");
+    kubectl_ok(&["annotate", "--overwrite", "apikey/o", "-n", &ns, "keyward.dev/rotate=two"]);
+    let waiting = eventually(30, "the deferral", || {
+        get_json(&ns, "apikey/o").filter(|a| ready_reason(a).is_some_and(|(_, r)| r == "RotationDeferred"))
+    })
+    .await;
+    let (status, _, message) = crate::common::kube::condition(&waiting, "Ready").expect("Ready");
+    assert_eq!(status, "True", "the current key works while the rotation waits");
+    assert!(message.contains(&grace_end.to_string()), "the message says until when: {message}");
+    assert_eq!(status_time(&waiting, "nextRotationTime"), Some(grace_end), "the next rotation is the grace end");
+    assert_eq!(rotation_count(&waiting), 1, "not rotated yet");
+    // Until the grace end the Secret holds both keys, the first one as the previous key.
+    while Timestamp::now() < grace_end - SignedDuration::from_secs(1) {
+        let s = get_json(&ns, "secret/o").expect("secret");
+        let previous = decode(&s, "previous-api-key").map(|k| crate::common::kube::key_id(&k));
+        assert_eq!(previous.as_deref(), first.as_str(), "the first key was dropped before its grace ended");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let ak = eventually(30, "the deferred rotation", || issued(&ns, "o").filter(|a| rotation_count(a) == 2)).await;
+    assert_eq!(ak["status"]["lastRotateRequest"], "two");
+    assert_eq!(ak["status"]["previousKeyId"], second, "the key current before now has its own grace period");
+    assert!(status_time(&ak, "lastRotationTime").is_some_and(|t| t >= grace_end), "rotated no earlier than the end");
+    assert_eq!(ready_reason(&ak).map(|(_, r)| r).as_deref(), Some("KeyIssued"));
+}
+
+/// Without `gracePeriod`, the 24h default is shortened to half the time until the next scheduled rotation, so the
+/// schedule is kept and every key gets its whole grace period.
+#[tokio::test]
+async fn the_default_grace_fits_a_short_interval() {
+    control_plane_with_crds().await;
+    let ns = namespace("default_grace");
+    let _op = operator::scoped(&ns);
+    apply(&ns, &apikey("d", "  rotation: {interval: 20s}"));
+    let ak = eventually(60, "a scheduled rotation", || issued(&ns, "d").filter(|a| rotation_count(a) >= 1)).await;
+    let rotated = status_time(&ak, "lastRotationTime").expect("lastRotationTime");
+    let until = status_time(&ak, "previousKeyExpiresAt").expect("previousKeyExpiresAt");
+    assert_eq!(until, rotated + SignedDuration::from_secs(10), "half the 20 s interval, not 24h");
+    let ak = eventually(60, "the next rotation, on time", || issued(&ns, "d").filter(|a| rotation_count(a) >= 2)).await;
+    let next = status_time(&ak, "lastRotationTime").expect("lastRotationTime");
+    assert!(next.duration_since(rotated) < SignedDuration::from_secs(25), "rotated {next} after {rotated}");
+}

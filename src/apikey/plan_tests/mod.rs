@@ -484,4 +484,5 @@ fn lost_rotated_at_rotates_a_held_key() {
     }
 }
 
+mod deferral;
 mod settle;
