@@ -101,6 +101,34 @@ pub fn desired(
     }
 }
 
+/// How many polls usage may be missing before a key's `NearLimit` and `Exhausted` turn `Unknown` instead of keeping
+/// a verdict that may no longer hold.
+pub const STALE_AFTER_POLLS: u32 = 3;
+
+/// Reason of `NearLimit`/`Exhausted` when usage has been unavailable for [`STALE_AFTER_POLLS`] polls.
+pub const STALE_REASON: &str = "UsageUnavailable";
+
+/// A key whose verdicts are stale: `NearLimit` and `Exhausted` become `Unknown` with `why`, its last usage is kept
+/// as it was (its `observedAt` says how old it is). `None` when there is nothing to change: no verdict was ever
+/// given (no usage), or the verdicts say `Unknown` already.
+pub fn stale(
+    current: &[Condition],
+    usage: Option<&KeyUsage>,
+    generation: Option<i64>,
+    why: &str,
+    now: Timestamp,
+) -> Option<KeyStatus> {
+    let usage = usage?.clone();
+    let known = current.iter().any(|c| (c.type_ == NEAR_LIMIT || c.type_ == EXHAUSTED) && c.status != "Unknown");
+    if !known {
+        return None;
+    }
+    let unknown = [Desired::unknown(NEAR_LIMIT, STALE_REASON, why), Desired::unknown(EXHAUSTED, STALE_REASON, why)];
+    let mut conditions = conditions::merge(current, &unknown, generation, now);
+    conditions.retain(|c| c.type_ == NEAR_LIMIT || c.type_ == EXHAUSTED);
+    Some(KeyStatus { usage, conditions })
+}
+
 /// Four decimals are plenty for a status and keep tiny float noise out of it.
 fn round(x: f64) -> f64 {
     (x * 10_000.0).round() / 10_000.0

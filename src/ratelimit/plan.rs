@@ -153,8 +153,13 @@ fn members(i: &Inputs<'_>, p: &mut Plan) {
     for key in &i.observed.members {
         let current = key.status.clone().unwrap_or_default();
         let Ok(rates) = &i.observed.rates else {
-            near += i32::from(key_usage::is_true(&current.conditions, key_usage::NEAR_LIMIT));
-            exhausted += i32::from(key_usage::is_true(&current.conditions, key_usage::EXHAUSTED));
+            let stale = stale_since(i).and_then(|why| {
+                key_usage::stale(&current.conditions, current.usage.as_ref(), key.metadata.generation, &why, i.now)
+            });
+            let conditions = stale.as_ref().map_or(&current.conditions, |s| &s.conditions);
+            near += i32::from(key_usage::is_true(conditions, key_usage::NEAR_LIMIT));
+            exhausted += i32::from(key_usage::is_true(conditions, key_usage::EXHAUSTED));
+            p.keys.extend(stale.map(|status| KeyWrite { key: key.clone(), status, note: None }));
             continue;
         };
         let name = kube::ResourceExt::name_any(key.as_ref());
@@ -190,6 +195,19 @@ fn members(i: &Inputs<'_>, p: &mut Plan) {
     }
     p.figures.keys_near_limit = Some(near);
     p.figures.keys_exhausted = Some(exhausted);
+}
+
+/// Why the keys' verdicts are stale, when usage has been unavailable for [`key_usage::STALE_AFTER_POLLS`] polls or
+/// more (counted from the time `UsageAvailable` turned `False`, which the status keeps across restarts).
+fn stale_since(i: &Inputs<'_>) -> Option<String> {
+    let Err(e) = &i.observed.rates else { return None };
+    let down = i.current.conditions.iter().find(|c| c.type_ == condition::USAGE_AVAILABLE && c.status == "False")?;
+    let since = down.last_transition_time.0;
+    let window = i.checked.interval.saturating_mul(key_usage::STALE_AFTER_POLLS);
+    let window = SignedDuration::try_from(window).unwrap_or(SignedDuration::MAX);
+    (i.now.duration_since(since) >= window).then(|| {
+        format!("usage has been unavailable since {since} ({}: {e}); the last verdict may no longer hold", e.reason())
+    })
 }
 
 /// The replica recommendation: held while the target cannot be read, something else scales it, or usage is

@@ -7,7 +7,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired {
     pub type_: &'static str,
+    /// `True` or `False`; ignored when `unknown`.
     pub status: bool,
+    /// Status `Unknown`: the controller cannot tell (e.g. its input has been unavailable too long).
+    pub unknown: bool,
     pub reason: &'static str,
     pub message: String,
 }
@@ -15,7 +18,12 @@ pub struct Desired {
 impl Desired {
     /// A condition of `type_` with the given status, reason and message.
     pub fn new(type_: &'static str, status: bool, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { type_, status, reason, message: message.into() }
+        Self { type_, status, unknown: false, reason, message: message.into() }
+    }
+
+    /// A condition of `type_` with status `Unknown`, and the reason and message that say why.
+    pub fn unknown(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+        Self { type_, status: false, unknown: true, reason, message: message.into() }
     }
 }
 
@@ -30,7 +38,11 @@ pub fn merge(
     let mut out: Vec<Condition> =
         existing.iter().filter(|c| !desired.iter().any(|d| d.type_ == c.type_)).cloned().collect();
     for d in desired {
-        let status = if d.status { "True" } else { "False" };
+        let status = match (d.unknown, d.status) {
+            (true, _) => "Unknown",
+            (false, true) => "True",
+            (false, false) => "False",
+        };
         let last_transition_time = existing
             .iter()
             .find(|c| c.type_ == d.type_ && c.status == status)

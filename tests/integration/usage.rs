@@ -130,3 +130,31 @@ async fn scale_up_waits_for_its_stabilization_window() {
     eventually(60, "4 replicas", || replicas(&ns, "deployment/gateway").filter(|&r| r == 4)).await;
     assert!(has_event(&ns, "RateLimitPolicy", "gw", "ScaledUp"));
 }
+
+/// No stale verdicts: an Exhausted key whose gateway stops answering keeps its verdict for a couple of polls, then
+/// `NearLimit` and `Exhausted` turn `Unknown` with reason `UsageUnavailable`; when usage comes back, so do they.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verdicts_turn_unknown_while_usage_is_unavailable() {
+    control_plane_with_crds().await;
+    let ns = namespace("usage_stale_verdicts");
+    let _op = operator::scoped(&ns);
+    let gw = TrafficSim::start("127.0.0.1:0", METRIC, "api_key").await.expect("traffic simulator");
+    let usage = format!("  usage:\n    interval: 1s\n    scrape: {{urls: [\"{}\"], metric: {METRIC}}}", gw.url());
+    apply(&ns, &policy("tier", &format!("  limit: {{requests: 60, period: 1m}}\n{usage}")));
+    apply(&ns, &apikey("hot", "  rateLimitPolicyRef: {name: tier}"));
+    gw.set_rate("hot", 3.0);
+    eventually(60, "hot Exhausted", || get_json(&ns, "apikey/hot").filter(|a| is(a, "Exhausted", "True"))).await;
+    gw.set_available(false);
+    let ak = eventually(60, "the verdicts Unknown", || {
+        get_json(&ns, "apikey/hot").filter(|a| is(a, "Exhausted", "Unknown") && is(a, "NearLimit", "Unknown"))
+    })
+    .await;
+    let (_, reason, message) = crate::common::kube::condition(&ak, "Exhausted").expect("Exhausted");
+    assert_eq!(reason, "UsageUnavailable");
+    assert!(message.contains("unavailable since"), "the message says since when: {message}");
+    let policy = get_json(&ns, "ratelimitpolicy/tier").expect("policy");
+    assert!(is(&policy, "UsageAvailable", "False"), "{:?}", policy["status"]);
+    assert_eq!(policy["status"]["keysExhausted"], 0, "an Unknown verdict is not counted");
+    gw.set_available(true);
+    eventually(60, "a fresh verdict", || get_json(&ns, "apikey/hot").filter(|a| is(a, "Exhausted", "True"))).await;
+}

@@ -175,3 +175,5 @@ fn policy() -> RateLimitPolicy {
     }))
     .expect("policy")
 }
+
+mod stale;
