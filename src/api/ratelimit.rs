@@ -100,6 +100,9 @@ pub struct UsageSource {
 
 /// A Prometheus server and the query that yields requests per second by key.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.tls) || self.address.startsWith('https://')")
+    .message("usage.prometheus.tls needs an https:// usage.prometheus.address"))]
 pub struct PrometheusSource {
     /// Base URL of the Prometheus server, e.g. `http://prometheus.monitoring:9090`: http or https, and no
     /// credentials in the URL (`user:pass@` is refused; credentials belong in a Secret).
@@ -110,6 +113,112 @@ pub struct PrometheusSource {
     /// `sum by (api_key) (rate(gateway_requests_total[1m]))`.
     #[schemars(length(min = 1, max = 4096))]
     pub query: String,
+    /// Credentials for a Prometheus API that requires them (a bearer token or basic auth), each read from a Secret
+    /// in the policy's namespace. They are sent only to `address`, never logged or shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<PrometheusAuth>,
+    /// TLS settings for an https `address`: a private CA, the server name to verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<SourceTls>,
+    /// Extra request headers, e.g. `X-Scope-OrgID` for a multi-tenant Mimir, Cortex or Thanos: at most 16.
+    /// `Authorization`, `Host`, `Cookie` and hop-by-hop headers cannot be set (credentials go in `auth`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<HttpHeader>,
+}
+
+/// How Keyward authenticates to Prometheus: exactly one of a bearer token and basic auth.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.bearerToken) != has(self.basic)")
+    .message("usage.prometheus.auth: set exactly one of bearerToken and basic"))]
+pub struct PrometheusAuth {
+    /// The token sent as `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token: Option<SecretKeyRef>,
+    /// A user name and password sent as HTTP basic auth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic: Option<BasicAuth>,
+}
+
+/// HTTP basic auth, both parts read from Secrets.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct BasicAuth {
+    /// Where the user name is.
+    pub username: SecretKeyRef,
+    /// Where the password is.
+    pub password: SecretKeyRef,
+}
+
+/// A key of a Secret in the policy's namespace. The user who creates the policy must be allowed to read that
+/// Secret (checked by the chart's admission policy), since its value is sent to the policy's address.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
+    pub name: String,
+    /// Key in the Secret's data.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+/// A key of a ConfigMap in the policy's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub struct ConfigMapKeyRef {
+    /// Name of the ConfigMap.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
+    pub name: String,
+    /// Key in the ConfigMap's data.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+/// TLS settings of a usage source.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceTls {
+    /// PEM CA certificates the server's certificate must chain to, instead of the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CaSource>,
+    /// The name the server's certificate must carry, when it differs from the host of `address` (e.g. an
+    /// address by IP); at most 253 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
+    pub server_name: Option<String>,
+    /// Skip verifying the server's certificate: anyone on the path can then read the credentials and forge the
+    /// usage. For tests only; the policy reports `SourceVerified=False` while it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
+}
+
+/// Where a CA bundle is: exactly one of a ConfigMap key and a Secret key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.configMapKeyRef) != has(self.secretKeyRef)")
+    .message("usage.prometheus.tls.ca: set exactly one of configMapKeyRef and secretKeyRef"))]
+pub struct CaSource {
+    /// A ConfigMap key holding the PEM bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<ConfigMapKeyRef>,
+    /// A Secret key holding the PEM bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+}
+
+/// An extra HTTP request header.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new(
+    "!(self.name.lowerAscii() in ['authorization', 'proxy-authorization', 'host', 'cookie', 'connection', \
+     'content-length', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'keep-alive', 'proxy-connection'])")
+    .message("usage.prometheus.headers[].name: Authorization, Host, Cookie and hop-by-hop headers cannot be set; credentials go in usage.prometheus.auth"))]
+pub struct HttpHeader {
+    /// Header name, e.g. `X-Scope-OrgID`: letters, digits and `-`, at most 128 characters.
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9-]*$"))]
+    pub name: String,
+    /// Header value: visible ASCII and spaces, at most 1024 characters (not a place for secrets: it is part of
+    /// the spec).
+    #[schemars(length(max = 1024), regex(pattern = r"^[\x20-\x7E]*$"))]
+    pub value: String,
 }
 
 /// Metrics endpoints read directly, for gateways without a Prometheus server.

@@ -7,6 +7,7 @@
 //! HorizontalPodAutoscaler on the same target means no writes (`ScalingConflict=True`); a slow source holds only its
 //! own policy's reconcile, for at most the poll timeout.
 
+mod access;
 mod apply;
 pub mod check;
 pub mod key_usage;
@@ -104,6 +105,8 @@ struct PolicyState {
     generation: Option<i64>,
     /// The active override's index at the last cycle (the effective limit changing forces a cycle).
     override_index: Option<usize>,
+    /// When the source's credentials and CA were read (see [`access::REFRESH`]); `None`: read them again.
+    access_read_at: Option<Timestamp>,
 }
 
 impl PolicyState {
@@ -307,11 +310,15 @@ async fn usage(
         state.source = None;
         return Step::Answer(Err(SourceError::NotConfigured));
     };
+    let fresh = !access::reads_objects(spec) || state.access_read_at.is_some_and(|t| t + access::REFRESH > now);
     let source = match state.source.take() {
-        Some((s, src)) if &s == spec => (s, src),
-        _ => match AnySource::from_spec(spec, &ctx.sources) {
-            Some(src) => (spec.clone(), src),
-            None => return Step::Answer(Err(SourceError::NotConfigured)),
+        Some((s, src)) if &s == spec && fresh => (s, src),
+        _ => match build_source(ctx, policy, spec).await {
+            Ok(src) => {
+                state.access_read_at = Some(now);
+                (spec.clone(), src)
+            }
+            Err(e) => return Step::Answer(Err(e)),
         },
     };
     let timeout = crate::usage::poll_timeout(checked.interval, MAX_POLL_TIMEOUT);
@@ -324,10 +331,27 @@ async fn usage(
     }
 }
 
+/// The source `spec` names, with the credentials, CA and headers of a Prometheus source read from the policy's
+/// namespace.
+async fn build_source(ctx: &Context, policy: &RateLimitPolicy, spec: &UsageSource) -> Result<AnySource, SourceError> {
+    let source = AnySource::from_spec(spec, &ctx.sources).ok_or(SourceError::NotConfigured)?;
+    match (source, &spec.prometheus) {
+        (AnySource::Prometheus(p), Some(ps)) if ps.auth.is_some() || ps.tls.is_some() || !ps.headers.is_empty() => {
+            let ns = policy.metadata.namespace.as_deref().unwrap_or_default();
+            let access = access::resolve(&ctx.runtime.client, ns, ps).await?;
+            Ok(AnySource::Prometheus(p.with_access(&access)?))
+        }
+        (source, _) => Ok(source),
+    }
+}
+
 impl PolicyState {
     /// Takes back the source of a finished poll and remembers its lane; an empty answer is "no data", never zero
-    /// traffic.
+    /// traffic. Credentials the server refused are read again for the next poll.
     fn finish(&mut self, done: poller::Polled) -> Result<crate::usage::Rates, SourceError> {
+        if matches!(done.rates, Err(SourceError::Unauthorized { .. })) {
+            self.access_read_at = None;
+        }
         self.slow = poller::earns_slow_lane(&done.rates);
         self.source = Some(done.source);
         match done.rates {

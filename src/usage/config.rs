@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::SourceError;
+use super::access::{self, Tls};
 use super::fence::{AddressPolicy, FencedResolver, Rule};
 
 /// Default of `--source-max-body-bytes`: 16 MiB.
@@ -189,18 +191,44 @@ impl Sources {
 
 const USER_AGENT: &str = concat!("keyward/", env!("CARGO_PKG_VERSION"));
 
+/// A client builder with the fence: the policy in the resolver, no redirects, no proxy, the timeouts.
+fn fenced_builder(settings: &Settings) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        // A redirect is an error: following one would leave the fence (and the tenant's choice of target).
+        .redirect(reqwest::redirect::Policy::none())
+        // NB: through a proxy the resolver would check the proxy's address, not the source's.
+        .no_proxy()
+        .connect_timeout(settings.connect_timeout)
+        .read_timeout(settings.read_timeout)
+        .dns_resolver(Arc::new(FencedResolver::new(Arc::new(settings.policy.clone()))))
+}
+
+impl Sources {
+    /// A client of a source's own for TLS settings other than the defaults, fenced like the shared one: a CA bundle
+    /// instead of the system's roots, a server name to verify instead of the address's host, or no verification.
+    pub(crate) fn client_for(&self, tls: &Tls) -> Result<reqwest::Client, SourceError> {
+        let builder = fenced_builder(&self.inner.settings);
+        let builder = if tls.insecure_skip_verify {
+            builder.danger_accept_invalid_certs(true)
+        } else if let Some(name) = &tls.server_name {
+            builder.use_preconfigured_tls(access::named_config(tls.ca_pem.as_deref(), name)?)
+        } else if let Some(pem) = &tls.ca_pem {
+            access::certificates(pem)?.into_iter().fold(builder.tls_built_in_root_certs(false), |b, der| {
+                match reqwest::Certificate::from_der(&der) {
+                    Ok(cert) => b.add_root_certificate(cert),
+                    Err(_) => b,
+                }
+            })
+        } else {
+            return Ok(self.inner.client.clone());
+        };
+        builder.build().map_err(|e| SourceError::InvalidTls { detail: format!("the TLS client cannot be built: {e}") })
+    }
+}
+
 fn build_client(settings: &Settings) -> reqwest::Client {
-    let builder = || {
-        reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            // A redirect is an error: following one would leave the fence (and the tenant's choice of target).
-            .redirect(reqwest::redirect::Policy::none())
-            // NB: through a proxy the resolver would check the proxy's address, not the source's.
-            .no_proxy()
-            .connect_timeout(settings.connect_timeout)
-            .read_timeout(settings.read_timeout)
-            .dns_resolver(Arc::new(FencedResolver::new(Arc::new(settings.policy.clone()))))
-    };
+    let builder = || fenced_builder(settings);
     match builder().build() {
         Ok(client) => client,
         Err(err) => {

@@ -80,6 +80,18 @@ pub enum SourceError {
     )]
     NoData,
 
+    /// A credential or CA the source needs cannot be read: `what` names the object and key (never its value).
+    #[error("cannot read {what}: {detail}")]
+    CredentialsUnavailable { what: String, detail: String },
+
+    /// The server refused the credentials (HTTP 401 or 403).
+    #[error("{url} refused the credentials (HTTP {status}): check usage.prometheus.auth and the Secret it names")]
+    Unauthorized { url: String, status: u16 },
+
+    /// The TLS settings cannot be used (e.g. a CA bundle with no certificate).
+    #[error("usage.prometheus.tls: {detail}")]
+    InvalidTls { detail: String },
+
     /// The policy names no usage source (for the caller; sources never return it).
     #[error("no usage source is configured: set usage.prometheus or usage.scrape to measure usage")]
     NotConfigured,
@@ -103,12 +115,15 @@ impl SourceError {
             Self::WarmingUp { .. } => "WarmingUp",
             Self::NoData => "NoData",
             Self::NotConfigured => "NotConfigured",
+            Self::CredentialsUnavailable { .. } => "CredentialsUnavailable",
+            Self::Unauthorized { .. } => "SourceUnauthorized",
+            Self::InvalidTls { .. } => "InvalidTLSConfig",
         }
     }
 
     /// Whether the error is a problem of the spec (URL, query) that will not go away by polling again.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::InvalidUrl { .. } | Self::NotAVector { .. })
+        matches!(self, Self::InvalidUrl { .. } | Self::NotAVector { .. } | Self::InvalidTls { .. })
     }
 }
 
@@ -135,6 +150,9 @@ mod tests {
             SourceError::WarmingUp { endpoints: 1 },
             SourceError::NoData,
             SourceError::NotConfigured,
+            SourceError::CredentialsUnavailable { what: "Secret s key k".into(), detail: "not found".into() },
+            SourceError::Unauthorized { url: u(), status: 401 },
+            SourceError::InvalidTls { detail: "d".into() },
         ];
         for err in errors {
             let reason = err.reason();

@@ -80,11 +80,33 @@ pub(crate) async fn get(
     sink: &mut impl BodySink,
     error_body_limit: usize,
 ) -> Result<Answer, SourceError> {
+    let plain = Via { client: sources.client(), headers: &reqwest::header::HeaderMap::new() };
+    get_via(sources, plain, (url, shown, accept), timeout, sink, error_body_limit).await
+}
+
+/// The client a request goes through (the shared one, or a source's own for its TLS settings) and the headers it
+/// carries (credentials among them, marked sensitive).
+#[derive(Clone, Copy)]
+pub(crate) struct Via<'a> {
+    pub client: &'a reqwest::Client,
+    pub headers: &'a reqwest::header::HeaderMap,
+}
+
+/// [`get`] through `via`; `target` is the URL, its redacted name and the `Accept` header.
+pub(crate) async fn get_via(
+    sources: &Sources,
+    via: Via<'_>,
+    (url, shown, accept): (reqwest::Url, &str, &'static str),
+    timeout: Duration,
+    sink: &mut impl BodySink,
+    error_body_limit: usize,
+) -> Result<Answer, SourceError> {
     let exchange = async {
         check_ip_literal(sources, &url, shown)?;
-        let response = sources
-            .client()
+        let response = via
+            .client
             .get(url)
+            .headers(via.headers.clone())
             .header(reqwest::header::ACCEPT, accept)
             .send()
             .await

@@ -13,6 +13,7 @@
 //! Errors name the endpoint (with any `user:password@` redacted) and what went wrong, in fixed words: not one byte of
 //! a response body reaches them (see [`SourceError`]).
 
+pub mod access;
 pub mod config;
 mod error;
 pub mod fence;
@@ -132,7 +133,13 @@ mod tests {
         assert!(AnySource::from_spec(&UsageSource::default(), &client).is_none());
 
         let prometheus = UsageSource {
-            prometheus: Some(PrometheusSource { address: "http://p:9090".into(), query: "up".into() }),
+            prometheus: Some(PrometheusSource {
+                address: "http://p:9090".into(),
+                query: "up".into(),
+                auth: None,
+                tls: None,
+                headers: Vec::new(),
+            }),
             ..Default::default()
         };
         match AnySource::from_spec(&prometheus, &client) {

@@ -7,6 +7,9 @@
 
 use std::time::Duration;
 
+use reqwest::header::HeaderMap;
+
+use super::access::Access;
 use super::http::{self, Buffer};
 pub use super::promjson::{parse_query_response, parse_query_response_limited};
 use super::{Rates, Source, SourceError, Sources};
@@ -22,6 +25,10 @@ pub struct Prometheus {
     key_label: String,
     sources: Sources,
     shown: String,
+    /// The shared client, or the source's own for its TLS settings.
+    client: reqwest::Client,
+    /// Extra headers and credentials (sensitive).
+    headers: HeaderMap,
 }
 
 impl Prometheus {
@@ -32,9 +39,18 @@ impl Prometheus {
             address: address.to_owned(),
             query: query.to_owned(),
             key_label: key_label.to_owned(),
+            client: sources.client().clone(),
             sources,
             shown: http::redact_url(address.trim_end_matches('/')),
+            headers: HeaderMap::new(),
         }
+    }
+
+    /// The same source, sending `access`'s credentials and headers, through a client built for its TLS settings.
+    pub fn with_access(mut self, access: &Access) -> Result<Self, SourceError> {
+        self.headers = access.header_map()?;
+        self.client = self.sources.client_for(&access.tls)?;
+        Ok(self)
     }
 
     /// The label whose value identifies a key.
@@ -63,7 +79,9 @@ impl Source for Prometheus {
         let accept = "application/json";
         let sources = &self.sources;
         let mut body = Buffer::new(sources.limits().max_body_bytes);
-        let answer = http::get(sources, url, &self.shown, accept, timeout, &mut body, ERROR_BODY_BYTES).await?;
+        let via = http::Via { client: &self.client, headers: &self.headers };
+        let target = (url, self.shown.as_str(), accept);
+        let answer = http::get_via(sources, via, target, timeout, &mut body, ERROR_BODY_BYTES).await?;
         match answer {
             // The budget reserved for the body is held until it is parsed.
             http::Answer::Fed(_reserved) => {
@@ -72,6 +90,9 @@ impl Source for Prometheus {
             }
             // Prometheus explains 400 (bad_data), 422 (execution) and 503 (unavailable) in an API error body; only
             // its error type is kept.
+            http::Answer::Status { status: status @ (401 | 403), .. } => {
+                Err(SourceError::Unauthorized { url: self.shown.clone(), status })
+            }
             http::Answer::Status { status, body } => Err(match parse_query_response(&body, "") {
                 Err(SourceError::Query { error_type, .. }) => {
                     SourceError::Query { url: self.shown.clone(), status, error_type }
