@@ -17,6 +17,7 @@ mod api_server;
 mod apikey;
 mod apikey_safety;
 mod crds;
+mod docs;
 mod examples;
 mod faults;
 mod fencing;
