@@ -16,6 +16,7 @@ mod admission;
 mod api_server;
 mod apikey;
 mod apikey_safety;
+mod argocd;
 mod crds;
 mod docs;
 mod examples;
