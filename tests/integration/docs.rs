@@ -223,6 +223,48 @@ fn commands(block: &Block) -> Vec<String> {
     out
 }
 
+/// In a console block, the sample output shown after each command (in the order of [`commands`]).
+fn samples(block: &Block) -> Vec<Vec<String>> {
+    let mut out: Vec<Vec<String>> = Vec::new();
+    let mut heredoc: Option<String> = None;
+    let mut continued = false;
+    for line in block.text.lines() {
+        if let Some(tag) = &heredoc {
+            if line.trim() == tag {
+                heredoc = None;
+            }
+        } else if continued {
+            continued = line.ends_with('\\');
+        } else if let Some(cmd) = line.strip_prefix("$ ") {
+            out.push(Vec::new());
+            heredoc = heredoc_tag(cmd);
+            continued = cmd.ends_with('\\');
+        } else if let Some(last) = out.last_mut().filter(|_| !line.trim().is_empty()) {
+            last.push(line.to_string());
+        }
+    }
+    out
+}
+
+/// Whether `actual` output fits the `sample` shown: line by line, the first word is the same (an object's name,
+/// `NAME`, `apikey.keyward.dev/x`), and a `NAME …` header line is the same word for word (the printer columns).
+fn fits(sample: &[String], actual: &str) -> Result<(), String> {
+    let actual: Vec<&str> = actual.lines().collect();
+    for (i, want) in sample.iter().enumerate() {
+        let got = actual.get(i).copied().unwrap_or_default();
+        let words = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        let same = if want.starts_with("NAME ") {
+            words(want) == words(got)
+        } else {
+            words(want).first() == words(got).first()
+        };
+        if !same {
+            return Err(format!("sample line {want:?}, got {got:?}"));
+        }
+    }
+    Ok(())
+}
+
 /// The words of a command's first line (continuations joined, heredoc bodies left out), split into the simple
 /// commands of its pipes and lists; quotes removed, comments and heredoc markers dropped.
 fn segments(cmd: &str) -> Vec<Vec<String>> {
@@ -267,6 +309,9 @@ fn commands_and_segments_are_read_as_a_shell_would() {
         line: 1,
     };
     let cmds = commands(&block);
+    assert_eq!(samples(&block), vec![vec!["output line".to_string()], vec![]]);
+    assert!(fits(&["NAME  READY".into(), "x True".into()], "NAME READY\nx    False\n").is_ok());
+    assert!(fits(&["NAME  READY REASON".into()], "NAME READY\n").is_err());
     assert_eq!(cmds, vec!["kubectl apply -f - <<'EOF'\nkind: X\nEOF", "helm install a b \\\n  --set 'x={a,b}'"]);
     assert_eq!(segments(&cmds[0]), vec![vec!["kubectl", "apply", "-f", "-"]]);
     assert_eq!(segments(&cmds[1]), vec![vec!["helm", "install", "a", "b", "--set", "x={a,b}"]]);
@@ -441,7 +486,7 @@ async fn console_blocks_run_against_a_real_operator() {
         let _op = operator::scoped(&ns);
         let kubeconfig = kubeconfig_in(&ns, tmp.path());
         'page: for b in &blocks {
-            for cmd in commands(b) {
+            for (cmd, sample) in commands(b).into_iter().zip(samples(b)) {
                 ran += 1;
                 let mut sh = Command::new("bash");
                 sh.args(["-euo", "pipefail", "-c", &cmd]).current_dir(root());
@@ -451,6 +496,13 @@ async fn console_blocks_run_against_a_real_operator() {
                     let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
                     failures.push(format!("{}:{}: `{cmd}` failed ({}):\n{o}{e}", rel(&page), b.line, out.status));
                     break 'page;
+                }
+                if let Err(e) = fits(&sample, &String::from_utf8_lossy(&out.stdout)) {
+                    failures.push(format!(
+                        "{}:{}: `{cmd}`: its output does not fit the sample: {e}",
+                        rel(&page),
+                        b.line
+                    ));
                 }
             }
         }
