@@ -13,7 +13,7 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// README.md and every page under docs/.
+/// README.md, every page under docs/, and the chart's README.
 fn pages() -> Vec<PathBuf> {
     let mut pages: Vec<PathBuf> = std::fs::read_dir(root().join("docs"))
         .expect("docs/")
@@ -22,6 +22,7 @@ fn pages() -> Vec<PathBuf> {
         .collect();
     pages.sort();
     pages.insert(0, root().join("README.md"));
+    pages.push(root().join("charts/keyward/README.md"));
     pages
 }
 
@@ -381,7 +382,7 @@ fn check_helm(args: &[String], files: &BTreeMap<String, String>, tmp: &Path) -> 
                 std::fs::write(&path, text).map_err(|e| e.to_string())?;
                 out.extend(["-f".to_string(), path.display().to_string()]);
             }
-            "charts/keyward" => out.push(identity::chart_dir().display().to_string()),
+            "charts/keyward" | "./charts/keyward" => out.push(identity::chart_dir().display().to_string()),
             _ => out.push(a.clone()),
         }
     }
