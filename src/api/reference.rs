@@ -55,19 +55,25 @@ fn fields(schema: &JSONSchemaProps, path: &str, out: &mut String, rules: &mut Ve
     let description = schema.description.as_deref().map(cell).unwrap_or_default();
     out.push_str(&format!("| `{path}` | {} | {} | {description} |\n", type_of(schema), constraints(schema)));
     rules_of(schema, path, rules);
-    if let Some(props) = &schema.properties {
-        for (name, child) in props {
-            fields(child, &format!("{path}.{name}"), out, rules);
-        }
-    }
+    children(schema, path, out, rules);
     if let Some(items) = item_schema(schema) {
         let path = format!("{path}[]");
         rules_of(items, &path, rules);
-        if let Some(props) = &items.properties {
-            for (name, child) in props {
-                fields(child, &format!("{path}.{name}"), out, rules);
-            }
+        children(items, &path, out, rules);
+    }
+}
+
+/// The rows of an object's properties, each marked when the object requires it.
+fn children(schema: &JSONSchemaProps, path: &str, out: &mut String, rules: &mut Vec<(String, String)>) {
+    for (name, child) in schema.properties.iter().flatten() {
+        let required = schema.required.as_ref().is_some_and(|r| r.contains(name));
+        let mut row = String::new();
+        fields(child, &format!("{path}.{name}"), &mut row, rules);
+        if required {
+            // The child's own row is the first line: its type cell gets the mark.
+            row = row.replacen(" | ", " | **required** ", 1);
         }
+        out.push_str(&row);
     }
 }
 
