@@ -135,3 +135,29 @@ fn constraints(schema: &JSONSchemaProps) -> String {
 fn cell(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ").replace('|', "\\|")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splice_replaces_only_the_generated_part() {
+        let page = format!("# Title\nkept\n{BEGIN}\nstale\n{END}\nafter\n");
+        let spliced = splice(&page).expect("markers present");
+        assert!(spliced.starts_with(&format!("# Title\nkept\n{BEGIN}\n\n### ApiKey fields")));
+        assert!(spliced.ends_with(&format!("\n{END}\nafter\n")) && !spliced.contains("stale"));
+        assert_eq!(splice(&spliced), Some(spliced.clone()), "splicing twice changes nothing");
+        assert_eq!(splice("no markers"), None);
+    }
+
+    #[test]
+    fn every_kind_has_its_fields_bounds_and_rules() {
+        let md = markdown();
+        assert!(md.contains("### ApiKey fields") && md.contains("### RateLimitPolicy fields"));
+        assert!(md.contains("| `spec.format.entropyBytes` | int32 | ≥ 16; ≤ 128 |"), "bounds");
+        assert!(md.contains("one of `base62`, `base64url`, `hex`"), "enums");
+        assert!(md.contains("| `spec.rolloutRestart[].kind` | **required** string |"), "required fields of list items");
+        assert!(md.contains("spec.secretName is immutable"), "CEL rule messages");
+        assert!(md.lines().filter(|l| l.starts_with("| `")).all(|l| !l.contains('\n')), "one line per field");
+    }
+}
