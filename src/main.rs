@@ -22,6 +22,9 @@ enum Cmd {
         /// Write `keyward.dev_<plural>.yaml` files into this directory instead of printing.
         #[arg(long)]
         write_dir: Option<PathBuf>,
+        /// Rewrite the generated API reference (the part between its BEGIN and END markers) in this Markdown file.
+        #[arg(long, conflicts_with = "write_dir")]
+        reference: Option<PathBuf>,
     },
     /// Run the operator against the current kubeconfig or the in-cluster configuration.
     Run(Box<keyward::operator::args::RunArgs>),
@@ -109,10 +112,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Crd { write_dir: None } => {
+        Cmd::Crd { reference: Some(page), .. } => {
+            let text = std::fs::read_to_string(&page).with_context(|| format!("reading {}", page.display()))?;
+            let spliced = keyward::api::reference::splice(&text).with_context(|| {
+                format!(
+                    "{} has no generated part: add the lines\n{}\n{}",
+                    page.display(),
+                    keyward::api::reference::BEGIN,
+                    keyward::api::reference::END
+                )
+            })?;
+            std::fs::write(&page, spliced).with_context(|| format!("writing {}", page.display()))?;
+        }
+        Cmd::Crd { write_dir: None, .. } => {
             print!("{}", keyward::api::all_crds_yaml()?);
         }
-        Cmd::Crd { write_dir: Some(dir) } => {
+        Cmd::Crd { write_dir: Some(dir), .. } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             for (file, crd) in keyward::api::crds() {
                 let path = dir.join(file);

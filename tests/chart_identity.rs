@@ -215,7 +215,7 @@ fn chart_args(release: &str, release_ns: &str, helm_args: &[&str]) -> Vec<String
 /// so that a denial seen later is the chart's and not a start-up race. One `kubectl auth can-i`, as the
 /// ServiceAccount, per rendered rule (its first verb and resource); derived from what the chart renders, so a rule
 /// the chart lacks does not stop this wait: the operator's run shows it, denied.
-async fn rbac_in_effect(id: &Identity, objects: &[serde_yaml::Value]) {
+async fn rbac_in_effect(id: &Identity, objects: &[serde_norway::Value]) {
     let mut checks: Vec<Vec<String>> = Vec::new();
     for role in objects.iter().filter(|o| matches!(kind(o), "Role" | "ClusterRole")) {
         for rule in role["rules"].as_sequence().into_iter().flatten() {

@@ -25,6 +25,8 @@ pub const ROTATE_ANNOTATION: &str = "keyward.dev/rotate";
     doc = "An API key that Keyward generates, keeps in a Secret it owns, and rotates on a schedule.",
     status = "ApiKeyStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    // Why a key is not Ready (InvalidSpec, Suspended, SecretConflict, ...) without `kubectl describe`.
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Key ID","type":"string","jsonPath":".status.keyId"}"#,
     // NB: a "date" column renders future times as <invalid> in kubectl, so the next rotation is shown as text.
     printcolumn = r#"{"name":"Next Rotation","type":"string","jsonPath":".status.nextRotationTime"}"#,

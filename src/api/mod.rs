@@ -9,6 +9,7 @@ pub mod bounds;
 pub mod common;
 pub mod duration;
 pub mod ratelimit;
+pub mod reference;
 
 pub use apikey::{ApiKey, ApiKeySpec, ApiKeyStatus};
 pub use ratelimit::{RateLimitPolicy, RateLimitPolicySpec, RateLimitPolicyStatus};
@@ -25,12 +26,12 @@ pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
 }
 
 /// One CRD as the YAML document written to `crds/` and printed by `keyward crd`.
-pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(crd)
+pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_norway::Error> {
+    serde_norway::to_string(crd)
 }
 
 /// Every CRD as one multi-document YAML stream.
-pub fn all_crds_yaml() -> Result<String, serde_yaml::Error> {
+pub fn all_crds_yaml() -> Result<String, serde_norway::Error> {
     let mut out = String::new();
     for (_, crd) in crds() {
         out.push_str("---\n");

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_yaml::Value;
+use serde_norway::Value;
 
 /// The chart in this source tree.
 pub fn chart_dir() -> PathBuf {
@@ -51,7 +51,7 @@ pub fn template(release: &str, namespace: &str, args: &[&str]) -> Vec<Value> {
 /// Every non-empty document of a YAML stream.
 pub fn parse_documents(text: &str) -> Vec<Value> {
     use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(text)
+    serde_norway::Deserializer::from_str(text)
         .map(|doc| Value::deserialize(doc).expect("helm rendered invalid YAML"))
         .filter(|v| !v.is_null())
         .collect()
@@ -59,7 +59,7 @@ pub fn parse_documents(text: &str) -> Vec<Value> {
 
 /// Objects back to one YAML stream (for kubectl).
 pub fn to_stream(objects: &[&Value]) -> String {
-    objects.iter().map(|o| format!("---\n{}", serde_yaml::to_string(o).expect("serialize"))).collect()
+    objects.iter().map(|o| format!("---\n{}", serde_norway::to_string(o).expect("serialize"))).collect()
 }
 
 /// The `kind` of a rendered object.
@@ -122,7 +122,7 @@ pub fn install(release: &str, namespace: &str, helm_args: &[&str]) -> Identity {
 pub fn write_kubeconfig(namespace: &str, sa: &str, path: &Path) {
     let token = super::kubectl_ok(&["create", "token", sa, "-n", namespace, "--duration=1h"]);
     let admin = std::fs::read_to_string(super::control_plane().kubeconfig()).expect("read the admin kubeconfig");
-    let admin: Value = serde_yaml::from_str(&admin).expect("admin kubeconfig is YAML");
+    let admin: Value = serde_norway::from_str(&admin).expect("admin kubeconfig is YAML");
     let cluster = &admin["clusters"][0]["cluster"];
     let server = cluster["server"].as_str().expect("cluster.server");
     let ca = cluster["certificate-authority-data"].as_str().expect("cluster.certificate-authority-data");
@@ -134,7 +134,7 @@ pub fn write_kubeconfig(namespace: &str, sa: &str, path: &Path) {
         "contexts": [{"name": sa, "context": {"cluster": "keyward", "user": sa, "namespace": namespace}}],
         "current-context": sa,
     });
-    std::fs::write(path, serde_yaml::to_string(&config).expect("serialize kubeconfig")).expect("write kubeconfig");
+    std::fs::write(path, serde_norway::to_string(&config).expect("serialize kubeconfig")).expect("write kubeconfig");
 }
 
 /// The values file `charts/keyward/ci/FILE`, as a path for `helm -f`.
@@ -145,7 +145,7 @@ pub fn ci_values(file: &str) -> String {
 /// The chart's `appVersion` (the operator image's default tag).
 pub fn app_version() -> String {
     let chart: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).expect("Chart.yaml"))
+        serde_norway::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).expect("Chart.yaml"))
             .expect("Chart.yaml is YAML");
     chart["appVersion"].as_str().expect("appVersion").to_string()
 }

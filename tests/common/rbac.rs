@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use serde_yaml::Value;
+use serde_norway::Value;
 
 use super::identity::{Identity, strings};
 

@@ -22,7 +22,7 @@ fn install_guards(ns: &str) {
             let policy = format!("{}-{ns}", d["spec"]["policyName"].as_str().expect("policy"));
             d["spec"]["policyName"] = policy.into();
             let selector = json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}});
-            d["spec"]["matchResources"] = serde_yaml::to_value(selector).expect("yaml");
+            d["spec"]["matchResources"] = serde_norway::to_value(selector).expect("yaml");
         }
     }
     let refs: Vec<_> = docs.iter().collect();

@@ -24,7 +24,7 @@ async fn crds_are_established_with_names_and_columns() {
     assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
     let table = kubectl_ok(&["get", "apikeys", "-n", &ns]);
     let header = table.lines().next().unwrap_or_default();
-    for column in ["NAME", "READY", "KEY ID", "NEXT ROTATION", "UTILIZATION", "AGE"] {
+    for column in ["NAME", "READY", "REASON", "KEY ID", "NEXT ROTATION", "UTILIZATION", "AGE"] {
         assert!(header.contains(column), "ApiKey column {column} missing from {header:?}");
     }
     let table = kubectl_ok(&["get", "ratelimitpolicies", "-n", &ns]);
@@ -81,7 +81,7 @@ async fn examples_apply_server_side_and_read_back_unchanged() {
             .expect("kubectl");
         assert!(out.status.success(), "{}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
         let text = std::fs::read_to_string(&file).expect("read");
-        for doc in serde_yaml::Deserializer::from_str(&text) {
+        for doc in serde_norway::Deserializer::from_str(&text) {
             let want = serde_json::Value::deserialize(doc).expect("yaml");
             let kind = want["kind"].as_str().expect("kind");
             let name = want["metadata"]["name"].as_str().expect("name");

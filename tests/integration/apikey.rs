@@ -160,6 +160,10 @@ async fn foreign_secret_is_left_untouched() {
         (ready_reason(&ak) == Some(("False".into(), "SecretConflict".into()))).then_some(())
     })
     .await;
+    // `kubectl get` says why without `describe`: the Reason column is the Ready condition's reason.
+    let table = kubectl_ok(&["get", "apikey", "taken", "-n", &ns]);
+    let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(row.get(..3), Some(&["taken", "False", "SecretConflict"][..]), "{table}");
     let after = get_json(&ns, "secret/taken").expect("secret");
     assert_eq!(before["metadata"]["resourceVersion"], after["metadata"]["resourceVersion"]);
     assert_eq!(decode(&after, "api-key").as_deref(), Some("not-ours"));

@@ -14,7 +14,7 @@ fn documents() -> Vec<(String, serde_json::Value)> {
     // NB: examples/ also holds Rust examples (the traffic simulator); kubectl, too, reads only manifests.
     for path in files.into_iter().filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml")) {
         let text = std::fs::read_to_string(&path).expect("read example");
-        for doc in serde_yaml::Deserializer::from_str(&text) {
+        for doc in serde_norway::Deserializer::from_str(&text) {
             let value = serde_json::Value::deserialize(doc).expect("valid YAML");
             docs.push((path.display().to_string(), value));
         }

@@ -14,7 +14,7 @@ use crate::common::rbac::{
     CRD_RULES, Grant, LEASE_RULES, NAMESPACED_RULES, SEAL_RULES, assert_grants, check_can_i, expand, grants,
 };
 use crate::common::{control_plane, control_plane_with_crds, kubectl, kubectl_ok, kubectl_stdin, namespace};
-use serde_yaml::Value;
+use serde_norway::Value;
 
 // ---------------------------------------------------------------------------------------------------------------
 // helm itself
@@ -311,7 +311,7 @@ fn metrics_auth_is_on_with_a_reader_role_and_can_be_turned_off() {
 fn crds_render_from_the_generated_files() {
     let generated: Vec<Value> = keyward::api::crds()
         .iter()
-        .map(|(_, crd)| serde_yaml::from_str(&keyward::api::crd_yaml(crd).expect("yaml")).expect("parse"))
+        .map(|(_, crd)| serde_norway::from_str(&keyward::api::crd_yaml(crd).expect("yaml")).expect("parse"))
         .collect();
     for (args, keep) in [(vec![], true), (vec!["--set", "crds.keep=false"], false)] {
         let objects = template("kw", "keyward-system", &args);

@@ -13,7 +13,7 @@ fn real_crds() -> Vec<Value> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyward")).arg("crd").output().expect("keyward crd");
     assert!(out.status.success(), "keyward crd: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).expect("utf8");
-    serde_yaml::Deserializer::from_str(&text)
+    serde_norway::Deserializer::from_str(&text)
         .map(|doc| Value::deserialize(doc).expect("CRD yaml"))
         .filter(|v| !v.is_null())
         .collect()
