@@ -29,6 +29,8 @@ pub struct Checked {
     pub near_limit_ratio: f64,
     /// `scaling`, checked.
     pub scaling: Option<CheckedScaling>,
+    /// `usage.prometheus.tls.insecureSkipVerify` is set: reported as `SourceVerified=False`.
+    pub insecure_source: bool,
 }
 
 /// `spec.scaling`, checked.
@@ -94,7 +96,13 @@ pub fn check(spec: &RateLimitPolicySpec, now: Timestamp, min: &Minimums) -> Resu
         return Err(format!("nearLimitRatio must be in (0, 1], got {near_limit_ratio}"));
     }
     let scaling = spec.scaling.as_ref().map(check_scaling).transpose()?;
-    Ok(Checked { interval, limit, limit_rps, near_limit_ratio, scaling })
+    let insecure_source = spec
+        .usage
+        .as_ref()
+        .and_then(|u| u.prometheus.as_ref())
+        .and_then(|p| p.tls.as_ref())
+        .is_some_and(|t| t.insecure_skip_verify == Some(true));
+    Ok(Checked { interval, limit, limit_rps, near_limit_ratio, scaling, insecure_source })
 }
 
 /// A rate's period parses (or is left to the caller to report) and is at most [`MAX_RATE_PERIOD`].

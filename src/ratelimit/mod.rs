@@ -60,6 +60,8 @@ pub mod condition {
     pub const SCALING_ACTIVE: &str = "ScalingActive";
     pub const SCALING_CONFLICT: &str = "ScalingConflict";
     pub const OVERRIDE_ACTIVE: &str = "OverrideActive";
+    /// Present (and `False`) only while the usage source's TLS certificate is not verified.
+    pub const SOURCE_VERIFIED: &str = "SourceVerified";
 }
 
 /// Errors that stop a reconcile (and are retried with backoff). Usage and scaling problems are not errors: they

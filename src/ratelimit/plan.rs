@@ -129,8 +129,17 @@ fn limit(i: &Inputs<'_>, p: &mut Plan) {
     }
 }
 
-/// `UsageAvailable` and the total usage (kept from the status while usage is unknown).
+/// `UsageAvailable` and the total usage (kept from the status while usage is unknown); `SourceVerified=False`, with
+/// a Warning event when it appears, while the source's certificate is not verified.
 fn usage(i: &Inputs<'_>, p: &mut Plan) {
+    if i.checked.insecure_source {
+        let message = "usage.prometheus.tls.insecureSkipVerify is set: the source's certificate is not verified, so \
+                       anyone on the path can read its credentials and forge the usage";
+        p.conditions.push(Desired::new(condition::SOURCE_VERIFIED, false, "InsecureSkipVerify", message));
+        if !i.current.conditions.iter().any(|c| c.type_ == condition::SOURCE_VERIFIED) {
+            p.events.push(Note::new(EventType::Warning, "InsecureSource", message.to_owned()));
+        }
+    }
     match &i.observed.rates {
         Ok(rates) => {
             p.figures.observed_usage = Some(status::round2(rates.values().sum()));

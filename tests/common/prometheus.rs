@@ -64,6 +64,12 @@ impl Prometheus {
     /// each of `targets` ("127.0.0.1:PORT") at /metrics as job "gateway"; returns once GET /-/ready answers 200.
     /// Panics with the end of its log if it exits or is not ready within 60 s.
     pub fn start(targets: &[String]) -> Prometheus {
+        Self::start_with(targets, None)
+    }
+
+    /// [`Prometheus::start`] with `--web.config.file` holding `web_config` (TLS, basic auth): readiness is then read
+    /// from its log (its HTTP API wants what the config asks for), and `address()` still says http.
+    pub fn start_with(targets: &[String], web_config: Option<&str>) -> Prometheus {
         let bin = binary();
         let dir = tempfile::Builder::new()
             .prefix("prometheus-")
@@ -72,14 +78,20 @@ impl Prometheus {
         let config = dir.path().join("prometheus.yml");
         std::fs::write(&config, config_yaml(targets)).expect("write prometheus.yml");
         let log = dir.path().join("prometheus.log");
+        let web = web_config.map(|yaml| {
+            let path = dir.path().join("web.yml");
+            std::fs::write(&path, yaml).expect("write web.yml");
+            path
+        });
         let started = Instant::now();
         // The free port is only free when we look: another process may bind it before Prometheus does. That shows as
         // Prometheus exiting with "address already in use", and is retried with another port.
         for attempt in 1..=3 {
             let port = free_port();
             let data = dir.path().join(format!("data-{attempt}"));
-            let mut proc = spawn(&bin, &config, &data, port, &log);
-            match wait_ready(&mut proc, port) {
+            let mut proc = spawn(&bin, (&config, web.as_deref()), &data, port, &log);
+            let ready = if web.is_some() { wait_ready_in_log(&mut proc, &log) } else { wait_ready(&mut proc, port) };
+            match ready {
                 Ok(()) => {
                     let p = Prometheus { port, proc: Some(proc), log, _dir: dir };
                     eprintln!("prometheus ready at {} after {:?}", p.address(), started.elapsed());
@@ -101,6 +113,11 @@ impl Prometheus {
     /// "http://127.0.0.1:PORT".
     pub fn address(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The file that holds Prometheus's standard output and error.
@@ -229,9 +246,13 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-fn spawn(bin: &Path, config: &Path, data: &Path, port: u16, log: &Path) -> Proc {
+fn spawn(bin: &Path, (config, web): (&Path, Option<&Path>), data: &Path, port: u16, log: &Path) -> Proc {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("prometheus log file");
-    let child = Command::new(bin)
+    let mut command = Command::new(bin);
+    if let Some(web) = web {
+        command.arg(format!("--web.config.file={}", web.display()));
+    }
+    let child = command
         .arg(format!("--config.file={}", config.display()))
         .arg(format!("--storage.tsdb.path={}", data.display()))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
@@ -253,6 +274,23 @@ fn spawn(bin: &Path, config: &Path, data: &Path, port: u16, log: &Path) -> Proc 
         .expect("spawn the watchdog sh");
     let stdin = watchdog.stdin.take().expect("watchdog stdin");
     Proc { child, watchdog, _watchdog_stdin: stdin }
+}
+
+/// Waits until the log says the web server is ready (for a server behind TLS and auth).
+fn wait_ready_in_log(proc: &mut Proc, log: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(status) = proc.child.try_wait().map_err(|e| e.to_string())? {
+            return Err(format!("it exited ({status})"));
+        }
+        if std::fs::read_to_string(log).unwrap_or_default().contains("Server is ready to receive web requests") {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("its log did not say it was ready within {READY_TIMEOUT:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Polls /-/ready until 200; an error if the process exits or READY_TIMEOUT passes.

@@ -12,13 +12,14 @@ pub type Rule = (&'static [&'static str], &'static [&'static str], &'static [&'s
 
 /// The namespaced rules, one per API use in src/apikey, src/ratelimit and src/operator. The chart must grant exactly
 /// these (as a ClusterRole in cluster scope, as a Role in each watched namespace otherwise).
-pub const NAMESPACED_RULES: [Rule; 8] = [
+pub const NAMESPACED_RULES: [Rule; 9] = [
     (&["keyward.dev"], &["apikeys"], &["get", "list", "watch"], &[]),
     (&["keyward.dev"], &["ratelimitpolicies"], &["list", "watch"], &[]),
     (&["keyward.dev"], &["apikeys/status", "ratelimitpolicies/status"], &["patch"], &[]),
     // `delete` only to revoke (an immutable Secret, another Secret of a revoked key); the chart's admission guard
     // limits every Secret write of the operator to Keyward's own Secrets.
     (&[""], &["secrets"], &["get", "list", "watch", "create", "update", "delete"], &[]),
+    (&[""], &["configmaps"], &["get"], &[]),
     (&["apps"], &["deployments", "statefulsets", "daemonsets"], &["get", "patch"], &[]),
     (&["apps"], &["deployments/scale", "statefulsets/scale"], &["get", "patch"], &[]),
     (&["autoscaling"], &["horizontalpodautoscalers"], &["list"], &[]),

@@ -79,6 +79,47 @@ async fn tenants_may_restart_and_scale_through_keyward_only_what_they_may_patch_
     assert!(apply_as("bob", &ns, &scaling).0, "bob may patch web's scale");
 }
 
+/// A Prometheus source's credentials and CA are sent to the policy's address: a tenant may name only Secrets and
+/// ConfigMaps they may read themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_may_have_keyward_send_only_secrets_they_may_read_themselves() {
+    control_plane_with_crds().await;
+    let ns = namespace("admission_secrets");
+    install_guards(&ns);
+    grant(&ns, "alice", ("User", "alice"), TENANT_RULES);
+    let carol_rules = format!(
+        "{TENANT_RULES}\n- apiGroups: [\"\"]\n  resources: [secrets]\n  resourceNames: [prom-token]\n  verbs: [get]\n- apiGroups: [\"\"]\n  resources: [configmaps]\n  resourceNames: [prom-ca]\n  verbs: [get]"
+    );
+    grant(&ns, "carol", ("User", "carol"), &carol_rules);
+    let source = |auth: &str| {
+        policy(
+            "p",
+            &format!(
+                "  limit: {{requests: 10, period: 1s}}\n  usage:\n    prometheus:\n      address: https://prometheus.example\n      query: up\n{auth}"
+            ),
+        )
+    };
+    let bearer = |secret: &str| source(&format!("      auth: {{bearerToken: {{name: {secret}, key: token}}}}"));
+    let (_, err) = eventually(60, "the tenant guard refuses alice", || {
+        let (ok, err) = apply_as("alice", &ns, &bearer("prom-token"));
+        (!ok).then_some(((), err))
+    })
+    .await;
+    assert!(err.contains("spec.usage.prometheus") && err.contains("may not read"), "{err}");
+    assert!(apply_as("carol", &ns, &bearer("prom-token")).0, "carol may read prom-token");
+    let (ok, err) = apply_as("carol", &ns, &bearer("admin-token"));
+    assert!(!ok && err.contains("may not read"), "carol may not read admin-token: {err}");
+    let basic = source(
+        "      auth:\n        basic:\n          username: {name: prom-token, key: u}\n          password: {name: db-password, key: p}",
+    );
+    assert!(!apply_as("carol", &ns, &basic).0, "one of the two Secrets is not carol's to read");
+    let ca = |cm: &str| source(&format!("      tls: {{ca: {{configMapKeyRef: {{name: {cm}, key: ca.crt}}}}}}"));
+    assert!(apply_as("carol", &ns, &ca("prom-ca")).0, "carol may read prom-ca");
+    let (ok, err) = apply_as("carol", &ns, &ca("cluster-ca"));
+    assert!(!ok && err.contains("ConfigMap you may not read"), "{err}");
+    assert!(apply_as("alice", &ns, &source("")).0, "no credentials, nothing to check");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operators_identity_may_write_only_keywards_secrets_and_the_restart_annotation() {
     control_plane_with_crds().await;

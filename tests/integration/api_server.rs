@@ -428,6 +428,35 @@ fn tenant_invalid() -> Vec<(&'static str, String, &'static str)> {
         ),
         policy("usage: {prometheus: {address: 'https://user@prom:9090', query: up}}", "spec.usage.prometheus.address"),
         policy("usage: {prometheus: {address: 'ftp://prom:9090', query: up}}", "spec.usage.prometheus.address"),
+        // Authenticated Prometheus: one credential kind, no smuggled Authorization, TLS only over https.
+        policy(
+            "usage: {prometheus: {address: 'https://p', query: up, auth: {}}}",
+            "usage.prometheus.auth: set exactly one of bearerToken and basic",
+        ),
+        policy(
+            "usage: {prometheus: {address: 'https://p', query: up, auth: {bearerToken: {name: t, key: k}, basic: {username: {name: u, key: k}, password: {name: p, key: k}}}}}",
+            "usage.prometheus.auth: set exactly one of bearerToken and basic",
+        ),
+        policy(
+            "usage: {prometheus: {address: 'https://p', query: up, headers: [{name: Authorization, value: 'Bearer x'}]}}",
+            "usage.prometheus.headers[].name: Authorization, Host, Cookie and hop-by-hop headers cannot be set",
+        ),
+        policy(
+            "usage: {prometheus: {address: 'https://p', query: up, headers: [{name: 'X-A', value: \"a\\r\\nInjected: 1\"}]}}",
+            "spec.usage.prometheus.headers[0].value",
+        ),
+        policy(
+            "usage: {prometheus: {address: 'http://p', query: up, tls: {insecureSkipVerify: true}}}",
+            "usage.prometheus.tls needs an https:// usage.prometheus.address",
+        ),
+        policy(
+            "usage: {prometheus: {address: 'https://p', query: up, tls: {ca: {}}}}",
+            "usage.prometheus.tls.ca: set exactly one of configMapKeyRef and secretKeyRef",
+        ),
+        policy(
+            "usage: {prometheus: {address: 'https://p', query: up, auth: {bearerToken: {name: '../x', key: k}}}}",
+            "spec.usage.prometheus.auth.bearerToken.name",
+        ),
         policy(
             "usage: {scrape: {urls: ['http://gw/metrics', 'http://u:p@gw/metrics'], metric: m}}",
             "usage.scrape.urls[] must each be",

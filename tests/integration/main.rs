@@ -26,6 +26,7 @@ mod helm;
 mod metrics_auth;
 mod operations;
 mod prometheus;
+mod prometheus_auth;
 mod ratelimit;
 mod revocation;
 mod rotation;

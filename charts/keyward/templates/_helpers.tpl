@@ -106,6 +106,11 @@ holds the same list and fails when they differ.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, list, watch, create, update, delete]
+# A Prometheus usage source's CA bundle may sit in a ConfigMap (its credentials sit in Secrets, read with `get`
+# above); the admission guard lets a tenant name only ConfigMaps and Secrets they may read themselves.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get]
 # rolloutRestart targets: read the pod template annotation, patch it (what `kubectl rollout restart` does).
 - apiGroups: [apps]
   resources: [deployments, statefulsets, daemonsets]

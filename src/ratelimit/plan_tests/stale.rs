@@ -87,3 +87,23 @@ fn usage_back_gives_a_fresh_verdict() {
     let c = w.status.conditions.iter().find(|c| c.type_ == "Exhausted").expect("Exhausted");
     assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "WithinLimit"));
 }
+
+#[test]
+fn an_unverified_source_is_a_warning_condition_and_one_event() {
+    let now = ts("2026-06-01T00:01:00Z");
+    let insecure = spec(json!({"usage": {"prometheus": {"address": "https://p", "query": "up",
+                                                        "tls": {"insecureSkipVerify": true}}}}));
+    let checked = check(&insecure, now).expect("valid");
+    let o = observed(rates(&[("a", 0.5)]), None, vec![]);
+    let p = run(&checked, &o, &RateLimitPolicyStatus::default(), now);
+    let c = condition(&p, condition::SOURCE_VERIFIED);
+    assert!(!c.status && c.reason == "InsecureSkipVerify", "{c:?}");
+    assert_eq!(p.events.iter().filter(|e| e.reason == "InsecureSource").count(), 1);
+    let mut pol = policy();
+    pol.spec = insecure;
+    let status = super::status(&pol, p.conditions, p.figures, Some("60/1m".into()), now);
+    assert!(run(&checked, &o, &status, now).events.iter().all(|e| e.reason != "InsecureSource"), "warned once");
+    // A verified source has no such condition at all.
+    let p = run(&check(&spec(json!({})), now).expect("valid"), &o, &status, now);
+    assert!(p.conditions.iter().all(|c| c.type_ != condition::SOURCE_VERIFIED));
+}
