@@ -138,6 +138,7 @@ proptest! {
             rotate_request: manual.then_some("now"),
             secret: &secret,
             had_key: true,
+            abuse: None,
             jitter_key: "ns/name/uid",
             now,
         };
@@ -193,6 +194,7 @@ proptest! {
                 scale_up: Some(ScalingRules { stabilization_window: windows.0 }),
                 scale_down: Some(ScalingRules { stabilization_window: windows.1 }),
             }),
+            on_exhausted: None,
         };
         let _ = limits::effective(&spec, now);
         if let Ok(checked) = check(&spec, now, &min) {
@@ -229,6 +231,7 @@ fn the_issue_case_is_refused_not_panicking() {
         near_limit_ratio: None,
         usage: Some(UsageSource { interval: Some("100000000h".into()), ..UsageSource::default() }),
         scaling: None,
+        on_exhausted: None,
     };
     let err = check(&spec, Timestamp::now(), &Minimums::DEFAULT).err().expect("refused");
     assert!(err.starts_with("usage.interval: must be at most 24h"), "{err}");

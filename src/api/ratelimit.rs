@@ -50,6 +50,35 @@ pub struct RateLimitPolicySpec {
     /// Scale the gateway in front of the keys with their total usage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaling: Option<Scaling>,
+
+    /// What happens to a key that stays `Exhausted` too long: by default nothing beyond the condition and event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_exhausted: Option<OnExhausted>,
+}
+
+/// The action on a key that is `Exhausted` without a break for `after`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OnExhausted {
+    /// `None` (the default) or `Suspend`: the key's material is removed as for `suspended: true`, with a Warning
+    /// event `SuspendedForAbuse` and condition `SuspendedForAbuse=True`. It stays suspended until a person clears
+    /// it: `kubectl annotate apikey NAME keyward.dev/abuse-cleared=<the current time, RFC 3339> --overwrite`.
+    pub action: ExhaustedAction,
+    /// How long a key must stay `Exhausted` without a break before the action; default `5m`; above 0s, at most
+    /// 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = bounds::duration_positive_at_most("onExhausted.after", bounds::MAX_USAGE_INTERVAL, "a day of abuse is long enough"))]
+    pub after: Option<GoDuration>,
+}
+
+/// What `onExhausted` does.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ExhaustedAction {
+    /// Nothing beyond `Exhausted` and its event.
+    #[default]
+    None,
+    /// Suspend the key (remove its material) until a person clears it.
+    Suspend,
 }
 
 /// A limit that applies instead of `limit` until a point in time.

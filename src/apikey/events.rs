@@ -49,6 +49,12 @@ pub(super) fn event_for(action: &Action, b: &Book, secret: &str) -> Event {
         Action::Remove(Revocation::Suspended) => {
             (EventType::Normal, "Suspended", "the key is suspended; key material removed".to_string())
         }
+        Action::Remove(Revocation::Abused) => (
+            EventType::Warning,
+            "Suspended",
+            "the key is suspended for abuse by its RateLimitPolicy (SuspendedForAbuse); key material removed"
+                .to_string(),
+        ),
         Action::Remove(Revocation::Expired) => {
             (EventType::Normal, "Expired", "the key expired; key material removed".to_string())
         }

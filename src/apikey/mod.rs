@@ -331,12 +331,14 @@ fn spread_of(uid: &str) -> f64 {
     f64::from(u16::from_be_bytes([d[0], d[1]])) / 65536.0
 }
 
-/// What a change must alter to trigger a reconcile: generation, annotations, deletion.
+/// What a change must alter to trigger a reconcile: generation, annotations, deletion, and a suspension for abuse
+/// turning on or off (the RateLimitPolicy controller's condition in the status).
 fn trigger_hash(k: &ApiKey) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     let m = &k.metadata;
-    (m.generation, &m.annotations, m.deletion_timestamp.is_some()).hash(&mut h);
+    let abused = crate::ratelimit::key_usage::abuse(k).is_some();
+    (m.generation, &m.annotations, m.deletion_timestamp.is_some(), abused).hash(&mut h);
     Some(h.finish())
 }
 

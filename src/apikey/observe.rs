@@ -52,6 +52,8 @@ pub struct Observed {
     pub fetched: Option<Secret>,
     /// `rateLimitPolicyRef` names a policy that does not exist (known only once the policies are listed).
     pub policy_missing: bool,
+    /// The message of a `SuspendedForAbuse` no person has cleared: the key is revoked while it holds.
+    pub abuse: Option<String>,
 }
 
 impl Drop for Observed {
@@ -90,6 +92,7 @@ pub fn facts(apikey: &ApiKey, ctx: &Context) -> Option<Observed> {
         secret_version: None,
         fetched: None,
         policy_missing: policy_missing(apikey, ctx, &ns),
+        abuse: crate::ratelimit::key_usage::abuse(apikey).map(|c| c.message.clone()),
         ns,
         uid,
         name,

@@ -33,6 +33,8 @@ pub enum IssueKind {
 pub enum Revocation {
     Suspended,
     Expired,
+    /// Suspended by its RateLimitPolicy's `onExhausted` until a person clears it.
+    Abused,
 }
 
 /// The single write a reconcile makes to the Secret.
@@ -73,7 +75,7 @@ impl Action {
 impl Decision {
     /// Whether the key is revoked (suspended or expired): no copy of its material may stay anywhere.
     pub fn revokes(&self) -> bool {
-        matches!(self.ready.reason, reason::SUSPENDED | reason::EXPIRED)
+        matches!(self.ready.reason, reason::SUSPENDED | reason::EXPIRED | reason::SUSPENDED_FOR_ABUSE)
     }
 
     /// Whether the decision is to issue this ApiKey's first key.
@@ -90,6 +92,8 @@ pub struct Inputs<'a> {
     pub secret: &'a SecretState,
     /// Whether this ApiKey ever had a key (its status names one): a missing Secret then means it was deleted.
     pub had_key: bool,
+    /// Why its RateLimitPolicy suspended it for abuse (`SuspendedForAbuse`, not cleared by a person).
+    pub abuse: Option<&'a str>,
     /// `<namespace>/<name>/<uid>`: spreads jitter across keys.
     pub jitter_key: &'a str,
     pub now: Timestamp,
@@ -101,6 +105,7 @@ pub mod reason {
     /// Issued, and a due rotation waits for the previous key's grace period to end.
     pub const ROTATION_DEFERRED: &str = "RotationDeferred";
     pub const SUSPENDED: &str = "Suspended";
+    pub const SUSPENDED_FOR_ABUSE: &str = "SuspendedForAbuse";
     pub const EXPIRED: &str = "Expired";
     pub const SECRET_CONFLICT: &str = "SecretConflict";
     pub const INVALID_SPEC: &str = "InvalidSpec";
@@ -114,6 +119,7 @@ pub fn inputs<'a>(o: &'a Observed, spec: &'a ApiKeySpec, now: Timestamp) -> Inpu
         rotate_request: o.rotate_request.as_deref(),
         secret: &o.secret,
         had_key: o.had_key,
+        abuse: o.abuse.as_deref(),
         jitter_key: &o.jitter_key,
         now,
     }
@@ -147,6 +153,14 @@ pub fn decide(i: &Inputs<'_>, plan: Result<&RotationPlan, String>) -> Decision {
         return Decision {
             action: if holds_material { Action::Remove(Revocation::Suspended) } else { Action::Nothing },
             ready: Desired::new("Ready", false, reason::SUSPENDED, "the key is suspended: no key material is held"),
+            requeue_at: None,
+            deferred_until: None,
+        };
+    }
+    if let Some(why) = i.abuse {
+        return Decision {
+            action: if holds_material { Action::Remove(Revocation::Abused) } else { Action::Nothing },
+            ready: Desired::new("Ready", false, reason::SUSPENDED_FOR_ABUSE, format!("no key material is held: {why}")),
             requeue_at: None,
             deferred_until: None,
         };

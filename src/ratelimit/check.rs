@@ -9,7 +9,7 @@ use jiff::{SignedDuration, Timestamp};
 use super::{DEFAULT_INTERVAL, DEFAULT_TARGET_UTILIZATION, key_usage, limits};
 use crate::api::bounds::{self, MAX_RATE_PERIOD, MAX_STABILIZATION_WINDOW, MAX_USAGE_INTERVAL};
 use crate::api::common::RequestRate;
-use crate::api::ratelimit::{RateLimitPolicySpec, Scaling};
+use crate::api::ratelimit::{ExhaustedAction, RateLimitPolicySpec, Scaling};
 use crate::minimums::{self, Minimums};
 use crate::scaling;
 
@@ -31,6 +31,8 @@ pub struct Checked {
     pub scaling: Option<CheckedScaling>,
     /// `usage.prometheus.tls.insecureSkipVerify` is set: reported as `SourceVerified=False`.
     pub insecure_source: bool,
+    /// `onExhausted: {action: Suspend}`: a key Exhausted without a break this long is suspended.
+    pub suspend_after: Option<Duration>,
 }
 
 /// `spec.scaling`, checked.
@@ -102,7 +104,27 @@ pub fn check(spec: &RateLimitPolicySpec, now: Timestamp, min: &Minimums) -> Resu
         .and_then(|u| u.prometheus.as_ref())
         .and_then(|p| p.tls.as_ref())
         .is_some_and(|t| t.insecure_skip_verify == Some(true));
-    Ok(Checked { interval, limit, limit_rps, near_limit_ratio, scaling, insecure_source })
+    let suspend_after = check_on_exhausted(spec)?;
+    Ok(Checked { interval, limit, limit_rps, near_limit_ratio, scaling, insecure_source, suspend_after })
+}
+
+/// Default `onExhausted.after`.
+pub const DEFAULT_SUSPEND_AFTER: Duration = Duration::from_secs(300);
+
+/// `onExhausted`: how long a key may stay Exhausted before it is suspended, or `None` when nothing is done.
+fn check_on_exhausted(spec: &RateLimitPolicySpec) -> Result<Option<Duration>, String> {
+    let Some(on) = spec.on_exhausted.as_ref().filter(|o| o.action == ExhaustedAction::Suspend) else {
+        return Ok(None);
+    };
+    let after = match &on.after {
+        Some(d) => d.parse().map_err(|e| format!("onExhausted.after: {e}"))?,
+        None => DEFAULT_SUSPEND_AFTER,
+    };
+    if after.is_zero() {
+        return Err("onExhausted.after must be greater than 0".into());
+    }
+    bounds::check_at_most("onExhausted.after", after, MAX_USAGE_INTERVAL)?;
+    Ok(Some(after))
 }
 
 /// A rate's period parses (or is left to the caller to report) and is at most [`MAX_RATE_PERIOD`].

@@ -12,6 +12,31 @@ use crate::usage::Rates;
 /// Condition types this controller owns on an ApiKey.
 pub const NEAR_LIMIT: &str = "NearLimit";
 pub const EXHAUSTED: &str = "Exhausted";
+/// The key stayed `Exhausted` longer than its policy's `onExhausted.after` and is suspended until a person clears
+/// it (see [`ABUSE_CLEARED`]). Sticky: it outlives the key leaving its policy.
+pub const SUSPENDED_FOR_ABUSE: &str = "SuspendedForAbuse";
+/// Annotation a person sets to an RFC 3339 time to clear `SuspendedForAbuse` that turned on before that time.
+pub const ABUSE_CLEARED: &str = "keyward.dev/abuse-cleared";
+
+/// The types this controller writes on an ApiKey.
+fn owned(type_: &str) -> bool {
+    type_ == NEAR_LIMIT || type_ == EXHAUSTED || type_ == SUSPENDED_FOR_ABUSE
+}
+
+/// The key's `SuspendedForAbuse=True` condition, unless a person cleared it (`keyward.dev/abuse-cleared` holds a
+/// time at or after the condition turned on). Read by both controllers: the ApiKey controller revokes the key while
+/// it holds.
+pub fn abuse(key: &crate::api::ApiKey) -> Option<&Condition> {
+    let c = key.status.as_ref()?.conditions.iter().find(|c| c.type_ == SUSPENDED_FOR_ABUSE && c.status == "True")?;
+    let cleared = key
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ABUSE_CLEARED))
+        .and_then(|v| v.parse::<Timestamp>().ok())
+        .is_some_and(|at| at >= c.last_transition_time.0);
+    (!cleared).then_some(c)
+}
 
 /// Default `nearLimitRatio`.
 pub const DEFAULT_NEAR_LIMIT_RATIO: f64 = 0.8;
@@ -89,7 +114,7 @@ pub fn desired(
         Desired::new(EXHAUSTED, false, "WithinLimit", at)
     };
     let mut conditions = conditions::merge(current, &[near_c, exhausted_c], generation, now);
-    conditions.retain(|c| c.type_ == NEAR_LIMIT || c.type_ == EXHAUSTED);
+    conditions.retain(|c| owned(&c.type_));
     KeyStatus {
         usage: KeyUsage {
             requests_per_second: round(rps),
@@ -125,7 +150,7 @@ pub fn stale(
     }
     let unknown = [Desired::unknown(NEAR_LIMIT, STALE_REASON, why), Desired::unknown(EXHAUSTED, STALE_REASON, why)];
     let mut conditions = conditions::merge(current, &unknown, generation, now);
-    conditions.retain(|c| c.type_ == NEAR_LIMIT || c.type_ == EXHAUSTED);
+    conditions.retain(|c| owned(&c.type_));
     Some(KeyStatus { usage, conditions })
 }
 
@@ -134,14 +159,46 @@ fn round(x: f64) -> f64 {
     (x * 10_000.0).round() / 10_000.0
 }
 
+/// Applies `onExhausted: Suspend` to `new`, the key's next status: a key whose `Exhausted` has been `True` without
+/// a break for `after` gets `SuspendedForAbuse=True` (returns the message for its Warning event); one that has it
+/// keeps it until a person clears it (then it goes). `key` is the ApiKey as it is now.
+pub fn judge_abuse(
+    key: &crate::api::ApiKey,
+    new: &mut KeyStatus,
+    after: Option<std::time::Duration>,
+    now: Timestamp,
+) -> Option<String> {
+    let held = abuse(key).is_some();
+    if !held {
+        new.conditions.retain(|c| c.type_ != SUSPENDED_FOR_ABUSE);
+    }
+    let after = after?;
+    let exhausted = new.conditions.iter().find(|c| c.type_ == EXHAUSTED && c.status == "True")?;
+    let since = exhausted.last_transition_time.0;
+    let window = jiff::SignedDuration::try_from(after).unwrap_or(jiff::SignedDuration::MAX);
+    if held || now.duration_since(since) < window {
+        return None;
+    }
+    let message = format!(
+        "Exhausted without a break since {since} (onExhausted.after {}): key material removed until a person \
+         clears it with `kubectl annotate apikey {} {ABUSE_CLEARED}=<now, RFC 3339> --overwrite`",
+        crate::api::bounds::display(after),
+        kube::ResourceExt::name_any(key)
+    );
+    let suspended = Desired::new(SUSPENDED_FOR_ABUSE, true, "ExhaustedTooLong", message.clone());
+    new.conditions = conditions::merge(&new.conditions, &[suspended], key.metadata.generation, now);
+    Some(message)
+}
+
 /// Whether `new` differs enough from what the key's status holds to be written: a condition's status or reason
 /// changed, the limit changed, utilization moved by at least [`MEANINGFUL_UTILIZATION_CHANGE`], or traffic started
 /// or stopped. Messages and `observedAt` alone never cause a write.
 pub fn worth_writing(current_usage: Option<&KeyUsage>, current_conditions: &[Condition], new: &KeyStatus) -> bool {
     let Some(old) = current_usage else { return true };
-    let flipped = new.conditions.iter().any(|n| {
-        !current_conditions.iter().any(|c| c.type_ == n.type_ && c.status == n.status && c.reason == n.reason)
-    });
+    let flipped =
+        new.conditions.iter().any(|n| {
+            !current_conditions.iter().any(|c| c.type_ == n.type_ && c.status == n.status && c.reason == n.reason)
+        }) || current_conditions.iter().any(|c| owned(&c.type_) && !new.conditions.iter().any(|n| n.type_ == c.type_));
     flipped
         || (old.limit - new.usage.limit).abs() > 1e-9 * old.limit.abs().max(1.0)
         || (old.utilization - new.usage.utilization).abs() >= MEANINGFUL_UTILIZATION_CHANGE

@@ -86,6 +86,7 @@ mod tests {
             near_limit_ratio: None,
             usage: None,
             scaling: None,
+            on_exhausted: None,
         }
     }
 

@@ -174,7 +174,7 @@ fn members(i: &Inputs<'_>, p: &mut Plan) {
         let name = kube::ResourceExt::name_any(key.as_ref());
         let rps = key_usage::key_rps(rates, &name, current.key_id.as_deref(), current.previous_key_id.as_deref());
         let c = i.checked;
-        let want = key_usage::desired(
+        let mut want = key_usage::desired(
             &current.conditions,
             key.metadata.generation,
             rps,
@@ -183,12 +183,15 @@ fn members(i: &Inputs<'_>, p: &mut Plan) {
             &display,
             i.now,
         );
+        let abused = key_usage::judge_abuse(key, &mut want, c.suspend_after, i.now);
         near += i32::from(want.near_limit());
         exhausted += i32::from(want.exhausted());
         if !key_usage::worth_writing(current.usage.as_ref(), &current.conditions, &want) {
             continue;
         }
-        let note = if want.exhausted() && !key_usage::is_true(&current.conditions, key_usage::EXHAUSTED) {
+        let note = if let Some(message) = abused {
+            Some(Note::new(EventType::Warning, "SuspendedForAbuse", message))
+        } else if want.exhausted() && !key_usage::is_true(&current.conditions, key_usage::EXHAUSTED) {
             Some(Note::new(EventType::Warning, "Exhausted", format!("{rps:.2} req/s reached the limit {display}")))
         } else if want.near_limit() && !key_usage::is_true(&current.conditions, key_usage::NEAR_LIMIT) {
             let pct = want.usage.utilization * 100.0;

@@ -1,5 +1,6 @@
 //! Usage released: this controller alone owns `status.usage`, `NearLimit` and `Exhausted` on ApiKeys, so it also
-//! removes them when a key stops referencing a policy, or its policy is deleted. A sweep over the ApiKey cache every
+//! removes them when a key stops referencing a policy, or its policy is deleted (a `SuspendedForAbuse` that no
+//! person cleared stays: leaving the policy is no way out of it). A sweep over the ApiKey cache every
 //! few seconds finds such keys (no reconcile of a deleted policy ever runs); it writes only for those.
 
 use std::sync::Arc;
@@ -24,8 +25,11 @@ pub async fn run(ctx: Arc<Context>, policies: Store<RateLimitPolicy>, policies_r
     loop {
         for key in ctx.apikeys.state().into_iter().filter(|k| released(k, &policies)) {
             let (ns, name) = (key.namespace().unwrap_or_default(), key.name_any());
-            // NB: an apply that owns nothing removes every field this manager applied before.
-            match ctx.runtime.apply_status_of::<ApiKey>(&ns, &name, &serde_json::json!({})).await {
+            // NB: an apply that owns nothing removes every field this manager applied before; a suspension for
+            // abuse is kept (leaving the policy must not lift it).
+            let kept: Vec<_> = super::key_usage::abuse(&key).into_iter().collect();
+            let body = if kept.is_empty() { serde_json::json!({}) } else { serde_json::json!({ "conditions": kept }) };
+            match ctx.runtime.apply_status_of::<ApiKey>(&ns, &name, &body).await {
                 Ok(()) => tracing::debug!(namespace = %ns, apikey = %name, "usage released"),
                 Err(e) => tracing::warn!(namespace = %ns, apikey = %name, error = %e, "could not release usage"),
             }

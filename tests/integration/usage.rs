@@ -158,3 +158,49 @@ async fn verdicts_turn_unknown_while_usage_is_unavailable() {
     gw.set_available(true);
     eventually(60, "a fresh verdict", || get_json(&ns, "apikey/hot").filter(|a| is(a, "Exhausted", "True"))).await;
 }
+
+/// `onExhausted: Suspend`: a key Exhausted without a break for `after` loses its key material, with a Warning event
+/// and `Ready=False` reason `SuspendedForAbuse`; re-applying its manifest (what GitOps does) does not lift it, traffic
+/// stopping does not either; a person's `keyward.dev/abuse-cleared` annotation does, and a fresh key is issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_exhausted_too_long_is_suspended_until_a_person_clears_it() {
+    control_plane_with_crds().await;
+    let ns = namespace("usage_abuse");
+    let _op = operator::scoped(&ns);
+    let gw = TrafficSim::start("127.0.0.1:0", METRIC, "api_key").await.expect("traffic simulator");
+    let usage = format!("  usage:\n    interval: 1s\n    scrape: {{urls: [\"{}\"], metric: {METRIC}}}", gw.url());
+    let spec = format!("  limit: {{requests: 60, period: 1m}}\n  onExhausted: {{action: Suspend, after: 3s}}\n{usage}");
+    apply(&ns, &policy("strict", &spec));
+    let manifest = apikey("abuser", "  rateLimitPolicyRef: {name: strict}");
+    apply(&ns, &manifest);
+    apply(&ns, &apikey("calm", "  rateLimitPolicyRef: {name: strict}"));
+    eventually(60, "abuser issued", || crate::common::kube::issued(&ns, "abuser")).await;
+    gw.set_rate("abuser", 5.0);
+    gw.set_rate("calm", 0.2);
+    let ak = eventually(60, "abuser suspended for abuse", || {
+        get_json(&ns, "apikey/abuser").filter(|a| is(a, "SuspendedForAbuse", "True") && is(a, "Ready", "False"))
+    })
+    .await;
+    let (_, reason, _) = crate::common::kube::condition(&ak, "Ready").expect("Ready");
+    assert_eq!(reason, "SuspendedForAbuse");
+    let secret = eventually(30, "the key material removed", || {
+        get_json(&ns, "secret/abuser").filter(|s| crate::common::kube::decode(s, "api-key").is_none())
+    })
+    .await;
+    assert!(crate::common::kube::decode(&secret, "previous-api-key").is_none(), "no previous key either");
+    assert!(has_event(&ns, "ApiKey", "abuser", "SuspendedForAbuse"));
+    assert!(is(&get_json(&ns, "apikey/calm").expect("calm"), "Ready", "True"), "the other key is untouched");
+    // GitOps re-applies the same manifest, and the traffic stops: neither lifts the suspension.
+    apply(&ns, &manifest);
+    gw.set_rate("abuser", 0.0);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let ak = get_json(&ns, "apikey/abuser").expect("abuser");
+    assert!(is(&ak, "SuspendedForAbuse", "True") && is(&ak, "Ready", "False"), "{:?}", ak["status"]);
+    // A person clears it: a fresh key.
+    let now = Timestamp::now() + SignedDuration::from_secs(1);
+    let now = Timestamp::from_second(now.as_second()).expect("now");
+    let cleared = format!("keyward.dev/abuse-cleared={now}");
+    crate::common::kubectl_ok(&["annotate", "--overwrite", "apikey/abuser", "-n", &ns, &cleared]);
+    let ak = eventually(60, "a fresh key after the clearance", || crate::common::kube::issued(&ns, "abuser")).await;
+    assert!(!is(&ak, "SuspendedForAbuse", "True"), "{:?}", ak["status"]);
+}

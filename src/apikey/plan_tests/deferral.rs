@@ -88,3 +88,26 @@ fn a_deferred_rotation_still_reseals() {
     assert_eq!(d.action, Action::Reseal);
     assert_eq!(d.deferred_until, Some(end));
 }
+
+#[test]
+fn a_key_suspended_for_abuse_is_revoked_like_a_suspended_one() {
+    let now = t0() + secs(1);
+    let book = with_previous(t0(), t0() + secs(3600));
+    let s = spec(grace("1h"));
+    let inputs = Inputs {
+        spec: &s,
+        rotate_request: None,
+        secret: &managed(book),
+        had_key: true,
+        abuse: Some("Exhausted since …"),
+        jitter_key: JK,
+        now,
+    };
+    let d = decide(&inputs, Ok(&plan_of(&s)));
+    assert_eq!(d.action, Action::Remove(Revocation::Abused));
+    assert_not_ready(&d, reason::SUSPENDED_FOR_ABUSE, "abuse");
+    assert!(d.revokes(), "every other Secret of the key goes too");
+    let emptied_secret = managed(emptied());
+    let d = decide(&Inputs { secret: &emptied_secret, ..inputs }, Ok(&plan_of(&s)));
+    assert_eq!(d.action, Action::Nothing, "nothing left to remove");
+}

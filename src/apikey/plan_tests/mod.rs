@@ -87,7 +87,7 @@ fn decide_at(
     now: Timestamp,
 ) -> Decision {
     let plan = RotationPlan::from_spec(spec.rotation.as_ref());
-    let inputs = Inputs { spec, rotate_request, secret, had_key, jitter_key: JK, now };
+    let inputs = Inputs { spec, rotate_request, secret, had_key, abuse: None, jitter_key: JK, now };
     decide(&inputs, plan.as_ref().map_err(ToString::to_string))
 }
 
@@ -100,7 +100,7 @@ fn decide_with(
     now: Timestamp,
     plan: Result<&RotationPlan, String>,
 ) -> Decision {
-    decide(&Inputs { spec, rotate_request, secret, had_key, jitter_key: JK, now }, plan)
+    decide(&Inputs { spec, rotate_request, secret, had_key, abuse: None, jitter_key: JK, now }, plan)
 }
 
 fn assert_issued(d: &Decision, case: &str) {

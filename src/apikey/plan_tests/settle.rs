@@ -275,6 +275,7 @@ fn jittered_due_time_is_stable_for_a_jitter_key() {
             rotate_request: None,
             secret: &managed(book.clone()),
             had_key: true,
+            abuse: None,
             jitter_key: &key,
             now: a - secs(1),
         };

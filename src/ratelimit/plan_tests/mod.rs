@@ -176,4 +176,5 @@ fn policy() -> RateLimitPolicy {
     .expect("policy")
 }
 
+mod abuse;
 mod stale;

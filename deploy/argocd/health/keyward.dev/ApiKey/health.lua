@@ -12,7 +12,7 @@ for _, c in ipairs(obj.status.conditions) do
     hs.message = (c.reason or "") .. ": " .. (c.message or "")
     if c.status == "True" then
       hs.status = "Healthy"
-    elseif c.reason == "Suspended" then
+    elseif c.reason == "Suspended" or c.reason == "SuspendedForAbuse" then
       hs.status = "Suspended"
     else
       hs.status = "Degraded"    -- Expired, InvalidSpec, SecretConflict, RevocationBlocked
