@@ -6,8 +6,9 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 
 use super::book::Book;
+use super::layout::Layout;
 use super::observe::Observed;
-pub use super::observe::SecretState;
+pub use super::observe::{PreviousState, SecretState};
 use super::seal::{Sealed, Sealer};
 use super::{secret, status};
 use crate::api::{ApiKey, ApiKeySpec, ApiKeyStatus};
@@ -48,6 +49,8 @@ pub enum Action {
     DropPrevious,
     /// Nothing changes but the seal: the Secret was sealed by a previous seal key, or before seals existed.
     Reseal,
+    /// The same keys, rewritten in the shape the spec now asks for (`secretTemplate`, `gateway` changed).
+    Reshape,
     Remove(Revocation),
 }
 
@@ -64,7 +67,7 @@ impl Action {
     /// Whether the write keeps the current key: a rotation (it becomes the previous key) or the end of a grace
     /// period (it stays).
     pub fn keeps_material(&self) -> bool {
-        matches!(self, Action::Rotate { .. } | Action::DropPrevious | Action::Reseal)
+        matches!(self, Action::Rotate { .. } | Action::DropPrevious | Action::Reseal | Action::Reshape)
     }
 }
 
@@ -91,6 +94,12 @@ pub struct Inputs<'a> {
     /// `<namespace>/<name>/<uid>`: spreads jitter across keys.
     pub jitter_key: &'a str,
     pub now: Timestamp,
+    /// The Secret was written in another shape than the spec's.
+    pub reshape: bool,
+    /// The previous key's own Secret, and whether the written and the wanted shape keep the previous key there.
+    pub previous: &'a PreviousState,
+    pub own_written: bool,
+    pub own_wanted: bool,
 }
 
 /// Ready condition reasons.
@@ -112,6 +121,10 @@ pub fn inputs<'a>(o: &'a Observed, spec: &'a ApiKeySpec, now: Timestamp) -> Inpu
         had_key: o.had_key,
         jitter_key: &o.jitter_key,
         now,
+        reshape: o.reshape,
+        previous: &o.previous,
+        own_written: o.entries.own,
+        own_wanted: o.wants_own(),
     }
 }
 
@@ -166,30 +179,56 @@ pub fn decide(i: &Inputs<'_>, plan: Result<&RotationPlan, String>) -> Decision {
         }
     };
 
+    if i.own_wanted && matches!(i.previous, PreviousState::Foreign) {
+        return Decision {
+            action: Action::Nothing,
+            ready: Desired::new(
+                "Ready",
+                false,
+                reason::SECRET_CONFLICT,
+                "the Secret <secretName>-previous, where the previous key goes, exists and is not owned by this \
+                 ApiKey; Keyward leaves it untouched. Delete it or choose another spec.secretName",
+            ),
+            requeue_at: None,
+        };
+    }
+    let previous_edited = matches!(i.previous, PreviousState::Ours { sound: false, .. });
     let action = match (i.secret, book) {
         (SecretState::Missing, _) => Action::Issue(if i.had_key { IssueKind::Regenerated } else { IssueKind::First }),
         (SecretState::Managed { tampered: true, .. }, _) => Action::Issue(IssueKind::Tampered),
+        // NB: an edited or planted previous-key Secret is an edit of the pair, as a planted previous key is.
+        (_, Some(_)) if previous_edited => Action::Issue(IssueKind::Tampered),
         (_, Some(b)) if !b.has_key() => Action::Issue(if i.had_key { IssueKind::Resumed } else { IssueKind::First }),
-        (_, Some(b)) => {
-            let manual = i.rotate_request.is_some_and(|r| b.rotate_request.as_deref() != Some(r));
-            let due = match b.rotated_at {
-                // Bookkeeping lost: rotating keeps the current key valid for the grace period, so nothing is lost.
-                None => true,
-                Some(at) => plan.next_rotation(at, i.jitter_key).is_some_and(|next| next <= i.now),
-            };
-            if manual || due {
-                Action::Rotate { manual }
-            } else if b.previous_expires_at.is_some_and(|e| e <= i.now) && b.has_previous() {
-                Action::DropPrevious
-            } else if matches!(i.secret, SecretState::Managed { reseal: true, .. }) {
-                Action::Reseal
-            } else {
-                Action::Nothing
-            }
-        }
+        (_, Some(b)) => keep_or_rotate(i, plan, b),
         (_, None) => Action::Issue(IssueKind::First),
     };
     Decision { requeue_at: None, ready: issued_condition(None), action }
+}
+
+/// The action on a Secret that holds a sound current key.
+fn keep_or_rotate(i: &Inputs<'_>, plan: &RotationPlan, b: &Book) -> Action {
+    let manual = i.rotate_request.is_some_and(|r| b.rotate_request.as_deref() != Some(r));
+    let due = match b.rotated_at {
+        // Bookkeeping lost: rotating keeps the current key valid for the grace period, so nothing is lost.
+        None => true,
+        Some(at) => plan.next_rotation(at, i.jitter_key).is_some_and(|next| next <= i.now),
+    };
+    // The previous key's own Secret holds the previous key the bookkeeping names (else it was deleted, or a crash
+    // came between its write and the main Secret's: the previous key is gone either way).
+    let own_in_step = matches!(i.previous, PreviousState::Ours { book: own, .. }
+        if own.previous_key_id == b.previous_key_id && own.previous_expires_at == b.previous_expires_at);
+    let grace_over = b.previous_expires_at.is_some_and(|e| e <= i.now);
+    if manual || due {
+        Action::Rotate { manual }
+    } else if b.has_previous() && (grace_over || (i.own_written && !own_in_step)) {
+        Action::DropPrevious
+    } else if i.reshape {
+        Action::Reshape
+    } else if matches!(i.secret, SecretState::Managed { reseal: true, .. }) {
+        Action::Reseal
+    } else {
+        Action::Nothing
+    }
 }
 
 /// Ready=True for an issued key, naming its fingerprint (never the key).
@@ -237,7 +276,7 @@ pub fn next_book(
             }
         }
         Action::DropPrevious => Book { previous_key_id: None, previous_expires_at: None, ..book.clone() },
-        Action::Reseal => book.clone(),
+        Action::Reseal | Action::Reshape => book.clone(),
         Action::Remove(_) => Book {
             key_id: None,
             rotated_at: None,
@@ -283,6 +322,15 @@ pub struct SecretWrite {
     pub rotation: Option<&'static str>,
     /// The action the write carries out (crash points are placed by it).
     pub action: Action,
+    /// The previous key's own Secret, written BEFORE the main Secret (so that no crash between the two loses the
+    /// previous key); after the main Secret's write, a previous-key Secret the bookkeeping does not name is deleted.
+    pub previous: Option<PreviousWrite>,
+}
+
+/// The write of the previous key's own Secret.
+pub struct PreviousWrite {
+    pub secret: Secret,
+    pub create: bool,
 }
 
 /// The key material a write puts in the Secret: a freshly generated key (for Issue and Rotate) and the current
@@ -312,25 +360,41 @@ pub fn write(
     let (current, previous) = match action {
         Action::Rotate { .. } => (material.new_key.as_ref(), material.kept.as_ref().filter(|_| book.has_previous())),
         Action::DropPrevious => (material.kept.as_ref(), None),
-        Action::Reseal => (material.kept.as_ref(), material.kept_previous.as_ref()),
+        Action::Reseal | Action::Reshape => (material.kept.as_ref(), material.kept_previous.as_ref()),
         Action::Issue(_) => (material.new_key.as_ref(), None),
         Action::Remove(_) | Action::Nothing => (None, None),
     };
-    let seal = sealer.seal(&Sealed { uid: &o.uid, secret: &o.secret_name, book: &book, current, previous });
-    let secret = secret::build(
-        apikey,
-        &o.secret_name,
-        (&book, &seal),
-        &secret::Material { current, previous },
-        o.secret_version.clone(),
-    );
+    // NB: a revocation whose spec no longer resolves still empties the Secret, in the shape it was written in.
+    let layout = o.layout.clone().unwrap_or_else(|| Layout::written(o.entries.clone()));
+    let own = layout.entries.own;
+    let main_previous = previous.filter(|_| !own);
+    let seal = sealer.seal(&Sealed { uid: &o.uid, secret: &o.secret_name, book: &book, current, previous: main_previous });
+    let data = secret::main_data(&layout.entries, &book, &secret::Material { current, previous: main_previous });
+    let secret =
+        secret::build(apikey, (&layout, &o.secret_name), (&book, &seal), data, o.secret_version.clone());
+    let previous = previous.filter(|_| own && book.has_previous()).map(|p| previous_write(apikey, o, (&layout, &book), p, sealer));
     Some(SecretWrite {
         secret,
         create: matches!(o.secret, SecretState::Missing),
         rotation: rotation_label(action),
         action: action.clone(),
         book,
+        previous,
     })
+}
+
+/// The previous key's own Secret: the same metadata and bookkeeping as the main Secret, the previous key alone in
+/// its data, sealed under its own name.
+fn previous_write(apikey: &ApiKey, o: &Observed, (layout, book): (&Layout, &Book), key: &KeyMaterial, sealer: &Sealer) -> PreviousWrite {
+    let name = o.previous_name();
+    let seal = sealer.seal(&Sealed { uid: &o.uid, secret: &name, book, current: None, previous: Some(key) });
+    let data = secret::previous_data(&layout.entries, key);
+    let version = match &o.previous {
+        PreviousState::Ours { version, .. } => version.clone(),
+        _ => None,
+    };
+    let create = version.is_none();
+    PreviousWrite { secret: secret::build(apikey, (layout, &name), (book, &seal), data, version), create }
 }
 
 /// The `keyward_rotations_total` label of an action that replaced the key.
