@@ -57,7 +57,12 @@ pub async fn secret(ctx: &Context, apikey: &ApiKey, o: &Observed, mut write: Sec
 
 /// Writes the previous key's own Secret (before the main Secret: a crash between the two leaves the previous key
 /// in both places, never in none), conditional on the version observed.
-async fn put_previous(ctx: &Context, secrets: &Api<Secret>, o: &Observed, mut write: PreviousWrite) -> Result<(), Error> {
+async fn put_previous(
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    o: &Observed,
+    mut write: PreviousWrite,
+) -> Result<(), Error> {
     let name = o.previous_name();
     let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
     ctx.runtime.metrics.api_write(CONTROLLER, "Secret");

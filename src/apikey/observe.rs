@@ -391,11 +391,7 @@ pub(crate) async fn kept_material(
         }
     };
     let current = key_at(&full, &o.entries.current);
-    let previous = if o.entries.own {
-        kept_own_previous(ctx, o).await?
-    } else {
-        key_at(&full, &o.entries.previous)
-    };
+    let previous = if o.entries.own { kept_own_previous(ctx, o).await? } else { key_at(&full, &o.entries.previous) };
     o.fetched = Some(full);
     Ok((current, previous))
 }

@@ -368,11 +368,12 @@ pub fn write(
     let layout = o.layout.clone().unwrap_or_else(|| Layout::written(o.entries.clone()));
     let own = layout.entries.own;
     let main_previous = previous.filter(|_| !own);
-    let seal = sealer.seal(&Sealed { uid: &o.uid, secret: &o.secret_name, book: &book, current, previous: main_previous });
+    let seal =
+        sealer.seal(&Sealed { uid: &o.uid, secret: &o.secret_name, book: &book, current, previous: main_previous });
     let data = secret::main_data(&layout.entries, &book, &secret::Material { current, previous: main_previous });
-    let secret =
-        secret::build(apikey, (&layout, &o.secret_name), (&book, &seal), data, o.secret_version.clone());
-    let previous = previous.filter(|_| own && book.has_previous()).map(|p| previous_write(apikey, o, (&layout, &book), p, sealer));
+    let secret = secret::build(apikey, (&layout, &o.secret_name), (&book, &seal), data, o.secret_version.clone());
+    let previous =
+        previous.filter(|_| own && book.has_previous()).map(|p| previous_write(apikey, o, (&layout, &book), p, sealer));
     Some(SecretWrite {
         secret,
         create: matches!(o.secret, SecretState::Missing),
@@ -385,7 +386,13 @@ pub fn write(
 
 /// The previous key's own Secret: the same metadata and bookkeeping as the main Secret, the previous key alone in
 /// its data, sealed under its own name.
-fn previous_write(apikey: &ApiKey, o: &Observed, (layout, book): (&Layout, &Book), key: &KeyMaterial, sealer: &Sealer) -> PreviousWrite {
+fn previous_write(
+    apikey: &ApiKey,
+    o: &Observed,
+    (layout, book): (&Layout, &Book),
+    key: &KeyMaterial,
+    sealer: &Sealer,
+) -> PreviousWrite {
     let name = o.previous_name();
     let seal = sealer.seal(&Sealed { uid: &o.uid, secret: &name, book, current: None, previous: Some(key) });
     let data = secret::previous_data(&layout.entries, key);

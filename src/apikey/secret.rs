@@ -157,12 +157,8 @@ mod tests {
     fn own_secret_keeps_the_previous_key_out_of_the_main_secret() {
         let key = generate(&Default::default(), &mut OsRandom).expect("key");
         let prev = generate(&Default::default(), &mut OsRandom).expect("key");
-        let entries = super::super::layout::Entries {
-            current: "key".into(),
-            previous: "old".into(),
-            key_id: None,
-            own: true,
-        };
+        let entries =
+            super::super::layout::Entries { current: "key".into(), previous: "old".into(), key_id: None, own: true };
         let book = Book { key_id: Some(key_id(&key)), ..Book::default() };
         let data = main_data(&entries, &book, &Material { current: Some(&key), previous: Some(&prev) });
         assert_eq!(data.keys().collect::<Vec<_>>(), ["key"], "only the current key");

@@ -20,6 +20,7 @@ mod crds;
 mod examples;
 mod faults;
 mod fencing;
+mod gateways;
 mod helm;
 mod metrics_auth;
 mod operations;
