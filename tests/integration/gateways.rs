@@ -258,3 +258,174 @@ async fn an_edited_previous_key_secret_is_treated_like_an_edited_key() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Envoy Gateway's own code: egctl's translator and the module's CRDs
+
+/// The YAML documents of the Envoy Gateway recipe in docs/gateways.md (the block that starts `# recipe:
+/// envoy-gateway`), as JSON values.
+fn envoy_recipe() -> Vec<Value> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/gateways.md")).expect("docs");
+    let start = doc.find("```yaml\n# recipe: envoy-gateway\n").expect("the Envoy Gateway recipe block") + 8;
+    let block = &doc[start..start + doc[start..].find("```").expect("end of block")];
+    block.split("\n---\n").map(|d| serde_yaml::from_str::<serde_json::Value>(d).expect("recipe YAML")).collect()
+}
+
+/// Installs the Gateway API (standard channel) and Envoy Gateway CRDs from the pinned Envoy Gateway module, once.
+async fn envoy_gateway_crds() {
+    static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    DONE.get_or_init(|| async {
+        let files = keyward::devenv::egctl::crd_files().unwrap_or_else(|e| panic!("Envoy Gateway's CRDs: {e}"));
+        for f in files {
+            let text = std::fs::read_to_string(&f).expect("CRD file");
+            let text: String = text.lines().filter(|l| !l.starts_with("{{")).map(|l| format!("{l}\n")).collect();
+            let crds: Vec<&str> =
+                text.split("\n---\n").filter(|d| d.contains("\nkind: CustomResourceDefinition\n")).collect();
+            let out = kubectl_stdin(&["apply", "--server-side", "-f", "-"], &crds.join("\n---\n"));
+            assert!(out.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
+        }
+        kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/securitypolicies.gateway.envoyproxy.io",
+            "--timeout=60s",
+        ]);
+        kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/httproutes.gateway.networking.k8s.io",
+            "--timeout=60s",
+        ]);
+    })
+    .await;
+}
+
+/// Runs `egctl x translate --from gateway-api --to xds` on the recipe's gateway objects in `ns`, the Secret as
+/// Keyward wrote it and a backend Service; returns every API-key credential of the xDS output as
+/// (client id, fingerprint of the key).
+fn translate(ns: &str, secret: &Value) -> BTreeSet<(String, String)> {
+    let mut docs: Vec<Value> = envoy_recipe().into_iter().filter(|d| d["kind"] != "ApiKey").collect();
+    for d in docs.iter_mut().filter(|d| d["kind"] != "GatewayClass") {
+        d["metadata"]["namespace"] = ns.into();
+    }
+    docs.push(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "checkout-backend", "namespace": ns},
+        "spec": {"clusterIP": "127.0.0.1", "ports": [{"port": 8080}]},
+    }));
+    docs.push(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": secret["metadata"]["name"], "namespace": ns},
+        "data": secret["data"],
+    }));
+    let input: Vec<String> = docs.iter().map(|d| serde_json::to_string(d).expect("json")).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("in.yaml");
+    std::fs::write(&file, input.join("\n---\n")).expect("write input");
+    let egctl = keyward::devenv::egctl::binary().unwrap_or_else(|e| panic!("egctl: {e}"));
+    let out = std::process::Command::new(egctl)
+        .args(["x", "translate", "--from", "gateway-api", "--to", "xds", "-t", "all", "-o", "json", "-f"])
+        .arg(&file)
+        .output()
+        .expect("run egctl");
+    // NB: the input (and so a failing translator's error) holds key material: never print it.
+    assert!(out.status.success(), "egctl x translate failed (exit {:?}; output withheld: it holds keys)", out.status);
+    let xds: Value = serde_json::from_slice(&out.stdout).expect("egctl json");
+    let mut found = BTreeSet::new();
+    collect_credentials(&xds, &mut found);
+    found
+}
+
+/// Every `credentials: [{client, key}]` list anywhere in the xDS (the listener's api_key_auth filter and the
+/// route's per-filter config), keys replaced by their fingerprints.
+fn collect_credentials(v: &Value, found: &mut BTreeSet<(String, String)>) {
+    match v {
+        Value::Object(m) => {
+            for c in m.get("credentials").and_then(Value::as_array).into_iter().flatten() {
+                let (client, key) = (c["client"].as_str(), c["key"].as_str());
+                found.insert((client.unwrap_or("?").to_string(), key.map(key_id).unwrap_or_default()));
+            }
+            m.values().for_each(|x| collect_credentials(x, found));
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_credentials(x, found)),
+        _ => {}
+    }
+}
+
+/// egctl builds from `tests/egctl` (or is found in the cache). `.ci/run` runs this one first with `--nocapture`,
+/// so a one-time build shows its progress and its duration.
+#[test]
+fn egctl_is_built_from_its_go_module() {
+    let egctl = keyward::devenv::egctl::binary().unwrap_or_else(|e| panic!("egctl: {e}"));
+    let out = std::process::Command::new(&egctl).args(["x", "translate", "--help"]).output().expect("run egctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--from"));
+    eprintln!("egctl at {}", egctl.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_gateways_translator_accepts_exactly_the_current_and_previous_key() {
+    control_plane_with_crds().await;
+    let ns = namespace("gw_egctl");
+    let _op = operator::scoped(&ns);
+    let recipe = envoy_recipe();
+    let ak = serde_yaml::to_string(recipe.iter().find(|d| d["kind"] == "ApiKey").expect("the recipe's ApiKey"))
+        .expect("yaml");
+    apply(&ns, &ak);
+    let first = eventually(60, "issued", || ready_at(&ns, "checkout", 0)).await;
+    let current = status_str(&first, "keyId").expect("keyId");
+    let secret = get_json(&ns, "secret/checkout").expect("secret");
+    let creds = translate(&ns, &secret);
+    println!("egctl x translate, issued (key ids, not keys): {creds:?}");
+    assert_eq!(creds, [("checkout".to_string(), current.clone())].into(), "exactly the current key, by its client id");
+
+    kubectl_ok(&["annotate", "apikey/checkout", "-n", &ns, "keyward.dev/rotate=one"]);
+    let rotated = eventually(60, "rotated", || ready_at(&ns, "checkout", 1)).await;
+    let new = status_str(&rotated, "keyId").expect("keyId");
+    let secret = get_json(&ns, "secret/checkout").expect("secret");
+    let creds = translate(&ns, &secret);
+    println!("egctl x translate, in the grace period (key ids, not keys): {creds:?}");
+    let want: BTreeSet<(String, String)> =
+        [("checkout".to_string(), new.clone()), ("checkout-previous".to_string(), current.clone())].into();
+    assert_eq!(creds, want, "the current key and, in grace, the previous key; nothing else");
+    // The key id is public: it must never be a credential.
+    for (_, key) in &creds {
+        assert_ne!(key, &key_id(&new), "the current key id is not a credential");
+        assert_ne!(key, &key_id(&current), "the previous key id is not a credential");
+    }
+
+    // The grace period ends (shortened by a spec edit): only the current key is left.
+    kubectl_ok(&[
+        "patch",
+        "apikey/checkout",
+        "-n",
+        &ns,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"rotation":{"gracePeriod":"1s"}}}"#,
+    ]);
+    let secret = eventually(60, "the previous key removed", || {
+        get_json(&ns, "secret/checkout").filter(|s| entries(s) == names(&["checkout"]))
+    })
+    .await;
+    let creds = translate(&ns, &secret);
+    println!("egctl x translate, after the grace period (key ids, not keys): {creds:?}");
+    assert_eq!(creds, [("checkout".to_string(), new)].into());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_envoy_gateway_recipe_is_accepted_by_the_api_server() {
+    control_plane_with_crds().await;
+    envoy_gateway_crds().await;
+    let ns = namespace("gw_recipe");
+    let docs: Vec<String> = envoy_recipe().iter().map(|d| serde_json::to_string(d).expect("json")).collect();
+    let out = kubectl_stdin(&["apply", "--server-side", "-n", &ns, "-f", "-"], &docs.join("\n---\n"));
+    assert!(out.status.success(), "the recipe was refused: {}", String::from_utf8_lossy(&out.stderr));
+    let policy = get_json(&ns, "securitypolicy/checkout-keys").expect("the SecurityPolicy is stored");
+    assert_eq!(policy["spec"]["apiKeyAuth"]["credentialRefs"][0]["name"], "checkout");
+    // The schema is really in force: a SecurityPolicy the CRD refuses is refused.
+    let bad = r#"{"apiVersion":"gateway.envoyproxy.io/v1alpha1","kind":"SecurityPolicy","metadata":{"name":"bad"},"spec":{"apiKeyAuth":{"credentialRefs":[]}}}"#;
+    let out = kubectl_stdin(&["apply", "--server-side", "-n", &ns, "-f", "-"], bad);
+    assert!(!out.status.success(), "an invalid SecurityPolicy was accepted");
+}
