@@ -501,4 +501,5 @@ fn lost_rotated_at_rotates_a_held_key() {
     }
 }
 
+mod pair;
 mod settle;
