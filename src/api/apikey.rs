@@ -163,7 +163,8 @@ pub struct Rotation {
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$"))]
     pub time_zone: Option<String>,
 
-    /// How long the previous key stays valid after a rotation (`previous-api-key` in the Secret); default `24h`,
+    /// How long the previous key stays valid after a rotation (in the Secret, or its own Secret with
+    /// `secretTemplate.previous: OwnSecret`); default `24h`,
     /// `0s` drops it at once; at most 8760h (a year: longer keeps a possibly leaked key valid past any sane
     /// rotation). The operator may set a minimum (`keyward run --min-grace-period`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
