@@ -170,7 +170,13 @@ pub(crate) async fn read_secret(ctx: &Context, apikey: &ApiKey, o: &mut Observed
     } else {
         secrets.get_metadata_opt(&o.secret_name).await.map_err(serr)?.map(|m| m.metadata)
     };
-    let Some(meta) = meta else { return Ok(()) };
+    let Some(meta) = meta else {
+        // NB: a deleted main Secret gets a fresh key; a previous-key Secret left beside it must go too.
+        if o.wants_own() {
+            read_previous(ctx, apikey, o, &secrets).await?;
+        }
+        return Ok(());
+    };
     o.secret_version = meta.resource_version.clone();
     if !secret::controlled_by(meta.owner_references.as_ref(), apikey) {
         o.secret = SecretState::Foreign;

@@ -250,6 +250,20 @@ async fn an_edited_previous_key_secret_is_treated_like_an_edited_key() {
     })
     .await;
     eventually(60, "the edited Secret removed", || get_json(&ns, "secret/p-previous").is_none().then_some(())).await;
+    // The main Secret deleted during a grace period: a fresh key, and the previous key's Secret goes with the old one.
+    let ak = eventually(60, "settled", || ready_at(&ns, "p", 1)).await;
+    kubectl_ok(&["annotate", "--overwrite", "apikey/p", "-n", &ns, "keyward.dev/rotate=two"]);
+    eventually(60, "rotated again", || ready_at(&ns, "p", 2).filter(|a| a["status"]["previousKeyId"].is_string()))
+        .await;
+    assert!(get_json(&ns, "secret/p-previous").is_some());
+    kubectl_ok(&["delete", "secret", "p", "-n", &ns]);
+    eventually(60, "a fresh key and no previous Secret", || {
+        let a = get_json(&ns, "apikey/p")?;
+        let fresh = status_str(&a, "keyId") != status_str(&ak, "keyId") && get_json(&ns, "secret/p").is_some();
+        (fresh && get_json(&ns, "secret/p-previous").is_none() && has_event(&ns, "ApiKey", "p", "KeyRegenerated"))
+            .then_some(())
+    })
+    .await;
     let out = kubectl(&["get", "secrets", "-n", &ns, "-o", "json"]);
     let all: Value = serde_json::from_slice(&out.stdout).expect("json");
     for s in all["items"].as_array().expect("items") {
