@@ -191,8 +191,11 @@ pub(crate) async fn read_secret(ctx: &Context, apikey: &ApiKey, o: &mut Observed
     let found = verify(ctx, apikey, o, &secrets, now).await?;
     // NB: an unreadable shape cannot say where the keys are: an edit, replaced like one.
     let tampered = found.tampered || entries.is_none();
+    // NB: during a grace period also in one Secret: a crash right after a template moved the previous key back
+    // into the main Secret leaves its own Secret behind, deleted by this reconcile (at the latest at the grace end).
+    let look = o.entries.own || o.wants_own() || book.has_previous();
     o.secret = SecretState::Managed { book, tampered, reseal: found.reseal };
-    if o.entries.own || o.wants_own() {
+    if look {
         read_previous(ctx, apikey, o, &secrets).await?;
     }
     Ok(())

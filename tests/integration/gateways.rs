@@ -298,18 +298,16 @@ async fn envoy_gateway_crds() {
             let out = kubectl_stdin(&["apply", "--server-side", "-f", "-"], &crds.join("\n---\n"));
             assert!(out.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
         }
-        kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/securitypolicies.gateway.envoyproxy.io",
-            "--timeout=60s",
-        ]);
-        kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/httproutes.gateway.networking.k8s.io",
-            "--timeout=60s",
-        ]);
+        // NB: not `kubectl wait`: it fails instead of waiting on a CRD whose status has no conditions yet.
+        for crd in ["securitypolicies.gateway.envoyproxy.io", "httproutes.gateway.networking.k8s.io"] {
+            eventually(60, &format!("CRD {crd} Established"), || {
+                let out = kubectl(&["get", "crd", crd, "-o", "json"]);
+                let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+                let conditions = v["status"]["conditions"].as_array()?;
+                conditions.iter().any(|c| c["type"] == "Established" && c["status"] == "True").then_some(())
+            })
+            .await;
+        }
     })
     .await;
 }
