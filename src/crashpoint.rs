@@ -36,6 +36,16 @@ pub enum Point {
     BeforeRevocation,
     /// After that write.
     AfterRevocation,
+    /// Before the write of the previous key's own Secret (`secretTemplate.previous: OwnSecret`), which comes
+    /// before the main Secret's write of a rotation.
+    BeforePreviousSecretWrite,
+    /// After that write, before the main Secret's.
+    AfterPreviousSecretWrite,
+    /// Before the deletion of the previous key's own Secret (grace over, revocation, new key), which comes after
+    /// the main Secret's write.
+    BeforePreviousSecretRemoval,
+    /// After that deletion.
+    AfterPreviousSecretRemoval,
     /// Before the pod-template patch of a rollout restart.
     BeforeRolloutRestart,
     /// After that patch.
@@ -44,13 +54,17 @@ pub enum Point {
 
 impl Point {
     /// Every point.
-    pub const ALL: [Point; 8] = [
+    pub const ALL: [Point; 12] = [
         Point::BeforeSecretWrite,
         Point::AfterSecretWrite,
         Point::BeforeGraceRemoval,
         Point::AfterGraceRemoval,
         Point::BeforeRevocation,
         Point::AfterRevocation,
+        Point::BeforePreviousSecretWrite,
+        Point::AfterPreviousSecretWrite,
+        Point::BeforePreviousSecretRemoval,
+        Point::AfterPreviousSecretRemoval,
         Point::BeforeRolloutRestart,
         Point::AfterRolloutRestart,
     ];
@@ -64,6 +78,10 @@ impl Point {
             Point::AfterGraceRemoval => "after-grace-removal",
             Point::BeforeRevocation => "before-revocation",
             Point::AfterRevocation => "after-revocation",
+            Point::BeforePreviousSecretWrite => "before-previous-secret-write",
+            Point::AfterPreviousSecretWrite => "after-previous-secret-write",
+            Point::BeforePreviousSecretRemoval => "before-previous-secret-removal",
+            Point::AfterPreviousSecretRemoval => "after-previous-secret-removal",
             Point::BeforeRolloutRestart => "before-rollout-restart",
             Point::AfterRolloutRestart => "after-rollout-restart",
         }
@@ -77,7 +95,7 @@ impl Point {
             Action::Issue(_) | Action::Rotate { .. } => Some((Point::BeforeSecretWrite, Point::AfterSecretWrite)),
             Action::DropPrevious => Some((Point::BeforeGraceRemoval, Point::AfterGraceRemoval)),
             Action::Remove(_) => Some((Point::BeforeRevocation, Point::AfterRevocation)),
-            Action::Reseal | Action::Nothing => None,
+            Action::Reseal | Action::Reshape | Action::Nothing => None,
         }
     }
 }

@@ -43,6 +43,8 @@ struct Key {
     requests: Vec<String>,
     /// Fingerprint and `rotated-at` of the current key at each rotation count seen.
     history: BTreeMap<i64, (String, String)>,
+    /// `secretTemplate.previous: OwnSecret`: the previous key lives in `<name>-previous`.
+    own: bool,
 }
 
 /// The Secret of a key as persisted, after its invariants were checked.
@@ -52,6 +54,8 @@ struct Persisted {
     request: Option<String>,
     rotated_at: String,
     previous: Option<String>,
+    /// OwnSecret: a `<name>-previous` Secret that the bookkeeping does not name (a crash between the two writes).
+    stray: bool,
 }
 
 impl Persisted {
@@ -80,7 +84,7 @@ impl Key {
     }
 
     /// Checks the invariants of this key's Secret, read before `now`; records what it saw.
-    fn check(&mut self, s: &Value, now: Timestamp, when: &str) -> Persisted {
+    fn check(&mut self, s: &Value, own_previous: Option<&Value>, now: Timestamp, when: &str) -> Persisted {
         let name = self.name.clone();
         let ann = |a: &str| s["metadata"]["annotations"][format!("keyward.dev/{a}")].as_str().map(str::to_string);
         let ts = |a: &str| {
@@ -116,13 +120,24 @@ impl Key {
             assert_eq!(seen, &id, "{when}: {name}: rotation {count} now holds another key than before");
         }
         // The previous key: only the key current before the last rotation, and never lost within its grace period.
-        let previous = decode(s, "previous-api-key").map(|p| key_id(&p));
-        assert_eq!(previous, ann("previous-key-id"), "{when}: Secret {name}: previous key and previous-key-id differ");
+        let (previous, in_progress, stray) = if self.own {
+            self.check_own(s, own_previous, (&id, count), when)
+        } else {
+            let previous = decode(s, "previous-api-key").map(|p| key_id(&p));
+            assert_eq!(
+                previous,
+                ann("previous-key-id"),
+                "{when}: Secret {name}: previous key and previous-key-id differ"
+            );
+            (previous, false, false)
+        };
         let grace_ends = ts("rotated-at").checked_add(self.grace).expect("grace end");
         if count >= 1 && self.grace.is_positive() && now < grace_ends {
             let lost =
                 format!("{when}: {name}: the previous key was lost: read at {now}, its grace ends at {grace_ends}");
-            assert!(previous.is_some(), "{lost}");
+            // NB: OwnSecret, a rotation half done (its previous Secret written, the main one not yet): the key that
+            // is about to become the previous one is held, the older one that rotation drops is not.
+            assert!(previous.is_some() || in_progress, "{lost}");
             assert_eq!(ts("previous-expires-at"), grace_ends, "{when}: Secret {name}: previous-expires-at");
         }
         if let Some(prev) = &previous {
@@ -135,7 +150,38 @@ impl Key {
             );
         }
         self.history.insert(count, (id.clone(), rotated_at.clone()));
-        Persisted { key_id: id, count, request, rotated_at, previous }
+        Persisted { key_id: id, count, request, rotated_at, previous, stray }
+    }
+
+    /// OwnSecret: the main Secret holds no previous key; `<name>-previous` holds the one its bookkeeping names, or
+    /// (a crash between the two writes) the current key (a rotation whose main write is owed) or the key of the
+    /// rotation before (a grace removal whose deletion is owed). Returns (previous held, rotation half done, stray).
+    fn check_own(
+        &self,
+        s: &Value,
+        own: Option<&Value>,
+        (id, count): (&str, i64),
+        when: &str,
+    ) -> (Option<String>, bool, bool) {
+        let name = &self.name;
+        assert!(decode(s, "previous-api-key").is_none(), "{when}: {name}: the main Secret holds a previous key");
+        let named = s["metadata"]["annotations"]["keyward.dev/previous-key-id"].as_str().map(str::to_string);
+        let held = own.map(|p| {
+            let keys: Vec<&String> = p["data"].as_object().map(|d| d.keys().collect()).unwrap_or_default();
+            assert_eq!(keys, ["api-key"], "{when}: {name}-previous holds one key under the current entry name");
+            key_id(&decode(p, "api-key").expect("decoded"))
+        });
+        if held == named {
+            return (named, false, false);
+        }
+        let in_progress = held.as_deref() == Some(id);
+        let before = self.history.get(&(count - 1)).map(|(k, _)| k.as_str());
+        let leftover = named.is_none() && held.is_some() && held.as_deref() == before;
+        assert!(
+            in_progress || leftover,
+            "{when}: {name}: {name}-previous holds {held:?}, the bookkeeping names {named:?} (current {id})"
+        );
+        (None, in_progress, true)
     }
 }
 
@@ -150,6 +196,11 @@ struct Scenario {
 impl Scenario {
     /// A namespace with `count` ApiKeys `<prefix>0..` of the given spec; `restart` gives each its own Deployment.
     fn new(test: &str, prefix: &str, count: usize, grace: &str, restart: bool) -> Scenario {
+        Self::with_placement(test, prefix, count, (grace, false), restart)
+    }
+
+    /// Like [`Scenario::new`]; `own`: the previous key in its own Secret (`secretTemplate.previous: OwnSecret`).
+    fn with_placement(test: &str, prefix: &str, count: usize, (grace, own): (&str, bool), restart: bool) -> Scenario {
         let ns = namespace(test);
         let secs = grace.trim_end_matches('s').parse::<i64>().expect("grace in seconds");
         let mut keys = Vec::new();
@@ -157,13 +208,16 @@ impl Scenario {
             let name = format!("{prefix}{i}");
             let deployment = restart.then(|| format!("consumer-{name}"));
             let mut spec = format!("  format: {{prefix: kw_crash_}}\n  rotation: {{gracePeriod: {grace}}}");
+            if own {
+                spec.push_str("\n  secretTemplate: {previous: OwnSecret}");
+            }
             if let Some(d) = &deployment {
                 kubectl_ok(&["create", "deployment", d, "-n", &ns, "--image=registry.invalid/app:1"]);
                 spec.push_str(&format!("\n  rolloutRestart: [{{kind: Deployment, name: {d}}}]"));
             }
             apply(&ns, &apikey(&name, &spec));
             let grace = SignedDuration::from_secs(secs);
-            keys.push(Key { name, grace, deployment, requests: Vec::new(), history: BTreeMap::new() });
+            keys.push(Key { name, grace, deployment, requests: Vec::new(), history: BTreeMap::new(), own });
         }
         Scenario { ns, keys, trials: 0, started: Instant::now() }
     }
@@ -186,8 +240,11 @@ impl Scenario {
         let restarted = self.restarted();
         let mut out = Vec::new();
         for (k, restarted) in self.keys.iter_mut().zip(&restarted) {
-            let s = list["items"].as_array().into_iter().flatten().find(|s| s["metadata"]["name"] == k.name.as_str());
-            let p = s.map(|s| k.check(s, now, when));
+            let find = |n: &str| list["items"].as_array().into_iter().flatten().find(|s| s["metadata"]["name"] == n);
+            let s = find(&k.name);
+            let own_previous = find(&format!("{}-previous", k.name));
+            assert!(k.own || own_previous.is_none(), "{when}: {}: a previous Secret without OwnSecret", k.name);
+            let p = s.map(|s| k.check(s, own_previous, now, when));
             if let Some(at) = restarted {
                 let known = k.history.iter().any(|(c, (_, r))| *c >= 1 && r == at);
                 assert!(
@@ -284,6 +341,7 @@ impl Scenario {
                 // would otherwise race the operator's removal of the previous key.
                 && !(p.previous.is_some() && p.count >= 1 && grace_ends_soon(&p))
                 && st["previousKeyId"].as_str() == p.previous.as_deref()
+                && !p.stray
                 && !k.owes_restart(Some(&p), restarted.as_deref())
         })
     }
@@ -317,6 +375,7 @@ impl Scenario {
                 "{name}: the previous key is held iff in grace (ends {grace_ends})"
             );
             assert_eq!(st["previousKeyId"].as_str(), p.previous.as_deref(), "{name}: status and Secret agree on it");
+            assert!(!p.stray, "{name}: no previous Secret the bookkeeping does not name");
             if let Some(d) = &k.deployment {
                 let dep = get_json(&self.ns, &format!("deployment/{d}")).expect("deployment");
                 let want = (p.count >= 1).then_some(p.rotated_at.as_str());
@@ -373,6 +432,54 @@ async fn sigkill_around_the_grace_removal() {
             }
         }
         let point = if trial % 2 == 0 { Point::BeforeGraceRemoval } else { Point::AfterGraceRemoval };
+        s.crash_at(point, 1 + (trial * 3 / 2) % owed).await;
+    }
+    s.converge().await;
+}
+
+/// OwnSecret: before and after the write of the previous key's own Secret, which precedes the main Secret's write
+/// of a rotation (8 + 8 trials, a long grace so that every rotation writes one).
+#[tokio::test]
+async fn sigkill_around_the_previous_secret_write() {
+    control_plane_with_crds().await;
+    let mut s = Scenario::with_placement("crash_previous_write", "o", 4, ("3600s", true), false);
+    s.issue_first_keys().await;
+    for trial in 0..16 {
+        let (persisted, _) = s.observe("before a trial");
+        let mut owed = (0..s.keys.len()).filter(|&i| s.keys[i].owes_write(persisted[i].as_ref())).count();
+        for (i, p) in persisted.iter().enumerate() {
+            let idle = p.is_some() && !s.keys[i].owes_write(p.as_ref());
+            if idle && ((trial + i) % 3 != 0 || owed == 0) {
+                s.request(i);
+                owed += 1;
+            }
+        }
+        let point = if trial % 2 == 0 { Point::BeforePreviousSecretWrite } else { Point::AfterPreviousSecretWrite };
+        s.crash_at(point, 1 + (trial * 7 / 2) % owed).await;
+    }
+    s.converge().await;
+}
+
+/// OwnSecret: before and after the deletion of the previous key's own Secret when its 2 s grace period ended, which
+/// follows the main Secret's write (6 + 6 trials).
+#[tokio::test]
+async fn sigkill_around_the_previous_secret_removal() {
+    control_plane_with_crds().await;
+    let mut s = Scenario::with_placement("crash_previous_removal", "q", 4, ("2s", true), false);
+    s.issue_first_keys().await;
+    for trial in 0..12 {
+        let (persisted, _) = s.observe("before a trial");
+        let owes = |s: &Scenario, i: usize| {
+            s.keys[i].owes_removal(persisted[i].as_ref()) || persisted[i].as_ref().is_some_and(|p| p.stray)
+        };
+        let mut owed = (0..s.keys.len()).filter(|&i| owes(&s, i)).count();
+        for (i, p) in persisted.iter().enumerate() {
+            if p.is_some() && !owes(&s, i) && ((trial + i) % 2 == 0 || owed == 0) {
+                s.request(i);
+                owed += 1;
+            }
+        }
+        let point = if trial % 2 == 0 { Point::BeforePreviousSecretRemoval } else { Point::AfterPreviousSecretRemoval };
         s.crash_at(point, 1 + (trial * 3 / 2) % owed).await;
     }
     s.converge().await;

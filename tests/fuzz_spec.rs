@@ -13,7 +13,7 @@ use keyward::api::ratelimit::{
     RateLimitPolicySpec, ScaleTargetRef, Scaling, ScalingRules, TemporaryOverride, UsageSource,
 };
 use keyward::apikey::book::Book;
-use keyward::apikey::plan::{self, Inputs, SecretState};
+use keyward::apikey::plan::{self, Inputs, PreviousState, SecretState};
 use keyward::minimums::Minimums;
 use keyward::ratelimit::check::{MAX_REQUEUE, check};
 use keyward::ratelimit::limits;
@@ -129,10 +129,13 @@ proptest! {
         now in instant(),
         min in minimums(),
         manual in any::<bool>(),
+        own in any::<(bool, bool, bool)>(),
     ) {
         let spec = ApiKeySpec { rotation, expires_at: expires_at.map(Time), ..ApiKeySpec::default() };
         let parsed = RotationPlan::from_spec_with(spec.rotation.as_ref(), &min);
         let secret = SecretState::Managed { book: book.clone(), tampered: false, reseal: false };
+        // The previous key's own Secret, in step with the bookkeeping or not.
+        let previous = if own.2 { PreviousState::Ours { book: book.clone(), sound: own.0, version: None } } else { PreviousState::Absent };
         let inputs = Inputs {
             spec: &spec,
             rotate_request: manual.then_some("now"),
@@ -141,6 +144,10 @@ proptest! {
             abuse: None,
             jitter_key: "ns/name/uid",
             now,
+            reshape: own.2,
+            previous: &previous,
+            own_written: own.0,
+            own_wanted: own.1,
         };
         let decision = plan::decide(&inputs, parsed.as_ref().map_err(ToString::to_string));
         let grace = parsed.as_ref().map(RotationPlan::grace_period).unwrap_or_default();

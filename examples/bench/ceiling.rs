@@ -12,6 +12,7 @@ use serde_json::json;
 
 use keyward::api::{ApiKey, ApiKeySpec};
 use keyward::apikey::book::Book;
+use keyward::apikey::layout::Layout;
 use keyward::apikey::seal::{Sealed, Sealer};
 use keyward::apikey::{plan, secret, status};
 use keyward::keys::{self, OsRandom};
@@ -68,7 +69,9 @@ pub(crate) async fn ceiling(client: &kube::Client, n: usize, conc: usize) -> any
                 let uid = ak.uid().unwrap_or_default();
                 let sealed = Sealed { uid: &uid, secret: &name, book: &bk, current: Some(&key), previous: None };
                 let seal = sealer.seal(&sealed);
-                let s = secret::build(&ak, &name, (&bk, &seal), &material, None);
+                let layout = Layout::resolve(&ak.spec, &name, &name).map_err(anyhow::Error::msg)?;
+                let data = secret::main_data(&layout.entries, &bk, &material);
+                let s = secret::build(&ak, (&layout, &name), (&bk, &seal), data, None);
                 retry("create Secret", || secrets.create(&pp, &s)).await?;
                 let st = status::desired(&ak, Some(&bk), &plan::issued_condition(Some(&id)), None, now);
                 let body = json!({"apiVersion": "keyward.dev/v1alpha1", "kind": "ApiKey", "status": st});

@@ -37,7 +37,18 @@ pub const ROTATE_ANNOTATION: &str = "keyward.dev/rotate";
         "(has(self.spec.secretName) ? self.spec.secretName : self.metadata.name) == \
          (has(oldSelf.spec.secretName) ? oldSelf.spec.secretName : oldSelf.metadata.name)"
     )
-    .message("spec.secretName is immutable: create a new ApiKey for another Secret (a rename would leave the old Secret's key valid)")
+    .message("spec.secretName is immutable: create a new ApiKey for another Secret (a rename would leave the old Secret's key valid)"),
+    // NB: released Authorino selects key Secrets by label only (`apiKey.selector`); without a label it finds none.
+    validation = kube::core::Rule::new(
+        "!has(self.spec.gateway) || self.spec.gateway != 'Authorino' || \
+         (has(self.spec.secretTemplate) && has(self.spec.secretTemplate.labels) && size(self.spec.secretTemplate.labels) > 0)"
+    )
+    .message("spec.gateway Authorino needs spec.secretTemplate.labels: the label the AuthConfig's apiKey.selector selects the key Secrets by"),
+    validation = kube::core::Rule::new(
+        "!has(self.spec.gateway) || self.spec.gateway == 'Generic' || !has(self.spec.secretTemplate) || \
+         !has(self.spec.secretTemplate.keys) || !has(self.spec.secretTemplate.keys.keyId) || self.spec.secretTemplate.keys.keyId == ''"
+    )
+    .message("spec.secretTemplate.keys.keyId must be empty with a gateway preset: the gateway would take the fingerprint entry for a credential")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeySpec {
@@ -71,9 +82,18 @@ pub struct ApiKeySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_policy_ref: Option<LocalObjectReference>,
 
-    /// Labels and annotations copied onto the Secret, e.g. the label a gateway selects its keys by.
+    /// Labels and annotations copied onto the Secret, e.g. the label a gateway selects its keys by; the data
+    /// entry names; where the previous key lives during the grace period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_template: Option<SecretTemplate>,
+
+    /// The gateway that reads the Secret: fills `secretTemplate`'s defaults in that gateway's format (explicit
+    /// fields win). `Generic` (default): entries `api-key`, `previous-api-key`, `key-id` in one Secret.
+    /// `EnvoyGateway`: entries `<ApiKey name>` and `<ApiKey name>-previous`, nothing else. `Kong`: label
+    /// `konghq.com/credential: key-auth`, entry `key`, previous key in its own Secret. `Authorino`: entry
+    /// `api_key`, previous key in its own Secret (needs `secretTemplate.labels` for the AuthConfig's selector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayPreset>,
 
     /// Workloads in the same namespace restarted after each rotation (pod-template annotation
     /// keyward.dev/restartedAt), debounced so that a burst of rotations causes one restart.
@@ -147,12 +167,12 @@ pub struct Rotation {
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$"))]
     pub time_zone: Option<String>,
 
-    /// How long the previous key stays valid after a rotation (`previous-api-key` in the Secret); `0s` drops it at
-    /// once; at most 8760h (a year: longer keeps a possibly leaked key valid past any sane rotation); shorter than
-    /// `interval`. Default `24h`, or half the time until the next scheduled rotation when that is sooner. A rotation
-    /// never cuts a grace period short: one that comes due (asked for or scheduled) while the previous key is in
-    /// its grace period waits for its end (Ready reason `RotationDeferred`). The operator may set a minimum
-    /// (`keyward run --min-grace-period`).
+    /// How long the previous key stays valid after a rotation (in the Secret, or its own Secret with
+    /// `secretTemplate.previous: OwnSecret`); `0s` drops it at once; at most 8760h (a year: longer keeps a possibly
+    /// leaked key valid past any sane rotation); shorter than `interval`. Default `24h`, or half the time until the
+    /// next scheduled rotation when that is sooner. A rotation never cuts a grace period short: one that comes due
+    /// (asked for or scheduled) while the previous key is in its grace period waits for its end (Ready reason
+    /// `RotationDeferred`). The operator may set a minimum (`keyward run --min-grace-period`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = bounds::duration_at_most("rotation.gracePeriod", bounds::MAX_GRACE_PERIOD, "the previous key stays valid for at most a year"))]
     pub grace_period: Option<GoDuration>,
@@ -172,7 +192,53 @@ pub struct LocalObjectReference {
     pub name: String,
 }
 
-/// Metadata copied onto the Secret Keyward writes.
+/// A gateway whose Secret format Keyward writes (see docs/gateways.md for the upstream formats each follows).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum GatewayPreset {
+    /// Keyward's own format: `api-key`, `previous-api-key`, `key-id` in one Secret.
+    #[default]
+    Generic,
+    /// Envoy Gateway `SecurityPolicy.spec.apiKeyAuth.credentialRefs`: every data entry is a client id → key.
+    EnvoyGateway,
+    /// Kong Ingress Controller 3.x key-auth credential: label `konghq.com/credential: key-auth`, entry `key`.
+    Kong,
+    /// Authorino `apiKey` identity: Secrets selected by label, one `api_key` each.
+    Authorino,
+}
+
+/// Where the previous key lives during the grace period.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PreviousPlacement {
+    /// In the same Secret, under `keys.previous`.
+    SameSecret,
+    /// In its own Secret `<secretName>-previous` (same labels, annotations and type), under `keys.current`;
+    /// deleted when the grace period ends.
+    OwnSecret,
+}
+
+/// Names of the Secret's data entries. Each a Secret data key (letters, digits, `-`, `_`, `.`), at most 253
+/// characters.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.current) || !has(self.previous) || self.current != self.previous"
+).message("secretTemplate.keys.current and secretTemplate.keys.previous must differ"))]
+pub struct SecretKeys {
+    /// Entry of the current key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub current: Option<String>,
+    /// Entry of the previous key during the grace period (with `previous: SameSecret`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub previous: Option<String>,
+    /// Entry of the current key's fingerprint; `""` leaves it out (it is in the annotations and the status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253), regex(pattern = r"^[-._a-zA-Z0-9]*$"))]
+    pub key_id: Option<String>,
+}
+
+/// Metadata copied onto the Secret Keyward writes, and its shape.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 pub struct SecretTemplate {
     /// Labels added to the Secret (Keyward's own labels win on conflict): at most 64, keys at most 317
@@ -187,6 +253,13 @@ pub struct SecretTemplate {
     #[schemars(extend("maxProperties" = bounds::MAX_TEMPLATE_ENTRIES))]
     #[x_kube(validation = bounds::map_lengths("secretTemplate.annotations", bounds::MAX_ANNOTATION_VALUE_LENGTH))]
     pub annotations: BTreeMap<String, String>,
+    /// Names of the data entries; defaults from `spec.gateway`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<SecretKeys>,
+    /// Where the previous key lives during the grace period; default from `spec.gateway` (`SameSecret` for
+    /// Generic and EnvoyGateway, `OwnSecret` for Kong and Authorino).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousPlacement>,
 }
 
 /// A workload restarted after each rotation so that it picks up the new key.

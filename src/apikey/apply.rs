@@ -10,7 +10,8 @@ use kube::runtime::reflector::ObjectRef;
 use super::book::Book;
 use super::events::event_for;
 use super::observe::Observed;
-use super::plan::{Action, Outcome, SecretWrite};
+use super::observe::PreviousState;
+use super::plan::{Action, Outcome, PreviousWrite, SecretWrite};
 use super::{CONTROLLER, Context, Error, MANAGER, restart, status};
 use crate::api::ApiKey;
 use crate::crashpoint::{self, Point};
@@ -24,6 +25,9 @@ use crate::runtime::within_timeout;
 /// later read would let a stale decision rotate a second time and cut the legitimate previous key's grace short.
 pub async fn secret(ctx: &Context, apikey: &ApiKey, o: &Observed, mut write: SecretWrite) -> Result<Book, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.runtime.client.clone(), &o.ns);
+    if let Some(previous) = write.previous.take() {
+        put_previous(ctx, &secrets, o, previous).await?;
+    }
     ctx.runtime.metrics.api_write(CONTROLLER, "Secret");
     crashpoint::before_secret_write(&write.action);
     let written = put(&secrets, o, &write).await;
@@ -49,6 +53,58 @@ pub async fn secret(ctx: &Context, apikey: &ApiKey, o: &Observed, mut write: Sec
         ctx.runtime.publish(apikey, event_for(&write.action, &write.book, &o.secret_name)).await;
     }
     Ok(write.book)
+}
+
+/// Writes the previous key's own Secret (before the main Secret: a crash between the two leaves the previous key
+/// in both places, never in none), conditional on the version observed.
+async fn put_previous(
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    o: &Observed,
+    mut write: PreviousWrite,
+) -> Result<(), Error> {
+    let name = o.previous_name();
+    let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+    ctx.runtime.metrics.api_write(CONTROLLER, "Secret");
+    crashpoint::hit(Point::BeforePreviousSecretWrite);
+    let written = if write.create {
+        within_timeout(secrets.create(&pp, &write.secret)).await
+    } else {
+        within_timeout(secrets.replace(&name, &pp, &write.secret)).await
+    };
+    wipe(&mut write.secret);
+    let op = if write.create { "create" } else { "update" };
+    let mut written = written.map_err(|source| Error::Secret { op, ns: o.ns.clone(), name: name.clone(), source })?;
+    wipe(&mut written);
+    crashpoint::hit(Point::AfterPreviousSecretWrite);
+    ctx.mark_verified(&o.ns, &name, written.metadata.resource_version.as_deref());
+    Ok(())
+}
+
+/// Deletes the previous key's own Secret once the persisted bookkeeping names no previous key kept there (grace
+/// over, a new key issued, a revocation, a shape that keeps the previous key elsewhere), or when a crash left one
+/// behind. Nothing while the spec does not resolve: a bad spec loses nothing.
+pub async fn tidy_previous(ctx: &Context, o: &Observed, book: Option<&Book>) -> Result<(), Error> {
+    let PreviousState::Ours { version, .. } = &o.previous else { return Ok(()) };
+    let keep = book.is_some_and(Book::has_previous) && o.wants_own();
+    if keep || o.layout.is_none() {
+        return Ok(());
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.runtime.client.clone(), &o.ns);
+    let name = o.previous_name();
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions { resource_version: version.clone(), uid: None }),
+        ..DeleteParams::default()
+    };
+    ctx.runtime.metrics.api_write(CONTROLLER, "Secret");
+    crashpoint::hit(Point::BeforePreviousSecretRemoval);
+    match within_timeout(secrets.delete(&name, &dp)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(source) => return Err(Error::Secret { op: "delete", ns: o.ns.clone(), name, source }),
+    }
+    crashpoint::hit(Point::AfterPreviousSecretRemoval);
+    Ok(())
 }
 
 /// Creates or replaces the Secret, within the write timeout.

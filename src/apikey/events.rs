@@ -59,6 +59,11 @@ pub(super) fn event_for(action: &Action, b: &Book, secret: &str) -> Event {
             (EventType::Normal, "Expired", "the key expired; key material removed".to_string())
         }
         Action::Reseal => (EventType::Normal, "Sealed", format!("Secret {secret} sealed with the current seal key")),
+        Action::Reshape => (
+            EventType::Normal,
+            "Reshaped",
+            format!("Secret {secret} rewritten in the shape the spec asks for, with the same keys"),
+        ),
         Action::Nothing => (EventType::Normal, "Reconciled", String::new()),
     };
     Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None }

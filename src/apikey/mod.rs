@@ -8,6 +8,7 @@
 mod apply;
 pub mod book;
 mod events;
+pub mod layout;
 pub mod observe;
 pub mod plan;
 mod priority;
@@ -400,6 +401,7 @@ async fn reconcile_key(apikey: &ApiKey, ctx: &Context, optimistic: bool) -> Resu
         Some(book) => Some(book),
         None => o.book().cloned(),
     };
+    apply::tidy_previous(ctx, &o, book.as_ref()).await?;
     if decision.revokes() {
         apply::revoke_others(ctx, &o).await?;
     }

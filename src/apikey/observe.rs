@@ -8,8 +8,8 @@ use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
-use super::book;
 use super::book::Book;
+use super::layout::{self, Entries, Layout};
 use super::seal::{self, Sealed, Sealer, Verdict};
 use super::{Context, Error, secret};
 use crate::api::ApiKey;
@@ -27,6 +27,19 @@ pub enum SecretState {
     /// Our Secret, with its bookkeeping; `tampered` when its key material no longer matches its `key-id`.
     /// `reseal`: unchanged, but sealed by a previous seal key or not at all (written before seals): worth sealing.
     Managed { book: Book, tampered: bool, reseal: bool },
+}
+
+/// The previous key's own Secret (`<secretName>-previous`), looked at when the written or the wanted shape puts the
+/// previous key there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PreviousState {
+    /// No such Secret (or not looked at: neither shape has one).
+    Absent,
+    /// A Secret of that name that this ApiKey does not control: never touched.
+    Foreign,
+    /// Ours. `book`: the bookkeeping it was written with; `sound`: its seal verifies over that bookkeeping and its
+    /// one key matches the previous fingerprint (false: edited or planted, treated like an edited key).
+    Ours { book: Book, sound: bool, version: Option<String> },
 }
 
 /// What one reconcile knows about an ApiKey and its Secret.
@@ -50,6 +63,16 @@ pub struct Observed {
     pub secret_version: Option<String>,
     /// The whole Secret, when it was read with its data.
     pub fetched: Option<Secret>,
+    /// The shape the spec asks for, or `None` when it cannot be written (then `rotation` says why).
+    pub layout: Option<Layout>,
+    /// Where the keys sit in the Secret as written (its shape annotation; Keyward's original format without one).
+    pub entries: Entries,
+    /// Whether the Secret was written in another shape than the spec's: rewrite it.
+    pub reshape: bool,
+    /// The previous key's own Secret.
+    pub previous: PreviousState,
+    /// That Secret whole, when it was read with its data.
+    pub previous_fetched: Option<Secret>,
     /// `rateLimitPolicyRef` names a policy that does not exist (known only once the policies are listed).
     pub policy_missing: bool,
     /// The message of a `SuspendedForAbuse` no person has cleared: the key is revoked while it holds.
@@ -59,13 +82,23 @@ pub struct Observed {
 impl Drop for Observed {
     /// The whole Secret read (key material included) is wiped when the reconcile is done with it.
     fn drop(&mut self) {
-        if let Some(full) = self.fetched.as_mut() {
+        for full in [self.fetched.as_mut(), self.previous_fetched.as_mut()].into_iter().flatten() {
             super::apply::wipe(full);
         }
     }
 }
 
 impl Observed {
+    /// The name of the previous key's own Secret.
+    pub fn previous_name(&self) -> String {
+        layout::previous_secret_name(&self.secret_name)
+    }
+
+    /// Whether the wanted shape keeps the previous key in its own Secret.
+    pub fn wants_own(&self) -> bool {
+        self.layout.as_ref().is_some_and(|l| l.entries.own)
+    }
+
     /// The bookkeeping of the Secret as read, if it is ours.
     pub fn book(&self) -> Option<&Book> {
         match &self.secret {
@@ -82,12 +115,19 @@ pub fn facts(apikey: &ApiKey, ctx: &Context) -> Option<Observed> {
     let uid = apikey.uid()?;
     let name = apikey.name_any();
     let status = apikey.status.as_ref();
+    let secret_name = secret::secret_name(&apikey.spec, &name).to_string();
+    let layout = Layout::resolve(&apikey.spec, &name, &secret_name);
     Some(Observed {
-        secret_name: secret::secret_name(&apikey.spec, &name).to_string(),
+        rotation: check_spec(apikey, &ctx.minimums).and_then(|r| layout.as_ref().map(|_| r).map_err(Clone::clone)),
+        layout: layout.ok(),
+        entries: Entries::default(),
+        reshape: false,
+        previous: PreviousState::Absent,
+        previous_fetched: None,
+        secret_name,
         jitter_key: format!("{ns}/{name}/{uid}"),
         rotate_request: apikey.annotations().get(ROTATE_ANNOTATION).cloned(),
         had_key: status.is_some_and(|s| s.key_id.is_some() || s.rotation_count.unwrap_or(0) > 0),
-        rotation: check_spec(apikey, &ctx.minimums),
         secret: SecretState::Missing,
         secret_version: None,
         fetched: None,
@@ -133,16 +173,79 @@ pub(crate) async fn read_secret(ctx: &Context, apikey: &ApiKey, o: &mut Observed
     } else {
         secrets.get_metadata_opt(&o.secret_name).await.map_err(serr)?.map(|m| m.metadata)
     };
-    let Some(meta) = meta else { return Ok(()) };
+    let Some(meta) = meta else {
+        // NB: a deleted main Secret gets a fresh key; a previous-key Secret left beside it must go too.
+        if o.wants_own() {
+            read_previous(ctx, apikey, o, &secrets).await?;
+        }
+        return Ok(());
+    };
     o.secret_version = meta.resource_version.clone();
     if !secret::controlled_by(meta.owner_references.as_ref(), apikey) {
         o.secret = SecretState::Foreign;
         return Ok(());
     }
-    let book = Book::from_annotations(meta.annotations.as_ref().unwrap_or(&Default::default()));
+    let annotations = meta.annotations.clone().unwrap_or_default();
+    let book = Book::from_annotations(&annotations);
+    let shape = annotations.get(layout::SHAPE).map(String::as_str);
+    let entries = Entries::from_shape(shape);
+    o.reshape = o.layout.as_ref().is_some_and(|l| shape != Some(l.shape().as_str()));
+    o.entries = entries.clone().unwrap_or_default();
     let found = verify(ctx, apikey, o, &secrets, now).await?;
-    o.secret = SecretState::Managed { book, tampered: found.tampered, reseal: found.reseal };
+    // NB: an unreadable shape cannot say where the keys are: an edit, replaced like one.
+    let tampered = found.tampered || entries.is_none();
+    // NB: during a grace period also in one Secret: a crash right after a template moved the previous key back
+    // into the main Secret leaves its own Secret behind, deleted by this reconcile (at the latest at the grace end).
+    let look = o.entries.own || o.wants_own() || book.has_previous();
+    o.secret = SecretState::Managed { book, tampered, reseal: found.reseal };
+    if look {
+        read_previous(ctx, apikey, o, &secrets).await?;
+    }
     Ok(())
+}
+
+/// Reads the previous key's own Secret: metadata, and its data once per version to check it against its seal.
+async fn read_previous(ctx: &Context, apikey: &ApiKey, o: &mut Observed, secrets: &Api<Secret>) -> Result<(), Error> {
+    let name = o.previous_name();
+    let serr = |source| Error::Secret { op: "read", ns: o.ns.clone(), name: name.clone(), source };
+    let Some(meta) = secrets.get_metadata_opt(&name).await.map_err(serr)?.map(|m| m.metadata) else {
+        return Ok(());
+    };
+    if !secret::controlled_by(meta.owner_references.as_ref(), apikey) {
+        o.previous = PreviousState::Foreign;
+        return Ok(());
+    }
+    let book = Book::from_annotations(meta.annotations.as_ref().unwrap_or(&Default::default()));
+    let version = meta.resource_version.clone();
+    let sound = if ctx.verified(&o.ns, &name, version.as_deref().unwrap_or_default()) {
+        true
+    } else {
+        let full = read_at_version(secrets, &o.ns, &name, version.as_deref()).await?;
+        let sound = inspect_previous(&ctx.sealer, (&o.uid, &name), &full);
+        if sound {
+            ctx.mark_verified(&o.ns, &name, version.as_deref());
+        }
+        o.previous_fetched = Some(full);
+        sound
+    };
+    o.previous = PreviousState::Ours { book, sound, version };
+    Ok(())
+}
+
+/// Whether the previous key's own Secret is as Keyward wrote it: one entry (the current entry name of its shape)
+/// holding the key its bookkeeping names as previous, under a seal that verifies. Pure.
+pub fn inspect_previous(sealer: &Sealer, (uid, name): (&str, &str), full: &Secret) -> bool {
+    let annotations = full.metadata.annotations.clone().unwrap_or_default();
+    let book = Book::from_annotations(&annotations);
+    let Some(entries) = Entries::from_shape(annotations.get(layout::SHAPE).map(String::as_str)) else { return false };
+    let only_the_key = full.data.as_ref().is_some_and(|d| d.keys().all(|k| *k == entries.current));
+    let key = key_at(full, &entries.current);
+    let sealed = Sealed { uid, secret: name, book: &book, current: None, previous: key.as_ref() };
+    let verdict = sealer.verify(&sealed, annotations.get(seal::SEAL).map(String::as_str));
+    only_the_key
+        && book.previous_key_id.is_some()
+        && fingerprint_of(book.previous_key_id.as_deref(), key.as_ref())
+        && matches!(verdict, Verdict::Valid | Verdict::ValidUnderPrevious)
 }
 
 /// What the whole Secret says about itself (see [`inspect`]); each version is checked once, then trusted.
@@ -197,9 +300,12 @@ pub fn inspect(
 ) -> Inspection {
     let annotations = full.metadata.annotations.clone().unwrap_or_default();
     let book = Book::from_annotations(&annotations);
-    let (current, previous) = (key_at(full, book::DATA_KEY), key_at(full, book::DATA_PREVIOUS_KEY));
+    let entries = Entries::from_shape(annotations.get(layout::SHAPE).map(String::as_str)).unwrap_or_default();
+    let current = key_at(full, &entries.current);
+    let previous = if entries.own { None } else { key_at(full, &entries.previous) };
+    // NB: with the previous key in its own Secret, that Secret's own check covers it.
     let consistent = fingerprint_of(book.key_id.as_deref(), current.as_ref())
-        && fingerprint_of(book.previous_key_id.as_deref(), previous.as_ref())
+        && (entries.own || fingerprint_of(book.previous_key_id.as_deref(), previous.as_ref()))
         && plausible(&book, grace, now);
     let sealed =
         Sealed { uid, secret: secret_name, book: &book, current: current.as_ref(), previous: previous.as_ref() };
@@ -209,8 +315,21 @@ pub fn inspect(
         Verdict::Missing => (status == Some(&book), true),
         Verdict::Invalid => (false, false),
     };
-    let tampered = !(consistent && trusted);
+    let tampered = !(consistent && trusted && holds_only_its_entries(full));
     Inspection { tampered, reseal: reseal && !tampered }
+}
+
+/// Whether a Secret's data holds only the entries its shape names, the fingerprint entry holding the fingerprint:
+/// any other entry is one a gateway that reads every entry would take for a credential.
+pub fn holds_only_its_entries(full: &Secret) -> bool {
+    let annotations = full.metadata.annotations.clone().unwrap_or_default();
+    let Some(entries) = Entries::from_shape(annotations.get(layout::SHAPE).map(String::as_str)) else { return false };
+    let allowed = entries.allowed();
+    let key_id = Book::from_annotations(&annotations).key_id;
+    full.data.iter().flatten().all(|(k, v)| {
+        allowed.contains(&k.as_str())
+            && (entries.key_id.as_deref() != Some(k.as_str()) || key_id.as_deref().map(str::as_bytes) == Some(&v.0))
+    })
 }
 
 /// Whether a fingerprint and a key go together: both absent, or the key's fingerprint.
@@ -283,9 +402,29 @@ pub(crate) async fn kept_material(
             read_at_version(&secrets, &o.ns, &o.secret_name, o.secret_version.as_deref()).await?
         }
     };
-    let kept = (key_at(&full, book::DATA_KEY), key_at(&full, book::DATA_PREVIOUS_KEY));
+    let current = key_at(&full, &o.entries.current);
+    let previous = if o.entries.own { kept_own_previous(ctx, o).await? } else { key_at(&full, &o.entries.previous) };
     o.fetched = Some(full);
-    Ok(kept)
+    Ok((current, previous))
+}
+
+/// The previous key from its own Secret, if that Secret is sound and in step with the main Secret's bookkeeping.
+async fn kept_own_previous(ctx: &Context, o: &mut Observed) -> Result<Option<KeyMaterial>, Error> {
+    let PreviousState::Ours { version, sound: true, book: own } = &o.previous else { return Ok(None) };
+    if o.book().is_none_or(|b| b.previous_key_id != own.previous_key_id) {
+        return Ok(None);
+    }
+    let full = match o.previous_fetched.take() {
+        Some(full) => full,
+        None => {
+            let secrets: Api<Secret> = Api::namespaced(ctx.runtime.client.clone(), &o.ns);
+            read_at_version(&secrets, &o.ns, &o.previous_name(), version.as_deref()).await?
+        }
+    };
+    let shape = full.metadata.annotations.as_ref().and_then(|a| a.get(layout::SHAPE));
+    let key = Entries::from_shape(shape.map(String::as_str)).and_then(|e| key_at(&full, &e.current));
+    o.previous_fetched = Some(full);
+    Ok(key)
 }
 
 /// Whether `apikey` is being deleted (garbage collection removes its Secret with it).

@@ -6,8 +6,9 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 
 use super::book::Book;
+use super::layout::Layout;
 use super::observe::Observed;
-pub use super::observe::SecretState;
+pub use super::observe::{PreviousState, SecretState};
 use super::seal::{Sealed, Sealer};
 use super::{secret, status};
 use crate::api::{ApiKey, ApiKeySpec, ApiKeyStatus};
@@ -50,6 +51,8 @@ pub enum Action {
     DropPrevious,
     /// Nothing changes but the seal: the Secret was sealed by a previous seal key, or before seals existed.
     Reseal,
+    /// The same keys, rewritten in the shape the spec now asks for (`secretTemplate`, `gateway` changed).
+    Reshape,
     Remove(Revocation),
 }
 
@@ -68,7 +71,7 @@ impl Action {
     /// Whether the write keeps the current key: a rotation (it becomes the previous key) or the end of a grace
     /// period (it stays).
     pub fn keeps_material(&self) -> bool {
-        matches!(self, Action::Rotate { .. } | Action::DropPrevious | Action::Reseal)
+        matches!(self, Action::Rotate { .. } | Action::DropPrevious | Action::Reseal | Action::Reshape)
     }
 }
 
@@ -97,6 +100,12 @@ pub struct Inputs<'a> {
     /// `<namespace>/<name>/<uid>`: spreads jitter across keys.
     pub jitter_key: &'a str,
     pub now: Timestamp,
+    /// The Secret was written in another shape than the spec's.
+    pub reshape: bool,
+    /// The previous key's own Secret, and whether the written and the wanted shape keep the previous key there.
+    pub previous: &'a PreviousState,
+    pub own_written: bool,
+    pub own_wanted: bool,
 }
 
 /// Ready condition reasons.
@@ -122,6 +131,10 @@ pub fn inputs<'a>(o: &'a Observed, spec: &'a ApiKeySpec, now: Timestamp) -> Inpu
         abuse: o.abuse.as_deref(),
         jitter_key: &o.jitter_key,
         now,
+        reshape: o.reshape,
+        previous: &o.previous,
+        own_written: o.entries.own,
+        own_wanted: o.wants_own(),
     }
 }
 
@@ -188,9 +201,26 @@ pub fn decide(i: &Inputs<'_>, plan: Result<&RotationPlan, String>) -> Decision {
         }
     };
 
+    if i.own_wanted && matches!(i.previous, PreviousState::Foreign) {
+        return Decision {
+            action: Action::Nothing,
+            ready: Desired::new(
+                "Ready",
+                false,
+                reason::SECRET_CONFLICT,
+                "the Secret <secretName>-previous, where the previous key goes, exists and is not owned by this \
+                 ApiKey; Keyward leaves it untouched. Delete it or choose another spec.secretName",
+            ),
+            requeue_at: None,
+            deferred_until: None,
+        };
+    }
+    let previous_edited = matches!(i.previous, PreviousState::Ours { sound: false, .. });
     let action = match (i.secret, book) {
         (SecretState::Missing, _) => Action::Issue(if i.had_key { IssueKind::Regenerated } else { IssueKind::First }),
         (SecretState::Managed { tampered: true, .. }, _) => Action::Issue(IssueKind::Tampered),
+        // NB: an edited or planted previous-key Secret is an edit of the pair, as a planted previous key is.
+        (_, Some(_)) if previous_edited => Action::Issue(IssueKind::Tampered),
         (_, Some(b)) if !b.has_key() => Action::Issue(if i.had_key { IssueKind::Resumed } else { IssueKind::First }),
         (_, Some(b)) => return decide_issued(i, plan, b),
         (_, None) => Action::Issue(IssueKind::First),
@@ -199,7 +229,8 @@ pub fn decide(i: &Inputs<'_>, plan: Result<&RotationPlan, String>) -> Decision {
 }
 
 /// The decision for a key that is issued and intact: rotate when due or asked, unless that would cut the previous
-/// key's grace period short (the rotation then waits for its end); else drop an ended grace, reseal, or nothing.
+/// key's grace period short (the rotation then waits for its end); else drop an ended grace, reshape, reseal, or
+/// nothing.
 fn decide_issued(i: &Inputs<'_>, plan: &RotationPlan, b: &Book) -> Decision {
     let manual = i.rotate_request.is_some_and(|r| b.rotate_request.as_deref() != Some(r));
     let due = match b.rotated_at {
@@ -207,29 +238,48 @@ fn decide_issued(i: &Inputs<'_>, plan: &RotationPlan, b: &Book) -> Decision {
         None => true,
         Some(at) => plan.next_rotation(at, i.jitter_key).is_some_and(|next| next <= i.now),
     };
-    let grace_end = b.previous_expires_at.filter(|_| b.has_previous());
-    let action = match grace_end {
-        Some(end) if (manual || due) && end > i.now => return deferred(manual, end, i.secret),
-        _ if manual || due => Action::Rotate { manual },
-        Some(end) if end <= i.now => Action::DropPrevious,
-        _ if matches!(i.secret, SecretState::Managed { reseal: true, .. }) => Action::Reseal,
-        _ => Action::Nothing,
-    };
-    Decision { requeue_at: None, ready: issued_condition(None), action, deferred_until: None }
+    // The previous key's own Secret holds the previous key the bookkeeping names (else it was deleted, or a crash
+    // came between its write and the main Secret's: the previous key is gone either way, and nothing waits for it).
+    let own_in_step = matches!(i.previous, PreviousState::Ours { book: own, .. }
+        if own.previous_key_id == b.previous_key_id && own.previous_expires_at == b.previous_expires_at);
+    let previous_gone = i.own_written && !own_in_step;
+    let waits_until =
+        b.previous_expires_at.filter(|end| (manual || due) && b.has_previous() && !previous_gone && *end > i.now);
+    let action = keep_or_rotate(i, b, ((manual || due) && waits_until.is_none(), manual), previous_gone);
+    match waits_until {
+        Some(end) => deferred(manual, end, action),
+        None => Decision { requeue_at: None, ready: issued_condition(None), action, deferred_until: None },
+    }
+}
+
+/// The action on a Secret that holds a sound current key: rotate (when `rotate`, asked for when `manual`), or drop
+/// a previous key whose grace ended or that is gone, or rewrite the Secret(s) in a changed shape, or reseal.
+fn keep_or_rotate(i: &Inputs<'_>, b: &Book, (rotate, manual): (bool, bool), previous_gone: bool) -> Action {
+    let grace_over = b.previous_expires_at.is_some_and(|e| e <= i.now);
+    if rotate {
+        Action::Rotate { manual }
+    } else if b.has_previous() && (grace_over || previous_gone) {
+        Action::DropPrevious
+    } else if i.reshape {
+        Action::Reshape
+    } else if matches!(i.secret, SecretState::Managed { reseal: true, .. }) {
+        Action::Reseal
+    } else {
+        Action::Nothing
+    }
 }
 
 /// A due rotation that waits until `end`, when the previous key's grace period ends: rotating now would drop that
 /// key before the time its consumers were promised. Ready stays True (the current key works), with a reason and
-/// message that say why the rotation has not happened and when it will.
-fn deferred(manual: bool, end: Timestamp, secret: &SecretState) -> Decision {
+/// message that say why the rotation has not happened and when it will; `action` (a reshape, a reseal) goes on.
+fn deferred(manual: bool, end: Timestamp, action: Action) -> Decision {
     let what = if manual { "the requested rotation (keyward.dev/rotate)" } else { "the scheduled rotation" };
     let message = format!(
         "{what} waits until {end}, when the previous key's grace period ends: rotating earlier would revoke the \
          previous key before its grace period is over"
     );
-    let reseal = matches!(secret, SecretState::Managed { reseal: true, .. });
     Decision {
-        action: if reseal { Action::Reseal } else { Action::Nothing },
+        action,
         ready: Desired::new("Ready", true, reason::ROTATION_DEFERRED, message),
         requeue_at: Some(end),
         deferred_until: Some(end),
@@ -281,7 +331,7 @@ pub fn next_book(
             }
         }
         Action::DropPrevious => Book { previous_key_id: None, previous_expires_at: None, ..book.clone() },
-        Action::Reseal => book.clone(),
+        Action::Reseal | Action::Reshape => book.clone(),
         Action::Remove(_) => Book {
             key_id: None,
             rotated_at: None,
@@ -327,6 +377,15 @@ pub struct SecretWrite {
     pub rotation: Option<&'static str>,
     /// The action the write carries out (crash points are placed by it).
     pub action: Action,
+    /// The previous key's own Secret, written BEFORE the main Secret (so that no crash between the two loses the
+    /// previous key); after the main Secret's write, a previous-key Secret the bookkeeping does not name is deleted.
+    pub previous: Option<PreviousWrite>,
+}
+
+/// The write of the previous key's own Secret.
+pub struct PreviousWrite {
+    pub secret: Secret,
+    pub create: bool,
 }
 
 /// The key material a write puts in the Secret: a freshly generated key (for Issue and Rotate) and the current
@@ -356,25 +415,48 @@ pub fn write(
     let (current, previous) = match action {
         Action::Rotate { .. } => (material.new_key.as_ref(), material.kept.as_ref().filter(|_| book.has_previous())),
         Action::DropPrevious => (material.kept.as_ref(), None),
-        Action::Reseal => (material.kept.as_ref(), material.kept_previous.as_ref()),
+        Action::Reseal | Action::Reshape => (material.kept.as_ref(), material.kept_previous.as_ref()),
         Action::Issue(_) => (material.new_key.as_ref(), None),
         Action::Remove(_) | Action::Nothing => (None, None),
     };
-    let seal = sealer.seal(&Sealed { uid: &o.uid, secret: &o.secret_name, book: &book, current, previous });
-    let secret = secret::build(
-        apikey,
-        &o.secret_name,
-        (&book, &seal),
-        &secret::Material { current, previous },
-        o.secret_version.clone(),
-    );
+    // NB: a revocation whose spec no longer resolves still empties the Secret, in the shape it was written in.
+    let layout = o.layout.clone().unwrap_or_else(|| Layout::written(o.entries.clone()));
+    let own = layout.entries.own;
+    let main_previous = previous.filter(|_| !own);
+    let seal =
+        sealer.seal(&Sealed { uid: &o.uid, secret: &o.secret_name, book: &book, current, previous: main_previous });
+    let data = secret::main_data(&layout.entries, &book, &secret::Material { current, previous: main_previous });
+    let secret = secret::build(apikey, (&layout, &o.secret_name), (&book, &seal), data, o.secret_version.clone());
+    let previous =
+        previous.filter(|_| own && book.has_previous()).map(|p| previous_write(apikey, o, (&layout, &book), p, sealer));
     Some(SecretWrite {
         secret,
         create: matches!(o.secret, SecretState::Missing),
         rotation: rotation_label(action),
         action: action.clone(),
         book,
+        previous,
     })
+}
+
+/// The previous key's own Secret: the same metadata and bookkeeping as the main Secret, the previous key alone in
+/// its data, sealed under its own name.
+fn previous_write(
+    apikey: &ApiKey,
+    o: &Observed,
+    (layout, book): (&Layout, &Book),
+    key: &KeyMaterial,
+    sealer: &Sealer,
+) -> PreviousWrite {
+    let name = o.previous_name();
+    let seal = sealer.seal(&Sealed { uid: &o.uid, secret: &name, book, current: None, previous: Some(key) });
+    let data = secret::previous_data(&layout.entries, key);
+    let version = match &o.previous {
+        PreviousState::Ours { version, .. } => version.clone(),
+        _ => None,
+    };
+    let create = version.is_none();
+    PreviousWrite { secret: secret::build(apikey, (layout, &name), (book, &seal), data, version), create }
 }
 
 /// The `keyward_rotations_total` label of an action that replaced the key.

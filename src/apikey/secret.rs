@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::Resource;
 
 use super::book::{self, Book};
+use super::layout::{Entries, Layout};
 use crate::api::{ApiKey, ApiKeySpec};
 use crate::keys::KeyMaterial;
 
@@ -28,37 +29,46 @@ pub struct Material<'a> {
     pub previous: Option<&'a KeyMaterial>,
 }
 
-/// The whole Secret for `apikey`: owner reference, labels, annotations and data. `resource_version` makes the
-/// write conditional on the Secret not having changed since it was read.
+/// The data of the ApiKey's Secret in the shape `entries`: the current key, the previous key when it lives in the
+/// same Secret, and the fingerprint if the shape has an entry for it. Nothing else.
+pub fn main_data(entries: &Entries, book: &Book, material: &Material<'_>) -> BTreeMap<String, ByteString> {
+    let mut data = BTreeMap::new();
+    if let Some(k) = material.current {
+        data.insert(entries.current.clone(), ByteString(k.as_bytes().to_vec()));
+        if let (Some(entry), Some(id)) = (&entries.key_id, &book.key_id) {
+            data.insert(entry.clone(), ByteString(id.as_bytes().to_vec()));
+        }
+    }
+    if let Some(p) = material.previous.filter(|_| !entries.own) {
+        data.insert(entries.previous.clone(), ByteString(p.as_bytes().to_vec()));
+    }
+    data
+}
+
+/// The data of the previous key's own Secret: that key alone, under the current key's entry name (a gateway that
+/// reads one key per Secret reads it the same way).
+pub fn previous_data(entries: &Entries, previous: &KeyMaterial) -> BTreeMap<String, ByteString> {
+    [(entries.current.clone(), ByteString(previous.as_bytes().to_vec()))].into()
+}
+
+/// A whole Secret of `apikey` in `layout`: owner reference, labels, annotations (the bookkeeping, its seal and the
+/// shape) and `data`. `resource_version` makes the write conditional on the Secret not having changed since it was
+/// read.
 pub fn build(
     apikey: &ApiKey,
-    name: &str,
+    (layout, name): (&Layout, &str),
     (book, seal): (&Book, &str),
-    material: &Material<'_>,
+    data: BTreeMap<String, ByteString>,
     resource_version: Option<String>,
 ) -> Secret {
-    let mut labels = BTreeMap::new();
-    let mut annotations = BTreeMap::new();
-    if let Some(t) = &apikey.spec.secret_template {
-        labels.extend(t.labels.clone());
-        annotations.extend(t.annotations.clone());
-    }
+    let mut labels = layout.labels.clone();
+    let mut annotations = layout.annotations.clone();
     // Keyward's own labels and annotations win over the template.
     labels.insert(book::MANAGED_BY_LABEL.to_string(), book::MANAGED_BY.to_string());
     labels.insert(book::APIKEY_LABEL.to_string(), apikey.meta().name.clone().unwrap_or_default());
     annotations.extend(book.to_annotations());
     annotations.insert(super::seal::SEAL.to_string(), seal.to_string());
-
-    let mut data = BTreeMap::new();
-    if let Some(k) = material.current {
-        data.insert(book::DATA_KEY.to_string(), ByteString(k.as_bytes().to_vec()));
-        if let Some(id) = &book.key_id {
-            data.insert(book::DATA_KEY_ID.to_string(), ByteString(id.as_bytes().to_vec()));
-        }
-    }
-    if let Some(p) = material.previous {
-        data.insert(book::DATA_PREVIOUS_KEY.to_string(), ByteString(p.as_bytes().to_vec()));
-    }
+    annotations.insert(super::layout::SHAPE.to_string(), layout.shape());
     Secret {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
@@ -93,6 +103,7 @@ mod tests {
                     ]
                     .into(),
                     annotations: [(book::KEY_ID.to_string(), "forged".to_string())].into(),
+                    ..SecretTemplate::default()
                 }),
                 ..ApiKeySpec::default()
             },
@@ -102,19 +113,19 @@ mod tests {
         a
     }
 
+    fn layout_of(a: &ApiKey) -> Layout {
+        Layout::resolve(&a.spec, "svc", "svc-key").expect("valid")
+    }
+
     #[test]
     fn secret_holds_exactly_what_the_design_says() {
         let a = apikey();
         let key = generate(&Default::default(), &mut OsRandom).expect("key");
         let prev = generate(&Default::default(), &mut OsRandom).expect("key");
         let book = Book { key_id: Some(key_id(&key)), rotation_count: 2, ..Book::default() };
-        let s = build(
-            &a,
-            "svc-key",
-            (&book, "seal"),
-            &Material { current: Some(&key), previous: Some(&prev) },
-            Some("7".into()),
-        );
+        let layout = layout_of(&a);
+        let data = main_data(&layout.entries, &book, &Material { current: Some(&key), previous: Some(&prev) });
+        let s = build(&a, (&layout, "svc-key"), (&book, "seal"), data, Some("7".into()));
         let labels = s.metadata.labels.as_ref().expect("labels");
         assert_eq!(labels.get("gw").map(String::as_str), Some("yes"), "template labels are copied");
         assert_eq!(labels.get(book::MANAGED_BY_LABEL).map(String::as_str), Some("keyward"), "ours win");
@@ -126,6 +137,7 @@ mod tests {
         assert_eq!(data.get(book::DATA_PREVIOUS_KEY).map(|b| b.0.as_slice()), Some(prev.as_bytes()));
         assert_eq!(data.get(book::DATA_KEY_ID).map(|b| b.0.clone()), book.key_id.map(String::into_bytes));
         assert_eq!(s.type_.as_deref(), Some("Opaque"));
+        assert_eq!(ann.get(super::super::layout::SHAPE), Some(&layout.shape()));
         assert_eq!(s.metadata.resource_version.as_deref(), Some("7"));
         let owner = &s.metadata.owner_references.as_ref().expect("owner")[0];
         assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("ApiKey", "uid-1", Some(true)));
@@ -134,8 +146,25 @@ mod tests {
 
     #[test]
     fn removed_material_leaves_no_data() {
-        let s = build(&apikey(), "svc", (&Book::default(), "seal"), &Material { current: None, previous: None }, None);
+        let a = apikey();
+        let layout = layout_of(&a);
+        let data = main_data(&layout.entries, &Book::default(), &Material { current: None, previous: None });
+        let s = build(&a, (&layout, "svc"), (&Book::default(), "seal"), data, None);
         assert!(s.data.as_ref().is_some_and(BTreeMap::is_empty));
+    }
+
+    #[test]
+    fn own_secret_keeps_the_previous_key_out_of_the_main_secret() {
+        let key = generate(&Default::default(), &mut OsRandom).expect("key");
+        let prev = generate(&Default::default(), &mut OsRandom).expect("key");
+        let entries =
+            super::super::layout::Entries { current: "key".into(), previous: "old".into(), key_id: None, own: true };
+        let book = Book { key_id: Some(key_id(&key)), ..Book::default() };
+        let data = main_data(&entries, &book, &Material { current: Some(&key), previous: Some(&prev) });
+        assert_eq!(data.keys().collect::<Vec<_>>(), ["key"], "only the current key");
+        let own = previous_data(&entries, &prev);
+        assert_eq!(own.get("key").map(|b| b.0.as_slice()), Some(prev.as_bytes()), "under the current entry name");
+        assert_eq!(own.len(), 1);
     }
 
     #[test]

@@ -158,6 +158,66 @@ mod inspection {
     }
 
     #[test]
+    fn an_entry_the_shape_does_not_name_is_tampering() {
+        let key = generate(&Default::default(), &mut OsRandom).expect("key");
+        let b = issued(&key);
+        let mut extra = secret(&b, Some(&key), None, Some(&sealer()));
+        extra.data.get_or_insert_default().insert("client-x".into(), ByteString(b"chosen".to_vec()));
+        assert!(look(&extra, None).tampered, "a planted credential for a gateway that reads every entry");
+        let mut wrong_id = secret(&b, Some(&key), None, Some(&sealer()));
+        wrong_id.data.get_or_insert_default().insert(book::DATA_KEY_ID.into(), ByteString(b"chosen".to_vec()));
+        assert!(look(&wrong_id, None).tampered, "a key-id entry that is not the fingerprint");
+        let mut right_id = secret(&b, Some(&key), None, Some(&sealer()));
+        let id = key_id(&key).into_bytes();
+        right_id.data.get_or_insert_default().insert(book::DATA_KEY_ID.into(), ByteString(id));
+        assert!(!look(&right_id, None).tampered);
+    }
+
+    /// The previous key's own Secret as Keyward writes it: Kong's shape, sealed under its own name.
+    fn own_previous(b: &Book, key: &KeyMaterial, name: &str) -> Secret {
+        use super::super::layout::{Entries, Layout, SHAPE};
+        let entries = Entries { current: "key".into(), previous: "previous-key".into(), key_id: None, own: true };
+        let layout = Layout::written(entries);
+        let mut annotations = b.to_annotations();
+        let sealed = Sealed { uid: UID, secret: name, book: b, current: None, previous: Some(key) };
+        annotations.insert(SEAL.into(), sealer().seal(&sealed));
+        annotations.insert(SHAPE.into(), layout.shape());
+        let mut s =
+            Secret { data: Some(super::super::secret::previous_data(&layout.entries, key)), ..Secret::default() };
+        s.metadata.annotations = Some(annotations);
+        s
+    }
+
+    #[test]
+    fn the_previous_key_secret_is_trusted_only_as_written() {
+        use super::super::observe::inspect_previous;
+        let key = generate(&Default::default(), &mut OsRandom).expect("key");
+        let prev = generate(&Default::default(), &mut OsRandom).expect("key");
+        let other = generate(&Default::default(), &mut OsRandom).expect("key");
+        let b = Book {
+            previous_key_id: Some(key_id(&prev)),
+            previous_expires_at: Some(now() + jiff::SignedDuration::from_mins(30)),
+            ..issued(&key)
+        };
+        let name = "s-previous";
+        assert!(inspect_previous(&sealer(), (UID, name), &own_previous(&b, &prev, name)));
+        // Another key, its fingerprint annotation updated to match: the seal does not verify.
+        let forged = Book { previous_key_id: Some(key_id(&other)), ..b.clone() };
+        let mut edited = own_previous(&forged, &other, name);
+        let good_seal = own_previous(&b, &prev, name).metadata.annotations.and_then(|mut a| a.remove(SEAL));
+        edited.metadata.annotations.get_or_insert_default().insert(SEAL.into(), good_seal.expect("seal"));
+        assert!(!inspect_previous(&sealer(), (UID, name), &edited), "a key of someone's choosing");
+        // A second entry; a Secret sealed for another name (copied from elsewhere); another ApiKey's.
+        let mut extra = own_previous(&b, &prev, name);
+        extra.data.get_or_insert_default().insert("more".into(), ByteString(b"x".to_vec()));
+        assert!(!inspect_previous(&sealer(), (UID, name), &extra), "an extra entry");
+        assert!(!inspect_previous(&sealer(), (UID, name), &own_previous(&b, &prev, "s")), "sealed for another name");
+        assert!(!inspect_previous(&sealer(), ("v", name), &own_previous(&b, &prev, name)), "another ApiKey's");
+        // Without a previous key in its bookkeeping it is no previous-key Secret at all.
+        assert!(!inspect_previous(&sealer(), (UID, name), &own_previous(&issued(&key), &prev, name)));
+    }
+
+    #[test]
     fn an_unsealed_secret_is_trusted_only_as_the_status_reports_it_and_then_sealed() {
         let key = generate(&Default::default(), &mut OsRandom).expect("key");
         let b = issued(&key);

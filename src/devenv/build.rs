@@ -216,7 +216,7 @@ mod tests {
 
     #[test]
     fn hash_covers_every_source() {
-        for tool in [&CONTROL_PLANE, &crate::devenv::helm::HELM] {
+        for tool in [&CONTROL_PLANE, &crate::devenv::helm::HELM, &crate::devenv::egctl::EGCTL] {
             let h = sources_hash(&tool.source_dir(), tool.sources).expect("sources readable");
             assert_eq!(h.len(), 64);
         }

@@ -4,6 +4,7 @@
 
 mod build;
 mod dev;
+pub mod egctl;
 pub mod helm;
 pub mod traffic;
 

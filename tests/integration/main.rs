@@ -22,6 +22,7 @@ mod docs;
 mod examples;
 mod faults;
 mod fencing;
+mod gateways;
 mod helm;
 mod metrics_auth;
 mod operations;

@@ -102,6 +102,7 @@ fn a_key_suspended_for_abuse_is_revoked_like_a_suspended_one() {
         abuse: Some("Exhausted since …"),
         jitter_key: JK,
         now,
+        ..plain()
     };
     let d = decide(&inputs, Ok(&plan_of(&s)));
     assert_eq!(d.action, Action::Remove(Revocation::Abused));

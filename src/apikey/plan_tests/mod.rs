@@ -87,7 +87,7 @@ fn decide_at(
     now: Timestamp,
 ) -> Decision {
     let plan = RotationPlan::from_spec(spec.rotation.as_ref());
-    let inputs = Inputs { spec, rotate_request, secret, had_key, abuse: None, jitter_key: JK, now };
+    let inputs = Inputs { spec, rotate_request, secret, had_key, jitter_key: JK, now, ..plain() };
     decide(&inputs, plan.as_ref().map_err(ToString::to_string))
 }
 
@@ -100,7 +100,25 @@ fn decide_with(
     now: Timestamp,
     plan: Result<&RotationPlan, String>,
 ) -> Decision {
-    decide(&Inputs { spec, rotate_request, secret, had_key, abuse: None, jitter_key: JK, now }, plan)
+    decide(&Inputs { spec, rotate_request, secret, had_key, jitter_key: JK, now, ..plain() }, plan)
+}
+
+/// Inputs of a key in one Secret, in the shape its spec asks for (fields a test sets are overridden).
+fn plain() -> Inputs<'static> {
+    static SPEC: std::sync::LazyLock<ApiKeySpec> = std::sync::LazyLock::new(ApiKeySpec::default);
+    Inputs {
+        spec: &SPEC,
+        rotate_request: None,
+        secret: &SecretState::Missing,
+        had_key: false,
+        abuse: None,
+        jitter_key: JK,
+        now: Timestamp::UNIX_EPOCH,
+        reshape: false,
+        previous: &PreviousState::Absent,
+        own_written: false,
+        own_wanted: false,
+    }
 }
 
 fn assert_issued(d: &Decision, case: &str) {
@@ -485,4 +503,5 @@ fn lost_rotated_at_rotates_a_held_key() {
 }
 
 mod deferral;
+mod pair;
 mod settle;

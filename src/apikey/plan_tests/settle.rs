@@ -278,6 +278,7 @@ fn jittered_due_time_is_stable_for_a_jitter_key() {
             abuse: None,
             jitter_key: &key,
             now: a - secs(1),
+            ..super::plain()
         };
         assert_eq!(decide(&before, Ok(&p)).action, Action::Nothing, "{key}: one second before {a}");
         let at = Inputs { now: a, ..before };
