@@ -438,11 +438,12 @@ async fn sigkill_around_the_grace_removal() {
 }
 
 /// OwnSecret: before and after the write of the previous key's own Secret, which precedes the main Secret's write
-/// of a rotation (8 + 8 trials, a long grace so that every rotation writes one).
+/// of a rotation (8 + 8 trials; every rotation with a grace period writes one, and with a 2 s grace a request inside
+/// it waits for its end, as in `sigkill_around_the_secret_write`).
 #[tokio::test]
 async fn sigkill_around_the_previous_secret_write() {
     control_plane_with_crds().await;
-    let mut s = Scenario::with_placement("crash_previous_write", "o", 4, ("3600s", true), false);
+    let mut s = Scenario::with_placement("crash_previous_write", "o", 4, ("2s", true), false);
     s.issue_first_keys().await;
     for trial in 0..16 {
         let (persisted, _) = s.observe("before a trial");
