@@ -5,6 +5,7 @@
 mod build;
 mod dev;
 pub mod helm;
+pub mod prometheus;
 pub mod traffic;
 
 pub use build::{BuildError, binary};

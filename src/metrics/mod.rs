@@ -6,7 +6,7 @@
 //! Two kinds of metric live here:
 //! - **events** (reconciles, rotations, API writes, leadership) are prometheus-client families of atomics, cheap to
 //!   bump from any reconcile;
-//! - **per-object state** (each API key's state and next rotation, each rate-limit policy's gauges) lives in small
+//! - **per-object state** (each API key's state, readiness, rotation and expiry times and usage, each rate-limit policy's gauges) lives in small
 //!   maps that a collector turns into series at scrape time. A forgotten object's series vanish with it, and the
 //!   seconds until a key's next rotation are computed against the scrape's clock rather than going stale between
 //!   reconciles.
@@ -25,8 +25,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+pub use self::objects::{KeyFigures, KeyUsageFigures, PolicyFigures};
 use self::objects::{Objects, ObjectsAt};
 
 /// The key states always exported by `keyward_apikeys`, at 0 when no key is in them, so that a state emptying out
@@ -95,6 +97,12 @@ impl Metrics {
             "keyward_leader",
             "1 when this replica holds the leader Lease (or leader election is off), else 0",
             leader.clone(),
+        );
+
+        registry.register(
+            "keyward_build",
+            "The running keyward build: 1, labelled with its version",
+            Info::new([("version", env!("CARGO_PKG_VERSION"))]),
         );
 
         Arc::new(Metrics {
@@ -192,7 +200,16 @@ mod tests {
         for name in [
             "keyward_leader",
             "keyward_apikeys",
+            "keyward_apikey_ready",
+            "keyward_apikey_next_rotation_timestamp_seconds",
             "keyward_apikey_next_rotation_seconds",
+            "keyward_apikey_expiry_timestamp_seconds",
+            "keyward_apikey_last_rotation_timestamp_seconds",
+            "keyward_apikey_utilization",
+            "keyward_apikey_near_limit",
+            "keyward_apikey_exhausted",
+            "keyward_ratelimitpolicy_usage_available",
+            "keyward_ratelimitpolicy_scaling_conflict",
             "keyward_ratelimitpolicy_utilization",
             "keyward_ratelimitpolicy_observed_usage_rps",
             "keyward_ratelimitpolicy_replicas",
@@ -203,6 +220,8 @@ mod tests {
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert_eq!(text.matches("# EOF").count(), 1);
         assert_eq!(sample(&text, "keyward_leader"), Some(0.0));
+        let build = format!("keyward_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+        assert_eq!(sample(&text, &build), Some(1.0), "{text}");
         for state in KEY_STATES {
             assert_eq!(sample(&text, &format!("keyward_apikeys{{state=\"{state}\"}}")), Some(0.0), "{state}");
         }

@@ -29,9 +29,6 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often `wait_for` queries; the scrape and evaluation intervals are 1 s.
 const POLL: Duration = Duration::from_millis(250);
 
-const MISSING: &str = "Prometheus is required by this test: install it with `apt-get install prometheus` (Debian) or \
-                       set KEYWARD_PROMETHEUS to a prometheus binary";
-
 /// A running Prometheus with its own TSDB, config and log in a temporary directory under CARGO_TARGET_TMPDIR.
 pub struct Prometheus {
     port: u16,
@@ -196,21 +193,15 @@ impl Drop for Prometheus {
     }
 }
 
-/// KEYWARD_PROMETHEUS (unless empty), else `prometheus` on PATH, else /usr/bin/prometheus; panics with how to install it.
-fn binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("KEYWARD_PROMETHEUS").filter(|v| !v.is_empty()) {
-        let bin = PathBuf::from(bin);
-        assert!(bin.is_file(), "KEYWARD_PROMETHEUS={} is not a file. {MISSING}", bin.display());
-        return bin;
-    }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join("prometheus"))
-        .find(|p| p.is_file());
-    let bin = on_path.unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus"));
-    assert!(bin.is_file(), "{MISSING}");
-    bin
+/// The Prometheus server built from its Go module (`tests/prometheus`) and cached on first use; KEYWARD_PROMETHEUS
+/// overrides. Panics with the reason (e.g. how to install Go) when it can be neither found nor built.
+pub fn binary() -> PathBuf {
+    keyward::devenv::prometheus::binary().unwrap_or_else(|e| panic!("cannot build or find prometheus: {e}"))
+}
+
+/// promtool, from the same build as [`binary`]; KEYWARD_PROMTOOL overrides.
+pub fn promtool() -> PathBuf {
+    keyward::devenv::prometheus::promtool().unwrap_or_else(|e| panic!("cannot build or find promtool: {e}"))
 }
 
 fn config_yaml(targets: &[String]) -> String {
@@ -240,7 +231,7 @@ fn spawn(bin: &Path, config: &Path, data: &Path, port: u16, log: &Path) -> Proc 
         .stdout(file.try_clone().expect("clone log file"))
         .stderr(file)
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}. {MISSING}", bin.display()));
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
     // The watchdog waits for end-of-file on its stdin, which comes when the test process exits (the pipe's write end
     // is close-on-exec, so no other child holds it).
     let mut watchdog = Command::new("sh")
