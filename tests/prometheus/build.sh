@@ -5,8 +5,8 @@
 # Tags: `remove_all_sd` leaves out every service discovery but static and file (the tests only scrape static
 # targets), which keeps the build small. `builtinassets` is NOT set: it embeds the web UI, whose compiled assets
 # are made by npm and are not in the Go module (the tag fails to compile without them). Without it the server
-# serves its UI from ./web/ui/static if that exists; here it does not, so the UI pages answer 404 while the HTTP
-# API (/api/v1/*), /-/ready and scraping, all the tests use, work normally.
+# serves its UI from ./web/ui/static if that exists; here it does not, so the UI pages (/query, /graph…) answer
+# 500 while the HTTP API (/api/v1/*), /-/ready and scraping, all the tests use, work normally.
 set -euo pipefail
 cd "$(dirname "$0")"
 out=${1:?usage: build.sh OUT}
