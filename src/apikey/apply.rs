@@ -13,8 +13,8 @@ use super::observe::Observed;
 use super::plan::{Action, Outcome, SecretWrite};
 use super::{CONTROLLER, Context, Error, MANAGER, restart, status};
 use crate::api::ApiKey;
-use crate::metrics::KeyFigures;
 use crate::crashpoint::{self, Point};
+use crate::metrics::KeyFigures;
 use crate::runtime::events::{Event, EventType};
 use crate::runtime::within_timeout;
 

@@ -257,12 +257,9 @@ impl ObjectsAt {
         )?;
         let help = "DEPRECATED (use keyward_apikey_next_rotation_timestamp_seconds - time()): seconds until each API \
                     key's next rotation, negative when overdue.";
-        gauge_per_object(
-            encoder,
-            ("keyward_apikey_next_rotation", help, Some(&Unit::Seconds)),
-            &keys,
-            |k| Some((k.figures?.next_rotation?.duration_since(self.now).as_secs_f64(), None)),
-        )?;
+        gauge_per_object(encoder, ("keyward_apikey_next_rotation", help, Some(&Unit::Seconds)), &keys, |k| {
+            Some((k.figures?.next_rotation?.duration_since(self.now).as_secs_f64(), None))
+        })?;
         let help = "When each API key expires (spec.expiresAt), as a Unix timestamp (absent when it does not).";
         gauge_per_object(
             encoder,
@@ -378,7 +375,12 @@ mod tests {
         KeyFigures { state, ready: state == "Ready", reason: state, next_rotation: next, ..KeyFigures::default() }
     }
 
-    fn policy(utilization: Option<f64>, usage_rps: Option<f64>, desired: Option<i32>, current: Option<i32>) -> PolicyFigures {
+    fn policy(
+        utilization: Option<f64>,
+        usage_rps: Option<f64>,
+        desired: Option<i32>,
+        current: Option<i32>,
+    ) -> PolicyFigures {
         PolicyFigures { utilization, usage_rps, desired, current, ..PolicyFigures::default() }
     }
 
@@ -482,7 +484,11 @@ mod tests {
         let now = at("2030-01-01T00:00:00Z");
         for i in 0..10_000 {
             let state = if i % 10 == 0 { "Suspended" } else { "Ready" };
-            m.set_key(&format!("ns-{}", i % 50), &format!("key-{i}"), key(state, Some(now + jiff::SignedDuration::from_secs(i))));
+            m.set_key(
+                &format!("ns-{}", i % 50),
+                &format!("key-{i}"),
+                key(state, Some(now + jiff::SignedDuration::from_secs(i))),
+            );
         }
         let text = m.encode_at(now);
         assert_eq!(sample(&text, r#"keyward_apikeys{state="Ready"}"#), Some(9000.0));
@@ -550,7 +556,11 @@ mod tests {
         assert!(!text.contains("policy=\"gw\""), "{text}");
         assert_eq!(sample(&text, r#"keyward_apikeys{state="Ready"}"#), Some(1.0));
         // Clearing the usage of a key only the policy knew forgets it.
-        m.set_key_usage("ns", "other", KeyUsageFigures { policy: "gw".into(), utilization: None, near_limit: false, exhausted: false });
+        m.set_key_usage(
+            "ns",
+            "other",
+            KeyUsageFigures { policy: "gw".into(), utilization: None, near_limit: false, exhausted: false },
+        );
         m.clear_key_usage("ns", "other");
         assert!(!m.encode().contains("other"));
     }
@@ -558,7 +568,8 @@ mod tests {
     #[test]
     fn policy_conditions_are_flags() {
         let m = Metrics::new();
-        let figures = PolicyFigures { usage_available: Some(false), scaling_conflict: Some(true), ..PolicyFigures::default() };
+        let figures =
+            PolicyFigures { usage_available: Some(false), scaling_conflict: Some(true), ..PolicyFigures::default() };
         m.set_policy("ns", "gw", figures);
         m.set_policy("ns", "plain", PolicyFigures::default());
         let text = m.encode();

@@ -61,13 +61,18 @@ impl Prometheus {
     /// each of `targets` ("127.0.0.1:PORT") at /metrics as job "gateway"; returns once GET /-/ready answers 200.
     /// Panics with the end of its log if it exits or is not ready within 60 s.
     pub fn start(targets: &[String]) -> Prometheus {
+        Prometheus::start_jobs(&[("gateway", targets)])
+    }
+
+    /// [`Prometheus::start`] with several scrape jobs: each (job name, its "127.0.0.1:PORT" targets).
+    pub fn start_jobs(jobs: &[(&str, &[String])]) -> Prometheus {
         let bin = binary();
         let dir = tempfile::Builder::new()
             .prefix("prometheus-")
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
             .expect("temp dir for prometheus");
         let config = dir.path().join("prometheus.yml");
-        std::fs::write(&config, config_yaml(targets)).expect("write prometheus.yml");
+        std::fs::write(&config, config_yaml(jobs)).expect("write prometheus.yml");
         let log = dir.path().join("prometheus.log");
         let started = Instant::now();
         // The free port is only free when we look: another process may bind it before Prometheus does. That shows as
@@ -204,13 +209,18 @@ pub fn promtool() -> PathBuf {
     keyward::devenv::prometheus::promtool().unwrap_or_else(|e| panic!("cannot build or find promtool: {e}"))
 }
 
-fn config_yaml(targets: &[String]) -> String {
-    // JSON strings are YAML strings: the targets need no escaping of their own.
-    let targets = serde_json::to_string(targets).expect("targets as JSON");
-    format!(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: \
-         gateway\n    metrics_path: /metrics\n    static_configs:\n      - targets: {targets}\n"
-    )
+fn config_yaml(jobs: &[(&str, &[String])]) -> String {
+    let mut yaml = "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n"
+        .to_string();
+    for (job, targets) in jobs {
+        // JSON strings are YAML strings: the names and targets need no escaping of their own.
+        let (job, targets) =
+            (serde_json::to_string(job).expect("job"), serde_json::to_string(targets).expect("targets"));
+        yaml += &format!(
+            "  - job_name: {job}\n    metrics_path: /metrics\n    static_configs:\n      - targets: {targets}\n"
+        );
+    }
+    yaml
 }
 
 /// A port that was free a moment ago: bound on 127.0.0.1:0, read, released. Another process may take it before

@@ -22,6 +22,7 @@ mod faults;
 mod fencing;
 mod helm;
 mod metrics_auth;
+mod monitoring;
 mod operations;
 mod prometheus;
 mod ratelimit;
