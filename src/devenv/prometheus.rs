@@ -16,7 +16,7 @@ pub(crate) const PROMETHEUS: GoTool = GoTool {
     short: "prometheus",
     what: "Prometheus and promtool (from their Go module github.com/prometheus/prometheus) for the usage and \
            monitoring tests",
-    cost: "about 4 minutes on 2 cores",
+    cost: "5 to 13 minutes on 2 cores, depending on the load",
 };
 
 /// Names a promtool binary to use instead of the one built next to the server.
