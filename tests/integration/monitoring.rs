@@ -313,6 +313,28 @@ async fn every_dashboard_query_and_alert_expression_runs_against_a_live_operator
         .collect();
     assert!(!values.is_empty(), "the keys' Secrets hold keys");
     assert!(values.iter().all(|v| !metrics.contains(v.as_str())), "a Secret value is in /metrics");
+    // A key that leaves its policy loses its usage series with the policy's label; its own series stay.
+    kubectl_ok(&[
+        "patch",
+        "apikey",
+        "burst",
+        "-n",
+        &ns,
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/rateLimitPolicyRef"}]"#,
+    ]);
+    let usage = format!(r#"keyward_apikey_exhausted{{namespace="{ns}",name="burst""#);
+    let mut last = String::new();
+    for _ in 0..120 {
+        last = op.metrics().await;
+        if !last.contains(&usage) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(!last.contains(&usage), "burst's usage series outlived its policy:\n{last}");
+    assert!(last.contains(&format!(r#"keyward_apikey_ready{{namespace="{ns}",name="burst""#)), "{last}");
     op.assert_no_panic();
 }
 
