@@ -218,6 +218,13 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_go_names_the_tool_and_how_to_install_go() {
+        let e = BuildError::GoMissing { what: crate::devenv::prometheus::PROMETHEUS.what }.to_string();
+        assert!(e.starts_with("Go is needed to build Prometheus and promtool (from their Go module"), "{e}");
+        assert!(e.contains("Install Go 1.26 or newer (https://go.dev/doc/install)"), "{e}");
+    }
+
+    #[test]
     fn hash_covers_every_source() {
         for tool in [&CONTROL_PLANE, &crate::devenv::helm::HELM, &crate::devenv::prometheus::PROMETHEUS] {
             let h = sources_hash(&tool.source_dir(), tool.sources).expect("sources readable");

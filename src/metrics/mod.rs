@@ -6,10 +6,10 @@
 //! Two kinds of metric live here:
 //! - **events** (reconciles, rotations, API writes, leadership) are prometheus-client families of atomics, cheap to
 //!   bump from any reconcile;
-//! - **per-object state** (each API key's state, readiness, rotation and expiry times and usage, each rate-limit policy's gauges) lives in small
-//!   maps that a collector turns into series at scrape time. A forgotten object's series vanish with it, and the
-//!   seconds until a key's next rotation are computed against the scrape's clock rather than going stale between
-//!   reconciles.
+//! - **per-object state** (each API key's state, readiness, rotation and expiry times and usage against its limit,
+//!   each rate-limit policy's gauges) lives in small maps that a collector turns into series at scrape time. A
+//!   forgotten object's series vanish with it. Times are absolute (`*_timestamp_seconds`); the deprecated
+//!   `keyward_apikey_next_rotation_seconds` is computed against the scrape's clock.
 //!
 //! `objects` holds the per-object state and its collector.
 
