@@ -35,6 +35,10 @@ use self::objects::{Objects, ObjectsAt};
 /// shows as 0 instead of its series disappearing. Other states passed to [`Metrics::set_key`] are exported too.
 pub const KEY_STATES: [&str; 5] = ["Ready", "Suspended", "Expired", "InvalidSpec", "SecretConflict"];
 
+/// The reasons of `keyward_rotations_total`, created at 0 so that `increase()` sees the first rotation of each
+/// (a counter series that appears at 1 has no increase to show).
+pub const ROTATION_REASONS: [&str; 4] = ["scheduled", "manual", "regenerated", "tampered"];
+
 /// Upper bounds of the reconcile-duration buckets, in seconds: 1 ms to 30 s, about ×2.5 apart.
 const RECONCILE_BUCKETS: [f64; 14] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -66,6 +70,9 @@ impl Metrics {
         let reconcile_duration: Family<Labels1, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(reconcile_histogram);
         let rotations = Family::<Labels1, Counter>::default();
+        for reason in ROTATION_REASONS {
+            drop(rotations.get_or_create(&[("reason", reason)]));
+        }
         let api_writes = Family::<Labels2, Counter>::default();
         let leader = Gauge::default();
 
@@ -276,6 +283,7 @@ mod tests {
         let v = |series: &str| sample(&text, series);
         assert_eq!(v(r#"keyward_rotations_total{reason="scheduled"}"#), Some(2.0));
         assert_eq!(v(r#"keyward_rotations_total{reason="manual"}"#), Some(1.0));
+        assert_eq!(v(r#"keyward_rotations_total{reason="regenerated"}"#), Some(0.0), "created at 0");
         assert_eq!(v(r#"keyward_api_writes_total{controller="apikey",kind="Secret"}"#), Some(2.0));
         assert_eq!(v(r#"keyward_api_writes_total{controller="apikey",kind="ApiKeyStatus"}"#), Some(1.0));
         assert_eq!(v(r#"keyward_api_writes_total{controller="ratelimit",kind="Scale"}"#), Some(1.0));

@@ -24,17 +24,21 @@ use crate::common::{control_plane_with_crds, kubectl_ok, namespace};
 /// The release the tests render: its fullname is "keyward", so the rules select `job="keyward"`.
 const RELEASE: &str = "keyward";
 
-/// Every alert the chart ships, as the issue lists them (plus the expiry warning).
-const ALERTS: [&str; 10] = [
+/// Every alert the chart ships: those the issue lists, and a key regenerated or expiring soon, a gateway near its
+/// capacity or below the replicas Keyward wants.
+const ALERTS: [&str; 13] = [
     "KeywardOperatorDown",
     "KeywardNoLeader",
     "KeywardReconcileErrors",
     "KeywardApiKeyRotationOverdue",
+    "KeywardApiKeyRegenerated",
     "KeywardApiKeyNotReady",
     "KeywardApiKeyExpiresSoon",
     "KeywardApiKeyNearLimit",
     "KeywardApiKeyExhausted",
     "KeywardUsageSourceDown",
+    "KeywardGatewayNearCapacity",
+    "KeywardGatewayNotScaled",
     "KeywardScalingConflict",
 ];
 
@@ -236,22 +240,24 @@ fn label_values(query: &str) -> (String, String) {
 }
 
 /// Queries that may rightly return nothing here, and why; every other one must return data.
-const MAY_BE_EMPTY: [(&str, &str); 5] = [
+const MAY_BE_EMPTY: [(&str, &str); 6] = [
     ("Reconciles (B)", "reconcile errors: no reconcile fails in this test"),
     ("KeywardOperatorDown", "the operator is up: absent(up == 1) is empty"),
     ("KeywardNoLeader", "the operator leads: sum(keyward_leader) is 1"),
     ("KeywardReconcileErrors", "no reconcile fails in this test"),
     ("KeywardApiKeyRotationOverdue", "rotations are 30 days away: none is overdue"),
+    ("KeywardGatewayNotScaled", "Keyward's scale writes land at once on the test control plane"),
 ];
 
 /// What the alert expressions that should have data must name (namespace is the test's).
-const ALERTS_NAME: [(&str, &str, &str); 6] = [
+const ALERTS_NAME: [(&str, &str, &str); 7] = [
     ("KeywardApiKeyNotReady", "orphan", "its rateLimitPolicyRef names no policy (PolicyNotFound)"),
     ("KeywardApiKeyExpiresSoon", "checkout", "expiresAt is 2 days away"),
     ("KeywardApiKeyNearLimit", "checkout", "90 req/s of 100"),
     ("KeywardApiKeyExhausted", "burst", "150 req/s of 100"),
     ("KeywardUsageSourceDown", "down", "its scrape URL refuses connections"),
     ("KeywardScalingConflict", "contested", "an HPA targets its Deployment"),
+    ("KeywardGatewayNearCapacity", "contested", "240 req/s on 2 replicas of 10 req/s each"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,6 +268,8 @@ async fn every_dashboard_query_and_alert_expression_runs_against_a_live_operator
     let gw = gateway_sim().await;
     let operator_target = op.wait_http_addr().await.replace("0.0.0.0", "127.0.0.1");
     let prom = Prometheus::start_jobs(&[("keyward", &[operator_target]), ("gateway", &[gw.addr().to_string()])]);
+    // Scraped once before anything rotates: the rotation counters are seen at 0, so their first increase shows.
+    prom.wait_for_async(r#"up{job="keyward"} == 1"#, Duration::from_secs(60), |r| !r.is_empty()).await;
     setup_objects(&ns, &gw.url());
     gw.set_rate("checkout", 90.0);
     gw.set_rate("burst", 150.0);
@@ -382,7 +390,8 @@ fn setup_objects(ns: &str, gateway_url: &str) {
             ),
         ),
     );
-    // A manual rotation, so that the rotations panel has a series.
-    kubectl_ok(&["wait", "--for=condition=Ready", "apikey/checkout", "-n", ns, "--timeout=60s"]);
+    // A manual rotation, so that the rotations panel has a series, and a deleted Secret, which Keyward regenerates.
+    kubectl_ok(&["wait", "--for=condition=Ready", "apikey/checkout", "apikey/burst", "-n", ns, "--timeout=60s"]);
     kubectl_ok(&["annotate", "apikey/checkout", "-n", ns, "keyward.dev/rotate=monitoring"]);
+    kubectl_ok(&["delete", "secret", "burst", "-n", ns]);
 }
