@@ -15,6 +15,7 @@ use super::plan::{Action, Outcome, PreviousWrite, SecretWrite};
 use super::{CONTROLLER, Context, Error, MANAGER, restart, status};
 use crate::api::ApiKey;
 use crate::crashpoint::{self, Point};
+use crate::metrics::KeyFigures;
 use crate::runtime::events::{Event, EventType};
 use crate::runtime::within_timeout;
 
@@ -239,8 +240,7 @@ pub async fn restarts(
 
 /// Reports the key's state in the metrics and writes the status when it differs from what this controller owns.
 pub async fn status(ctx: &Context, apikey: &ApiKey, o: &Observed, outcome: &Outcome) -> Result<(), Error> {
-    let state = if outcome.ready.status { "Ready" } else { outcome.ready.reason };
-    ctx.runtime.metrics.set_key(&o.ns, &o.name, state, outcome.next_rotation);
+    ctx.runtime.metrics.set_key(&o.ns, &o.name, figures(apikey, outcome));
     if let Ok(mut r) = ctx.reported.lock() {
         r.insert(ObjectRef::from_obj(apikey));
     }
@@ -252,4 +252,17 @@ pub async fn status(ctx: &Context, apikey: &ApiKey, o: &Observed, outcome: &Outc
         name: o.name.clone(),
         source,
     })
+}
+
+/// What the metrics report of the key: its state and the times an alert may name.
+fn figures(apikey: &ApiKey, outcome: &Outcome) -> KeyFigures {
+    let ready = &outcome.ready;
+    KeyFigures {
+        state: if ready.status { "Ready" } else { ready.reason },
+        ready: ready.status,
+        reason: ready.reason,
+        next_rotation: outcome.next_rotation,
+        expires_at: apikey.spec.expires_at.as_ref().map(|t| t.0),
+        last_rotation: outcome.status.last_rotation_time.as_ref().map(|t| t.0),
+    }
 }

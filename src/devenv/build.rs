@@ -1,5 +1,6 @@
-//! Finding or building the Go tools the tests and `keyward dev` use: the control plane (`tests/controlplane`) and,
-//! for the chart tests, helm (`tests/helm`, see [`super::helm`]). A cold build takes minutes, so each binary is
+//! Finding or building the Go tools the tests and `keyward dev` use: the control plane (`tests/controlplane`),
+//! for the chart tests helm (`tests/helm`, see [`super::helm`]), and for the usage and monitoring tests Prometheus
+//! with promtool (`tests/prometheus`, see [`super::prometheus`]). A cold build takes minutes, so each binary is
 //! cached outside the work tree (`$KEYWARD_CACHE_DIR`, else `$XDG_CACHE_HOME/keyward`, else `~/.cache/keyward`)
 //! under a name derived from the hash of its Go sources: a fresh clone finds it, and a change to the Go module
 //! builds a new one. A file lock makes parallel test binaries wait for one build instead of racing.
@@ -63,6 +64,8 @@ pub enum BuildError {
     Failed { what: &'static str, status: String, log: PathBuf },
     #[error("{var} points at {path}, which does not exist")]
     OverrideMissing { var: &'static str, path: PathBuf },
+    #[error("there is no promtool beside {server} (KEYWARD_PROMETHEUS); set KEYWARD_PROMTOOL to a promtool binary")]
+    PromtoolMissing { server: PathBuf },
 }
 
 /// The cache directory for built binaries.
@@ -215,8 +218,20 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_go_names_the_tool_and_how_to_install_go() {
+        let e = BuildError::GoMissing { what: crate::devenv::prometheus::PROMETHEUS.what }.to_string();
+        assert!(e.starts_with("Go is needed to build Prometheus and promtool (from their Go module"), "{e}");
+        assert!(e.contains("Install Go 1.26 or newer (https://go.dev/doc/install)"), "{e}");
+    }
+
+    #[test]
     fn hash_covers_every_source() {
-        for tool in [&CONTROL_PLANE, &crate::devenv::helm::HELM, &crate::devenv::egctl::EGCTL] {
+        for tool in [
+            &CONTROL_PLANE,
+            &crate::devenv::helm::HELM,
+            &crate::devenv::egctl::EGCTL,
+            &crate::devenv::prometheus::PROMETHEUS,
+        ] {
             let h = sources_hash(&tool.source_dir(), tool.sources).expect("sources readable");
             assert_eq!(h.len(), 64);
         }

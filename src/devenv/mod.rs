@@ -6,6 +6,7 @@ mod build;
 mod dev;
 pub mod egctl;
 pub mod helm;
+pub mod prometheus;
 pub mod traffic;
 
 pub use build::{BuildError, binary};

@@ -6,10 +6,10 @@
 //! Two kinds of metric live here:
 //! - **events** (reconciles, rotations, API writes, leadership) are prometheus-client families of atomics, cheap to
 //!   bump from any reconcile;
-//! - **per-object state** (each API key's state and next rotation, each rate-limit policy's gauges) lives in small
-//!   maps that a collector turns into series at scrape time. A forgotten object's series vanish with it, and the
-//!   seconds until a key's next rotation are computed against the scrape's clock rather than going stale between
-//!   reconciles.
+//! - **per-object state** (each API key's state, readiness, rotation and expiry times and usage against its limit,
+//!   each rate-limit policy's gauges) lives in small maps that a collector turns into series at scrape time. A
+//!   forgotten object's series vanish with it. Times are absolute (`*_timestamp_seconds`); the deprecated
+//!   `keyward_apikey_next_rotation_seconds` is computed against the scrape's clock.
 //!
 //! `objects` holds the per-object state and its collector.
 
@@ -25,13 +25,19 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+pub use self::objects::{KeyFigures, KeyUsageFigures, PolicyFigures};
 use self::objects::{Objects, ObjectsAt};
 
 /// The key states always exported by `keyward_apikeys`, at 0 when no key is in them, so that a state emptying out
 /// shows as 0 instead of its series disappearing. Other states passed to [`Metrics::set_key`] are exported too.
 pub const KEY_STATES: [&str; 5] = ["Ready", "Suspended", "Expired", "InvalidSpec", "SecretConflict"];
+
+/// The reasons of `keyward_rotations_total`, created at 0 so that `increase()` sees the first rotation of each
+/// (a counter series that appears at 1 has no increase to show).
+pub const ROTATION_REASONS: [&str; 4] = ["scheduled", "manual", "regenerated", "tampered"];
 
 /// Upper bounds of the reconcile-duration buckets, in seconds: 1 ms to 30 s, about ×2.5 apart.
 const RECONCILE_BUCKETS: [f64; 14] =
@@ -64,6 +70,9 @@ impl Metrics {
         let reconcile_duration: Family<Labels1, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(reconcile_histogram);
         let rotations = Family::<Labels1, Counter>::default();
+        for reason in ROTATION_REASONS {
+            drop(rotations.get_or_create(&[("reason", reason)]));
+        }
         let api_writes = Family::<Labels2, Counter>::default();
         let leader = Gauge::default();
 
@@ -95,6 +104,12 @@ impl Metrics {
             "keyward_leader",
             "1 when this replica holds the leader Lease (or leader election is off), else 0",
             leader.clone(),
+        );
+
+        registry.register(
+            "keyward_build",
+            "The running keyward build: 1, labelled with its version",
+            Info::new([("version", env!("CARGO_PKG_VERSION"))]),
         );
 
         Arc::new(Metrics {
@@ -192,7 +207,16 @@ mod tests {
         for name in [
             "keyward_leader",
             "keyward_apikeys",
+            "keyward_apikey_ready",
+            "keyward_apikey_next_rotation_timestamp_seconds",
             "keyward_apikey_next_rotation_seconds",
+            "keyward_apikey_expiry_timestamp_seconds",
+            "keyward_apikey_last_rotation_timestamp_seconds",
+            "keyward_apikey_utilization",
+            "keyward_apikey_near_limit",
+            "keyward_apikey_exhausted",
+            "keyward_ratelimitpolicy_usage_available",
+            "keyward_ratelimitpolicy_scaling_conflict",
             "keyward_ratelimitpolicy_utilization",
             "keyward_ratelimitpolicy_observed_usage_rps",
             "keyward_ratelimitpolicy_replicas",
@@ -203,6 +227,8 @@ mod tests {
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert_eq!(text.matches("# EOF").count(), 1);
         assert_eq!(sample(&text, "keyward_leader"), Some(0.0));
+        let build = format!("keyward_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+        assert_eq!(sample(&text, &build), Some(1.0), "{text}");
         for state in KEY_STATES {
             assert_eq!(sample(&text, &format!("keyward_apikeys{{state=\"{state}\"}}")), Some(0.0), "{state}");
         }
@@ -257,6 +283,7 @@ mod tests {
         let v = |series: &str| sample(&text, series);
         assert_eq!(v(r#"keyward_rotations_total{reason="scheduled"}"#), Some(2.0));
         assert_eq!(v(r#"keyward_rotations_total{reason="manual"}"#), Some(1.0));
+        assert_eq!(v(r#"keyward_rotations_total{reason="regenerated"}"#), Some(0.0), "created at 0");
         assert_eq!(v(r#"keyward_api_writes_total{controller="apikey",kind="Secret"}"#), Some(2.0));
         assert_eq!(v(r#"keyward_api_writes_total{controller="apikey",kind="ApiKeyStatus"}"#), Some(1.0));
         assert_eq!(v(r#"keyward_api_writes_total{controller="ratelimit",kind="Scale"}"#), Some(1.0));

@@ -285,8 +285,17 @@ mod tests {
         let server = Server::start().await;
         let m = &server.metrics;
         m.reconcile("apikey", std::time::Duration::from_millis(12), None);
-        m.set_key("ns", "k", "Ready", Some(jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1)));
-        m.set_policy("ns", "gw", Some(0.5), Some(10.0), Some(3), Some(2));
+        let next_rotation = Some(jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1));
+        let key = crate::metrics::KeyFigures { state: "Ready", ready: true, next_rotation, ..Default::default() };
+        m.set_key("ns", "k", key);
+        let policy = crate::metrics::PolicyFigures {
+            utilization: Some(0.5),
+            usage_rps: Some(10.0),
+            desired: Some(3),
+            current: Some(2),
+            ..Default::default()
+        };
+        m.set_policy("ns", "gw", policy);
         m.set_leader(true);
 
         let (status, content_type, body) = server.get("/metrics").await;

@@ -9,6 +9,7 @@ use super::plan::{self, Plan};
 use super::{CONTROLLER, Context, Error, scale};
 use crate::api::ApiKey;
 use crate::api::ratelimit::{RateLimitPolicy, RateLimitPolicyStatus};
+use crate::metrics::{KeyUsageFigures, PolicyFigures};
 use crate::runtime::Kind;
 use crate::runtime::conditions::Desired;
 
@@ -45,15 +46,42 @@ async fn scale_to(ctx: &Context, policy: &RateLimitPolicy, ns: &str, replicas: i
     scale::write(&ctx.runtime.client, &ar, ns, &target.name, replicas).await
 }
 
+/// Reports each member key's usage in the metrics.
+pub fn member_usage(ctx: &Context, policy: &RateLimitPolicy, ns: &str, p: &Plan) {
+    let name = policy.name_any();
+    for m in &p.member_usage {
+        let usage = KeyUsageFigures {
+            policy: name.clone(),
+            utilization: m.utilization,
+            near_limit: m.near_limit,
+            exhausted: m.exhausted,
+        };
+        ctx.runtime.metrics.set_key_usage(ns, &m.name, usage);
+    }
+}
+
 /// Reports the policy's figures in the metrics and writes its status when it changed.
 pub async fn status(ctx: &Context, policy: &RateLimitPolicy, new: RateLimitPolicyStatus) -> Result<(), Error> {
     let (ns, name) = (policy.namespace().unwrap_or_default(), policy.name_any());
-    let m = &ctx.runtime.metrics;
-    m.set_policy(&ns, &name, new.utilization, new.observed_usage, new.desired_replicas, new.current_replicas);
+    ctx.runtime.metrics.set_policy(&ns, &name, figures(policy, &new));
     if policy.status.as_ref() == Some(&new) {
         return Ok(());
     }
     ctx.runtime.apply_status(&ns, &name, &new).await.map_err(|source| Error::Status { ns, name, source })
+}
+
+/// What the metrics report of the policy: its status figures, and its usage and scaling conditions where they apply.
+fn figures(policy: &RateLimitPolicy, new: &RateLimitPolicyStatus) -> PolicyFigures {
+    let condition = |type_: &str| new.conditions.iter().find(|c| c.type_ == type_).map(|c| c.status == "True");
+    let usage_source = policy.spec.usage.is_some();
+    PolicyFigures {
+        utilization: new.utilization,
+        usage_rps: new.observed_usage,
+        desired: new.desired_replicas,
+        current: new.current_replicas,
+        usage_available: condition(super::condition::USAGE_AVAILABLE).filter(|_| usage_source),
+        scaling_conflict: condition(super::condition::SCALING_CONFLICT).filter(|_| policy.spec.scaling.is_some()),
+    }
 }
 
 impl Kind for RateLimitPolicy {

@@ -275,6 +275,7 @@ async fn reconcile_policy(policy: &RateLimitPolicy, ctx: &Context) -> Result<Req
         (state.stabilizer, state.seeded) = (history, true);
     }
     apply::plan(ctx, policy, &ns, &mut p, now).await;
+    apply::member_usage(ctx, policy, &ns, &p);
     let new = plan::status(policy, p.conditions, p.figures, Some(checked.limit.display()), now);
     apply::status(ctx, policy, new).await?;
     Ok(Requeue::requeue(state.next_cycle(&checked, now, ctx.runtime.now())))

@@ -38,6 +38,16 @@ pub struct KeyWrite {
     pub note: Option<Note>,
 }
 
+/// A member key's usage as the metrics report it: the figures of its status (as written, or as read when there is
+/// no usage data).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberUsage {
+    pub name: String,
+    pub utilization: Option<f64>,
+    pub near_limit: bool,
+    pub exhausted: bool,
+}
+
 /// A replica count to write through the target's scale subresource.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScaleWrite {
@@ -67,6 +77,8 @@ pub struct Plan {
     pub conditions: Vec<Desired>,
     pub events: Vec<Note>,
     pub keys: Vec<KeyWrite>,
+    /// Every member key's usage for the metrics, written or not.
+    pub member_usage: Vec<MemberUsage>,
     pub scale: Option<ScaleWrite>,
     pub figures: Figures,
     /// The scaling history after this cycle's recommendation (`None`: no recommendation was made).
@@ -161,17 +173,22 @@ fn members(i: &Inputs<'_>, p: &mut Plan) {
     let display = i.checked.limit.display();
     for key in &i.observed.members {
         let current = key.status.clone().unwrap_or_default();
+        let name = kube::ResourceExt::name_any(key.as_ref());
         let Ok(rates) = &i.observed.rates else {
             let stale = stale_since(i).and_then(|why| {
                 key_usage::stale(&current.conditions, current.usage.as_ref(), key.metadata.generation, &why, i.now)
             });
             let conditions = stale.as_ref().map_or(&current.conditions, |s| &s.conditions);
-            near += i32::from(key_usage::is_true(conditions, key_usage::NEAR_LIMIT));
-            exhausted += i32::from(key_usage::is_true(conditions, key_usage::EXHAUSTED));
+            let (n, e) = (
+                key_usage::is_true(conditions, key_usage::NEAR_LIMIT),
+                key_usage::is_true(conditions, key_usage::EXHAUSTED),
+            );
+            (near, exhausted) = (near + i32::from(n), exhausted + i32::from(e));
+            let utilization = current.usage.as_ref().map(|u| u.utilization);
+            p.member_usage.push(MemberUsage { name, utilization, near_limit: n, exhausted: e });
             p.keys.extend(stale.map(|status| KeyWrite { key: key.clone(), status, note: None }));
             continue;
         };
-        let name = kube::ResourceExt::name_any(key.as_ref());
         let rps = key_usage::key_rps(rates, &name, current.key_id.as_deref(), current.previous_key_id.as_deref());
         let c = i.checked;
         let mut want = key_usage::desired(
@@ -186,6 +203,12 @@ fn members(i: &Inputs<'_>, p: &mut Plan) {
         let abused = key_usage::judge_abuse(key, &mut want, c.suspend_after, i.now);
         near += i32::from(want.near_limit());
         exhausted += i32::from(want.exhausted());
+        p.member_usage.push(MemberUsage {
+            name: name.clone(),
+            utilization: Some(want.usage.utilization),
+            near_limit: want.near_limit(),
+            exhausted: want.exhausted(),
+        });
         if !key_usage::worth_writing(current.usage.as_ref(), &current.conditions, &want) {
             continue;
         }

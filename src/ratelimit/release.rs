@@ -23,8 +23,12 @@ pub async fn run(ctx: Arc<Context>, policies: Store<RateLimitPolicy>, policies_r
         return;
     }
     loop {
-        for key in ctx.apikeys.state().into_iter().filter(|k| released(k, &policies)) {
+        for key in ctx.apikeys.state().into_iter().filter(|k| unlinked(k, &policies)) {
             let (ns, name) = (key.namespace().unwrap_or_default(), key.name_any());
+            ctx.runtime.metrics.clear_key_usage(&ns, &name);
+            if !released(&key, &policies) {
+                continue;
+            }
             // NB: an apply that owns nothing removes every field this manager applied before; a suspension for
             // abuse is kept (leaving the policy must not lift it).
             let kept: Vec<_> = super::key_usage::abuse(&key).into_iter().collect();
@@ -40,9 +44,11 @@ pub async fn run(ctx: Arc<Context>, policies: Store<RateLimitPolicy>, policies_r
 
 /// Whether `key` holds usage but references no policy, or one that does not exist. Pure.
 pub fn released(key: &ApiKey, policies: &Store<RateLimitPolicy>) -> bool {
-    if !holds_usage(key) || key.metadata.deletion_timestamp.is_some() {
-        return false;
-    }
+    holds_usage(key) && key.metadata.deletion_timestamp.is_none() && unlinked(key, policies)
+}
+
+/// Whether `key` references no policy, or one that does not exist: its usage metrics go. Pure.
+fn unlinked(key: &ApiKey, policies: &Store<RateLimitPolicy>) -> bool {
     match (key.spec.rate_limit_policy_ref.as_ref(), key.namespace()) {
         (Some(r), Some(ns)) => policies.get(&ObjectRef::new(&r.name).within(&ns)).is_none(),
         _ => true,

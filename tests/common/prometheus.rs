@@ -29,9 +29,6 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often `wait_for` queries; the scrape and evaluation intervals are 1 s.
 const POLL: Duration = Duration::from_millis(250);
 
-const MISSING: &str = "Prometheus is required by this test: install it with `apt-get install prometheus` (Debian) or \
-                       set KEYWARD_PROMETHEUS to a prometheus binary";
-
 /// A running Prometheus with its own TSDB, config and log in a temporary directory under CARGO_TARGET_TMPDIR.
 pub struct Prometheus {
     port: u16,
@@ -64,19 +61,24 @@ impl Prometheus {
     /// each of `targets` ("127.0.0.1:PORT") at /metrics as job "gateway"; returns once GET /-/ready answers 200.
     /// Panics with the end of its log if it exits or is not ready within 60 s.
     pub fn start(targets: &[String]) -> Prometheus {
-        Self::start_with(targets, None)
+        Prometheus::start_jobs(&[("gateway", targets)], None)
     }
 
     /// [`Prometheus::start`] with `--web.config.file` holding `web_config` (TLS, basic auth): readiness is then read
     /// from its log (its HTTP API wants what the config asks for), and `address()` still says http.
     pub fn start_with(targets: &[String], web_config: Option<&str>) -> Prometheus {
+        Prometheus::start_jobs(&[("gateway", targets)], web_config)
+    }
+
+    /// [`Prometheus::start_with`] with several scrape jobs: each (job name, its "127.0.0.1:PORT" targets).
+    pub fn start_jobs(jobs: &[(&str, &[String])], web_config: Option<&str>) -> Prometheus {
         let bin = binary();
         let dir = tempfile::Builder::new()
             .prefix("prometheus-")
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
             .expect("temp dir for prometheus");
         let config = dir.path().join("prometheus.yml");
-        std::fs::write(&config, config_yaml(targets)).expect("write prometheus.yml");
+        std::fs::write(&config, config_yaml(jobs)).expect("write prometheus.yml");
         let log = dir.path().join("prometheus.log");
         let web = web_config.map(|yaml| {
             let path = dir.path().join("web.yml");
@@ -213,30 +215,29 @@ impl Drop for Prometheus {
     }
 }
 
-/// KEYWARD_PROMETHEUS (unless empty), else `prometheus` on PATH, else /usr/bin/prometheus; panics with how to install it.
-fn binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("KEYWARD_PROMETHEUS").filter(|v| !v.is_empty()) {
-        let bin = PathBuf::from(bin);
-        assert!(bin.is_file(), "KEYWARD_PROMETHEUS={} is not a file. {MISSING}", bin.display());
-        return bin;
-    }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join("prometheus"))
-        .find(|p| p.is_file());
-    let bin = on_path.unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus"));
-    assert!(bin.is_file(), "{MISSING}");
-    bin
+/// The Prometheus server built from its Go module (`tests/prometheus`) and cached on first use; KEYWARD_PROMETHEUS
+/// overrides. Panics with the reason (e.g. how to install Go) when it can be neither found nor built.
+pub fn binary() -> PathBuf {
+    keyward::devenv::prometheus::binary().unwrap_or_else(|e| panic!("cannot build or find prometheus: {e}"))
 }
 
-fn config_yaml(targets: &[String]) -> String {
-    // JSON strings are YAML strings: the targets need no escaping of their own.
-    let targets = serde_json::to_string(targets).expect("targets as JSON");
-    format!(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: \
-         gateway\n    metrics_path: /metrics\n    static_configs:\n      - targets: {targets}\n"
-    )
+/// promtool, from the same build as [`binary`]; KEYWARD_PROMTOOL overrides.
+pub fn promtool() -> PathBuf {
+    keyward::devenv::prometheus::promtool().unwrap_or_else(|e| panic!("cannot build or find promtool: {e}"))
+}
+
+fn config_yaml(jobs: &[(&str, &[String])]) -> String {
+    let mut yaml = "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n"
+        .to_string();
+    for (job, targets) in jobs {
+        // JSON strings are YAML strings: the names and targets need no escaping of their own.
+        let (job, targets) =
+            (serde_json::to_string(job).expect("job"), serde_json::to_string(targets).expect("targets"));
+        yaml += &format!(
+            "  - job_name: {job}\n    metrics_path: /metrics\n    static_configs:\n      - targets: {targets}\n"
+        );
+    }
+    yaml
 }
 
 /// A port that was free a moment ago: bound on 127.0.0.1:0, read, released. Another process may take it before
@@ -261,7 +262,7 @@ fn spawn(bin: &Path, (config, web): (&Path, Option<&Path>), data: &Path, port: u
         .stdout(file.try_clone().expect("clone log file"))
         .stderr(file)
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}. {MISSING}", bin.display()));
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
     // The watchdog waits for end-of-file on its stdin, which comes when the test process exits (the pipe's write end
     // is close-on-exec, so no other child holds it).
     let mut watchdog = Command::new("sh")

@@ -25,6 +25,7 @@ mod fencing;
 mod gateways;
 mod helm;
 mod metrics_auth;
+mod monitoring;
 mod operations;
 mod prometheus;
 mod prometheus_auth;

@@ -49,6 +49,16 @@ async fn probes_and_metrics() {
         .unwrap_or_else(|| panic!("next rotation of the key:\n{m}"));
     let secs: f64 = next.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("value");
     assert!(secs > 3000.0 && secs <= 3600.0, "about an hour: {next}");
+    // The same as an absolute time, the key's readiness with its reason, when it was issued, and the build.
+    let now = jiff::Timestamp::now().as_second() as f64;
+    let series = |name: &str| sum(&m, name, &["namespace=", "name=\"metered\""]);
+    let at = series("keyward_apikey_next_rotation_timestamp_seconds");
+    assert!(at > now + 3000.0 && at <= now + 3600.0, "about an hour from now: {at} (now {now})");
+    let issued = series("keyward_apikey_last_rotation_timestamp_seconds");
+    assert!(issued > now - 600.0 && issued <= now, "issued moments ago: {issued} (now {now})");
+    assert_eq!(sum(&m, "keyward_apikey_ready", &["name=\"metered\"", "reason=\"KeyIssued\""]), 1.0, "{m}");
+    let version = format!("version=\"{}\"", env!("CARGO_PKG_VERSION"));
+    assert_eq!(sum(&m, "keyward_build_info", &[&version]), 1.0, "{m}");
     assert!(sum(&m, "keyward_apikeys", &["state=\"Ready\""]) >= 1.0, "{m}");
     assert_eq!(sum(&m, "keyward_leader", &[]), 1.0, "leader election off: this replica leads");
     // No key material: no piece of the Secret's key, in any encoding, appears in the metrics (every window of the

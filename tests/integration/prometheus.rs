@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::common::prometheus::{Prometheus, Sample};
+use crate::common::prometheus::{Prometheus, Sample, binary, promtool};
 
 /// A tiny exporter: GET /metrics answers `gateway_requests_total{api_key="a"}`, one more at each scrape.
 struct Exporter {
@@ -74,6 +74,31 @@ fn answer(mut stream: TcpStream, scrapes: &AtomicU64) {
 
 fn value_for(result: &[Sample], label: &str, value: &str) -> Option<f64> {
     result.iter().find(|(labels, _)| labels.get(label).map(String::as_str) == Some(value)).map(|(_, v)| *v)
+}
+
+/// Prometheus and promtool build from `tests/prometheus` (or are found in the cache) and are the pinned module
+/// version, built without service discovery. `.ci/run` runs this one first so that the build shows as its own step.
+#[test]
+fn prometheus_is_built_from_its_go_module() {
+    let go_mod =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/prometheus/go.mod"))
+            .expect("tests/prometheus/go.mod");
+    let pinned = go_mod
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("github.com/prometheus/prometheus "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("go.mod requires github.com/prometheus/prometheus");
+    for bin in [binary(), promtool()] {
+        let out = std::process::Command::new(&bin).arg("--version").output().expect("run --version");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{} --version:\n{text}", bin.display());
+        // v0.316.0 is Prometheus 3.16.0; build.sh records the module version as the revision.
+        assert!(text.contains(&format!("revision: {pinned})")), "{} is not {pinned}:\n{text}", bin.display());
+        let tags = text.lines().find(|l| l.trim_start().starts_with("tags:")).unwrap_or_default();
+        assert!(tags.contains("remove_all_sd"), "built without the remove_all_sd tag:\n{text}");
+        eprintln!("{}", text.lines().next().unwrap_or_default());
+        eprintln!("  at {}", bin.display());
+    }
 }
 
 #[test]
