@@ -93,7 +93,9 @@ impl Point {
     fn around_secret_write(action: &Action) -> Option<(Point, Point)> {
         match action {
             Action::Issue(_) | Action::Rotate { .. } => Some((Point::BeforeSecretWrite, Point::AfterSecretWrite)),
-            Action::DropPrevious => Some((Point::BeforeGraceRemoval, Point::AfterGraceRemoval)),
+            Action::DropPrevious | Action::RetirePrevious { .. } => {
+                Some((Point::BeforeGraceRemoval, Point::AfterGraceRemoval))
+            }
             Action::Remove(_) => Some((Point::BeforeRevocation, Point::AfterRevocation)),
             Action::Reseal | Action::Reshape | Action::Nothing => None,
         }

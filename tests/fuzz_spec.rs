@@ -98,7 +98,7 @@ fn rotation() -> impl Strategy<Value = Rotation> {
         |(interval, schedule, grace_period, jitter)| {
             // At most one of interval and schedule, as the schema requires (both is a refused spec anyway).
             let interval = if schedule.is_some() { None } else { interval };
-            Rotation { interval, schedule: schedule.map(str::to_string), time_zone: None, grace_period, jitter }
+            Rotation { interval, schedule: schedule.map(str::to_string), grace_period, jitter, ..Rotation::default() }
         },
     )
 }
@@ -142,6 +142,7 @@ proptest! {
             secret: &secret,
             had_key: true,
             abuse: None,
+            previous_usage: None,
             jitter_key: "ns/name/uid",
             now,
             reshape: own.2,

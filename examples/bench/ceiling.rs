@@ -73,7 +73,7 @@ pub(crate) async fn ceiling(client: &kube::Client, n: usize, conc: usize) -> any
                 let data = secret::main_data(&layout.entries, &bk, &material);
                 let s = secret::build(&ak, (&layout, &name), (&bk, &seal), data, None);
                 retry("create Secret", || secrets.create(&pp, &s)).await?;
-                let st = status::desired(&ak, Some(&bk), &plan::issued_condition(Some(&id)), None, now);
+                let st = status::desired(&ak, Some(&bk), (&plan::issued_condition(Some(&id)), None), None, now);
                 let body = json!({"apiVersion": "keyward.dev/v1alpha1", "kind": "ApiKey", "status": st});
                 let apply = PatchParams::apply(MANAGER).force();
                 let patch = Patch::Apply(&body);

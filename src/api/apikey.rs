@@ -177,11 +177,31 @@ pub struct Rotation {
     #[x_kube(validation = bounds::duration_at_most("rotation.gracePeriod", bounds::MAX_GRACE_PERIOD, "the previous key stays valid for at most a year"))]
     pub grace_period: Option<GoDuration>,
 
+    /// Remove the previous key before its grace period ends once its RateLimitPolicy has seen no traffic on it for
+    /// this long, e.g. `1h`. Needs usage labelled by key id (the previous key's `keyId`); with no usage data for the
+    /// previous key (source down, usage labelled by name), nothing is retired early. Above 0s, at most 8760h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = bounds::duration_positive_at_most("rotation.retirePreviousWhenIdle", bounds::MAX_GRACE_PERIOD, "a year"))]
+    pub retire_previous_when_idle: Option<GoDuration>,
+
+    /// Keep the previous key past its grace period while clients still use it, up to `max` after the rotation:
+    /// condition `PreviousKeyInUse=True` with the rate and a Warning event say so. Needs usage labelled by key id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extend_grace_while_in_use: Option<GraceExtension>,
+
     /// Random delay of up to this long added to each scheduled rotation, spreading keys that share a schedule;
     /// at most 24h (a day spreads any herd; more would make the schedule meaningless).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = bounds::duration_at_most("rotation.jitter", bounds::MAX_JITTER, "a day spreads any herd"))]
     pub jitter: Option<GoDuration>,
+}
+
+/// How far the grace period may be extended while the previous key is in use.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+pub struct GraceExtension {
+    /// The latest the previous key may stay, counted from the rotation, e.g. `72h`: above 0s, at most 8760h.
+    #[x_kube(validation = bounds::duration_positive_at_most("rotation.extendGraceWhileInUse.max", bounds::MAX_GRACE_PERIOD, "a year"))]
+    pub max: GoDuration,
 }
 
 /// A reference to an object by name in the same namespace.
@@ -344,4 +364,20 @@ pub struct KeyUsage {
     /// When the usage was measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_at: Option<Time>,
+    /// Traffic on the previous key, during its grace period, when usage is labelled by key id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key: Option<PreviousKeyUsage>,
+}
+
+/// Traffic on a key's previous key, as its RateLimitPolicy last saw it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousKeyUsage {
+    /// The previous key's fingerprint the figures are about.
+    pub key_id: String,
+    /// Requests per second on it.
+    pub requests_per_second: f64,
+    /// Since when no traffic has been seen on it (absent while it has traffic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<Time>,
 }

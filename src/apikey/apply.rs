@@ -251,7 +251,15 @@ pub async fn status(ctx: &Context, apikey: &ApiKey, o: &Observed, outcome: &Outc
         ns: o.ns.clone(),
         name: o.name.clone(),
         source,
-    })
+    })?;
+    let was_in_use = apikey
+        .status
+        .as_ref()
+        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == status::PREVIOUS_KEY_IN_USE && c.status == "True"));
+    if let Some(c) = outcome.in_use.as_ref().filter(|_| !was_in_use) {
+        ctx.runtime.publish_note(apikey, EventType::Warning, c.type_, c.message.clone()).await;
+    }
+    Ok(())
 }
 
 /// What the metrics report of the key: its state and the times an alert may name.

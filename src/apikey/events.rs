@@ -41,6 +41,14 @@ pub(super) fn event_for(action: &Action, b: &Book, secret: &str) -> Event {
                     .unwrap_or_default()
             ),
         ),
+        Action::RetirePrevious { idle_since } => (
+            EventType::Normal,
+            "PreviousKeyRetired",
+            format!(
+                "no traffic on the previous key since {idle_since} (rotation.retirePreviousWhenIdle): removed before \
+                 its grace period ended"
+            ),
+        ),
         Action::DropPrevious => (
             EventType::Normal,
             "PreviousKeyRemoved",

@@ -10,6 +10,7 @@ pub mod book;
 mod events;
 pub mod layout;
 pub mod observe;
+pub mod overlap;
 pub mod plan;
 mod priority;
 pub mod restart;
@@ -332,14 +333,19 @@ fn spread_of(uid: &str) -> f64 {
     f64::from(u16::from_be_bytes([d[0], d[1]])) / 65536.0
 }
 
-/// What a change must alter to trigger a reconcile: generation, annotations, deletion, and a suspension for abuse
-/// turning on or off (the RateLimitPolicy controller's condition in the status).
+/// What a change must alter to trigger a reconcile: generation, annotations, deletion, a suspension for abuse
+/// turning on or off (the RateLimitPolicy controller's condition in the status), and the traffic on the previous key
+/// starting or stopping (`status.usage.previousKey`).
 fn trigger_hash(k: &ApiKey) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     let m = &k.metadata;
     let abused = crate::ratelimit::key_usage::abuse(k).is_some();
-    (m.generation, &m.annotations, m.deletion_timestamp.is_some(), abused).hash(&mut h);
+    // Traffic on the previous key starting or stopping may retire it early or keep it longer.
+    let previous = k.status.as_ref().and_then(|s| s.usage.as_ref()).and_then(|u| u.previous_key.as_ref());
+    let previous =
+        previous.map(|p| (p.key_id.clone(), p.idle_since.as_ref().map(|t| t.0), p.requests_per_second > 0.0));
+    (m.generation, &m.annotations, m.deletion_timestamp.is_some(), abused, previous).hash(&mut h);
     Some(h.finish())
 }
 

@@ -77,6 +77,8 @@ pub struct Observed {
     pub policy_missing: bool,
     /// The message of a `SuspendedForAbuse` no person has cleared: the key is revoked while it holds.
     pub abuse: Option<String>,
+    /// Traffic on the previous key, as the RateLimitPolicy controller last wrote it.
+    pub previous_usage: Option<crate::api::apikey::PreviousKeyUsage>,
 }
 
 impl Drop for Observed {
@@ -133,6 +135,7 @@ pub fn facts(apikey: &ApiKey, ctx: &Context) -> Option<Observed> {
         fetched: None,
         policy_missing: policy_missing(apikey, ctx, &ns),
         abuse: crate::ratelimit::key_usage::abuse(apikey).map(|c| c.message.clone()),
+        previous_usage: status.and_then(|s| s.usage.as_ref()).and_then(|u| u.previous_key.clone()),
         ns,
         uid,
         name,

@@ -9,6 +9,7 @@ use super::book::Book;
 use super::layout::Layout;
 use super::observe::Observed;
 pub use super::observe::{PreviousState, SecretState};
+use super::overlap;
 use super::seal::{Sealed, Sealer};
 use super::{secret, status};
 use crate::api::{ApiKey, ApiKeySpec, ApiKeyStatus};
@@ -49,6 +50,11 @@ pub enum Action {
     },
     /// The grace period ended: remove the previous key.
     DropPrevious,
+    /// No traffic on the previous key since `idle_since`, for `retirePreviousWhenIdle`: remove it before its grace
+    /// period ends.
+    RetirePrevious {
+        idle_since: Timestamp,
+    },
     /// Nothing changes but the seal: the Secret was sealed by a previous seal key, or before seals existed.
     Reseal,
     /// The same keys, rewritten in the shape the spec now asks for (`secretTemplate`, `gateway` changed).
@@ -65,13 +71,22 @@ pub struct Decision {
     pub requeue_at: Option<Timestamp>,
     /// A rotation is due but waits until then, when the previous key's grace period ends.
     pub deferred_until: Option<Timestamp>,
+    /// The previous key is kept past its grace period because it is still in use (`PreviousKeyInUse`).
+    pub in_use: Option<overlap::End>,
 }
 
 impl Action {
     /// Whether the write keeps the current key: a rotation (it becomes the previous key) or the end of a grace
     /// period (it stays).
     pub fn keeps_material(&self) -> bool {
-        matches!(self, Action::Rotate { .. } | Action::DropPrevious | Action::Reseal | Action::Reshape)
+        matches!(
+            self,
+            Action::Rotate { .. }
+                | Action::DropPrevious
+                | Action::RetirePrevious { .. }
+                | Action::Reseal
+                | Action::Reshape
+        )
     }
 }
 
@@ -97,6 +112,8 @@ pub struct Inputs<'a> {
     pub had_key: bool,
     /// Why its RateLimitPolicy suspended it for abuse (`SuspendedForAbuse`, not cleared by a person).
     pub abuse: Option<&'a str>,
+    /// Traffic on the previous key, as its RateLimitPolicy reports it (`status.usage.previousKey`).
+    pub previous_usage: Option<&'a crate::api::apikey::PreviousKeyUsage>,
     /// `<namespace>/<name>/<uid>`: spreads jitter across keys.
     pub jitter_key: &'a str,
     pub now: Timestamp,
@@ -129,6 +146,7 @@ pub fn inputs<'a>(o: &'a Observed, spec: &'a ApiKeySpec, now: Timestamp) -> Inpu
         secret: &o.secret,
         had_key: o.had_key,
         abuse: o.abuse.as_deref(),
+        previous_usage: o.previous_usage.as_ref(),
         jitter_key: &o.jitter_key,
         now,
         reshape: o.reshape,
@@ -154,6 +172,7 @@ pub fn decide(i: &Inputs<'_>, plan: Result<&RotationPlan, String>) -> Decision {
                 ),
                 requeue_at: None,
                 deferred_until: None,
+                in_use: None,
             };
         }
         SecretState::Missing => None,
@@ -168,6 +187,7 @@ pub fn decide(i: &Inputs<'_>, plan: Result<&RotationPlan, String>) -> Decision {
             ready: Desired::new("Ready", false, reason::SUSPENDED, "the key is suspended: no key material is held"),
             requeue_at: None,
             deferred_until: None,
+            in_use: None,
         };
     }
     if let Some(why) = i.abuse {
@@ -176,6 +196,7 @@ pub fn decide(i: &Inputs<'_>, plan: Result<&RotationPlan, String>) -> Decision {
             ready: Desired::new("Ready", false, reason::SUSPENDED_FOR_ABUSE, format!("no key material is held: {why}")),
             requeue_at: None,
             deferred_until: None,
+            in_use: None,
         };
     }
     if let Some(exp) = expires_at
@@ -186,6 +207,7 @@ pub fn decide(i: &Inputs<'_>, plan: Result<&RotationPlan, String>) -> Decision {
             ready: Desired::new("Ready", false, reason::EXPIRED, format!("the key expired at {exp}")),
             requeue_at: None,
             deferred_until: None,
+            in_use: None,
         };
     }
     let plan = match plan {
@@ -197,6 +219,7 @@ pub fn decide(i: &Inputs<'_>, plan: Result<&RotationPlan, String>) -> Decision {
                 ready: Desired::new("Ready", false, reason::INVALID_SPEC, message),
                 requeue_at: expires_at.filter(|e| *e > i.now),
                 deferred_until: None,
+                in_use: None,
             };
         }
     };
@@ -213,6 +236,7 @@ pub fn decide(i: &Inputs<'_>, plan: Result<&RotationPlan, String>) -> Decision {
             ),
             requeue_at: None,
             deferred_until: None,
+            in_use: None,
         };
     }
     let previous_edited = matches!(i.previous, PreviousState::Ours { sound: false, .. });
@@ -225,12 +249,12 @@ pub fn decide(i: &Inputs<'_>, plan: Result<&RotationPlan, String>) -> Decision {
         (_, Some(b)) => return decide_issued(i, plan, b),
         (_, None) => Action::Issue(IssueKind::First),
     };
-    Decision { requeue_at: None, ready: issued_condition(None), action, deferred_until: None }
+    Decision { requeue_at: None, ready: issued_condition(None), action, deferred_until: None, in_use: None }
 }
 
 /// The decision for a key that is issued and intact: rotate when due or asked, unless that would cut the previous
-/// key's grace period short (the rotation then waits for its end); else drop an ended grace, reshape, reseal, or
-/// nothing.
+/// key's overlap short (the rotation then waits for its end); else drop a previous key whose time is up, reshape,
+/// reseal, or nothing.
 fn decide_issued(i: &Inputs<'_>, plan: &RotationPlan, b: &Book) -> Decision {
     let manual = i.rotate_request.is_some_and(|r| b.rotate_request.as_deref() != Some(r));
     let due = match b.rotated_at {
@@ -243,22 +267,39 @@ fn decide_issued(i: &Inputs<'_>, plan: &RotationPlan, b: &Book) -> Decision {
     let own_in_step = matches!(i.previous, PreviousState::Ours { book: own, .. }
         if own.previous_key_id == b.previous_key_id && own.previous_expires_at == b.previous_expires_at);
     let previous_gone = i.own_written && !own_in_step;
-    let waits_until =
-        b.previous_expires_at.filter(|end| (manual || due) && b.has_previous() && !previous_gone && *end > i.now);
-    let action = keep_or_rotate(i, b, ((manual || due) && waits_until.is_none(), manual), previous_gone);
+    let end = overlap::previous_end(b, plan.overlap(), i.previous_usage, i.now).filter(|_| !previous_gone);
+    let end_at = end.as_ref().map(overlap::End::at);
+    let waits_until = end_at.filter(|at| (manual || due) && *at > i.now);
+    let rotate = (manual || due) && waits_until.is_none();
+    let action = keep_or_rotate(i, b, (rotate, manual), previous_gone, end.as_ref());
+    let in_use = end.filter(|e| matches!(e, overlap::End::InUse { .. }) && !rotate);
     match waits_until {
-        Some(end) => deferred(manual, end, action),
-        None => Decision { requeue_at: None, ready: issued_condition(None), action, deferred_until: None },
+        Some(at) => Decision { in_use, ..deferred(manual, at, action) },
+        None => Decision {
+            requeue_at: end_at.filter(|at| *at > i.now),
+            ready: issued_condition(None),
+            action,
+            deferred_until: None,
+            in_use,
+        },
     }
 }
 
 /// The action on a Secret that holds a sound current key: rotate (when `rotate`, asked for when `manual`), or drop
-/// a previous key whose grace ended or that is gone, or rewrite the Secret(s) in a changed shape, or reseal.
-fn keep_or_rotate(i: &Inputs<'_>, b: &Book, (rotate, manual): (bool, bool), previous_gone: bool) -> Action {
-    let grace_over = b.previous_expires_at.is_some_and(|e| e <= i.now);
+/// a previous key whose time is up (`end`) or that is gone, or rewrite the Secret(s) in a changed shape, or reseal.
+fn keep_or_rotate(
+    i: &Inputs<'_>,
+    b: &Book,
+    (rotate, manual): (bool, bool),
+    previous_gone: bool,
+    end: Option<&overlap::End>,
+) -> Action {
+    let over = end.filter(|e| e.at() <= i.now);
     if rotate {
         Action::Rotate { manual }
-    } else if b.has_previous() && (grace_over || previous_gone) {
+    } else if let Some(overlap::End::Idle { idle_since, .. }) = over {
+        Action::RetirePrevious { idle_since: *idle_since }
+    } else if b.has_previous() && (over.is_some() || previous_gone) {
         Action::DropPrevious
     } else if i.reshape {
         Action::Reshape
@@ -275,7 +316,7 @@ fn keep_or_rotate(i: &Inputs<'_>, b: &Book, (rotate, manual): (bool, bool), prev
 fn deferred(manual: bool, end: Timestamp, action: Action) -> Decision {
     let what = if manual { "the requested rotation (keyward.dev/rotate)" } else { "the scheduled rotation" };
     let message = format!(
-        "{what} waits until {end}, when the previous key's grace period ends: rotating earlier would revoke the \
+        "{what} waits until {end}, when the previous key's overlap ends: rotating earlier would revoke the \
          previous key before its grace period is over"
     );
     Decision {
@@ -283,6 +324,7 @@ fn deferred(manual: bool, end: Timestamp, action: Action) -> Decision {
         ready: Desired::new("Ready", true, reason::ROTATION_DEFERRED, message),
         requeue_at: Some(end),
         deferred_until: Some(end),
+        in_use: None,
     }
 }
 
@@ -330,7 +372,9 @@ pub fn next_book(
                 rotate_request: request,
             }
         }
-        Action::DropPrevious => Book { previous_key_id: None, previous_expires_at: None, ..book.clone() },
+        Action::DropPrevious | Action::RetirePrevious { .. } => {
+            Book { previous_key_id: None, previous_expires_at: None, ..book.clone() }
+        }
         Action::Reseal | Action::Reshape => book.clone(),
         Action::Remove(_) => Book {
             key_id: None,
@@ -414,7 +458,7 @@ pub fn write(
     let book = next_book(&old, action, new_id, o.rotate_request.as_deref(), grace, now);
     let (current, previous) = match action {
         Action::Rotate { .. } => (material.new_key.as_ref(), material.kept.as_ref().filter(|_| book.has_previous())),
-        Action::DropPrevious => (material.kept.as_ref(), None),
+        Action::DropPrevious | Action::RetirePrevious { .. } => (material.kept.as_ref(), None),
         Action::Reseal | Action::Reshape => (material.kept.as_ref(), material.kept_previous.as_ref()),
         Action::Issue(_) => (material.new_key.as_ref(), None),
         Action::Remove(_) | Action::Nothing => (None, None),
@@ -476,6 +520,8 @@ pub struct Outcome {
     pub ready: Desired,
     pub next_rotation: Option<Timestamp>,
     pub requeue_at: Option<Timestamp>,
+    /// `PreviousKeyInUse`, while the previous key is kept for its traffic.
+    pub in_use: Option<Desired>,
 }
 
 /// The status derived from the persisted bookkeeping (`book`: after the write, or as read), and the next moment
@@ -490,12 +536,25 @@ pub fn outcome(apikey: &ApiKey, o: &Observed, decision: &Decision, book: Option<
         reason::KEY_ISSUED => issued_condition(book.and_then(|b| b.key_id.as_deref())),
         _ => decision.ready.clone(),
     };
+    let in_use = decision.in_use.as_ref().and_then(|e| in_use_condition(e, book));
     Outcome {
-        status: status::desired(apikey, book, &ready, next_rotation, now),
+        status: status::desired(apikey, book, (&ready, in_use.as_ref()), next_rotation, now),
         requeue_at: [requeue_at, decision.requeue_at].into_iter().flatten().min(),
         ready,
         next_rotation,
+        in_use,
     }
+}
+
+/// `PreviousKeyInUse=True` while the previous key is kept past its grace period for the traffic it still has.
+fn in_use_condition(end: &overlap::End, book: Option<&Book>) -> Option<Desired> {
+    let overlap::End::InUse { until, rps } = end else { return None };
+    let id = book.and_then(|b| b.previous_key_id.as_deref()).unwrap_or("-");
+    let message = format!(
+        "the previous key {id} still serves {rps:.2} req/s: kept past its grace period until its traffic stops, at \
+         the latest {until} (rotation.extendGraceWhileInUse); find and update the clients that still use it"
+    );
+    Some(Desired::new(status::PREVIOUS_KEY_IN_USE, true, "StillInUse", message))
 }
 
 /// Ready=False for a key whose policy is missing: issued, but not metered.

@@ -13,12 +13,14 @@ use crate::runtime::conditions::{self, Desired};
 pub fn owned(status: Option<&ApiKeyStatus>) -> ApiKeyStatus {
     let mut s = status.cloned().unwrap_or_default();
     s.usage = None;
-    s.conditions.retain(|c| c.type_ == READY);
+    s.conditions.retain(|c| c.type_ == READY || c.type_ == PREVIOUS_KEY_IN_USE);
     s
 }
 
-/// The condition type this controller owns.
+/// The condition types this controller owns.
 pub const READY: &str = "Ready";
+/// Present (`True`) only while the previous key is kept past its grace period because clients still use it.
+pub const PREVIOUS_KEY_IN_USE: &str = "PreviousKeyInUse";
 
 impl crate::runtime::Kind for ApiKey {
     const STATUS_WRITE: &'static str = "ApiKeyStatus";
@@ -35,13 +37,15 @@ impl crate::runtime::Kind for ApiKey {
 pub fn desired(
     apikey: &ApiKey,
     book: Option<&Book>,
-    ready: &Desired,
+    (ready, in_use): (&Desired, Option<&Desired>),
     next_rotation: Option<Timestamp>,
     now: Timestamp,
 ) -> ApiKeyStatus {
     let current = owned(apikey.status.as_ref());
     let generation = apikey.metadata.generation;
-    let conditions = conditions::merge(&current.conditions, std::slice::from_ref(ready), generation, now);
+    let wanted: Vec<Desired> = std::iter::once(ready.clone()).chain(in_use.cloned()).collect();
+    let mut conditions = conditions::merge(&current.conditions, &wanted, generation, now);
+    conditions.retain(|c| c.type_ != PREVIOUS_KEY_IN_USE || in_use.is_some());
     let b = book.cloned().unwrap_or_default();
     ApiKeyStatus {
         observed_generation: generation,
@@ -72,7 +76,7 @@ mod tests {
         let mut a = ApiKey::new("k", ApiKeySpec::default());
         a.metadata.generation = Some(3);
         a.status = Some(ApiKeyStatus {
-            usage: Some(KeyUsage { requests_per_second: 1.0, limit: 2.0, utilization: 0.5, observed_at: None }),
+            usage: Some(KeyUsage { requests_per_second: 1.0, limit: 2.0, utilization: 0.5, ..KeyUsage::default() }),
             ..ApiKeyStatus::default()
         });
         let book = Book {
@@ -85,7 +89,7 @@ mod tests {
         };
         let ready = Desired::new("Ready", true, "KeyIssued", "ok");
         let now = ts("2026-01-01T00:00:01Z");
-        let s = desired(&a, Some(&book), &ready, Some(ts("2026-02-01T00:00:00Z")), now);
+        let s = desired(&a, Some(&book), (&ready, None), Some(ts("2026-02-01T00:00:00Z")), now);
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!(s.key_id.as_deref(), Some("aaaaaaaaaaaa"));
         assert_eq!(s.previous_key_id.as_deref(), Some("bbbbbbbbbbbb"));
@@ -98,6 +102,9 @@ mod tests {
         written.usage = Some(KeyUsage::default());
         a.status = Some(written);
         assert_eq!(owned(a.status.as_ref()), s);
-        assert_eq!(desired(&a, Some(&book), &ready, Some(ts("2026-02-01T00:00:00Z")), ts("2026-01-01T05:00:00Z")), s);
+        assert_eq!(
+            desired(&a, Some(&book), (&ready, None), Some(ts("2026-02-01T00:00:00Z")), ts("2026-01-01T05:00:00Z")),
+            s
+        );
     }
 }

@@ -60,6 +60,21 @@ pub fn key_rps(rates: &Rates, name: &str, key_id: Option<&str>, previous_key_id:
     ids.iter().filter_map(|id| rates.get(*id)).sum()
 }
 
+/// The traffic on the key's previous key (the one its status names) when the usage holds a series for that key id:
+/// its rate, and since when it has been idle (kept from the last report while it stays idle). `None` without a
+/// previous key or without data for it (usage labelled by name, or the series gone).
+pub fn previous_usage(
+    rates: &Rates,
+    current: &crate::api::ApiKeyStatus,
+    now: Timestamp,
+) -> Option<crate::api::apikey::PreviousKeyUsage> {
+    let id = current.previous_key_id.as_ref()?;
+    let rps = *rates.get(id)?;
+    let old = current.usage.as_ref().and_then(|u| u.previous_key.as_ref()).filter(|p| &p.key_id == id);
+    let idle_since = if rps > 0.0 { None } else { old.and_then(|p| p.idle_since.clone()).or(Some(Time(now))) };
+    Some(crate::api::apikey::PreviousKeyUsage { key_id: id.clone(), requests_per_second: round(rps), idle_since })
+}
+
 /// Whether a condition should be on: it turns on at `threshold` and, once on, stays on until utilization falls
 /// below `threshold - HYSTERESIS`.
 pub fn with_hysteresis(utilization: f64, threshold: f64, was_on: bool) -> bool {
@@ -121,6 +136,7 @@ pub fn desired(
             limit: round(limit_rps),
             utilization: round(utilization),
             observed_at: Some(Time(now)),
+            previous_key: None,
         },
         conditions,
     }
@@ -143,7 +159,9 @@ pub fn stale(
     why: &str,
     now: Timestamp,
 ) -> Option<KeyStatus> {
-    let usage = usage?.clone();
+    let mut usage = usage?.clone();
+    // No data: the previous key's traffic is unknown too, so it is neither retired early nor kept longer.
+    usage.previous_key = None;
     let known = current.iter().any(|c| (c.type_ == NEAR_LIMIT || c.type_ == EXHAUSTED) && c.status != "Unknown");
     if !known {
         return None;
@@ -190,6 +208,14 @@ pub fn judge_abuse(
     Some(message)
 }
 
+/// What of the previous key's traffic the ApiKey controller acts on: which key, whether idle and since when, whether
+/// it has traffic.
+fn previous_state(u: &KeyUsage) -> Option<(&str, Option<Timestamp>, bool)> {
+    u.previous_key
+        .as_ref()
+        .map(|p| (p.key_id.as_str(), p.idle_since.as_ref().map(|t| t.0), p.requests_per_second > 0.0))
+}
+
 /// Whether `new` differs enough from what the key's status holds to be written: a condition's status or reason
 /// changed, the limit changed, utilization moved by at least [`MEANINGFUL_UTILIZATION_CHANGE`], or traffic started
 /// or stopped. Messages and `observedAt` alone never cause a write.
@@ -203,6 +229,7 @@ pub fn worth_writing(current_usage: Option<&KeyUsage>, current_conditions: &[Con
         || (old.limit - new.usage.limit).abs() > 1e-9 * old.limit.abs().max(1.0)
         || (old.utilization - new.usage.utilization).abs() >= MEANINGFUL_UTILIZATION_CHANGE
         || (old.requests_per_second == 0.0) != (new.usage.requests_per_second == 0.0)
+        || previous_state(old) != previous_state(&new.usage)
 }
 
 #[cfg(test)]

@@ -200,6 +200,7 @@ fn members(i: &Inputs<'_>, p: &mut Plan) {
             &display,
             i.now,
         );
+        want.usage.previous_key = key_usage::previous_usage(rates, &current, i.now);
         let abused = key_usage::judge_abuse(key, &mut want, c.suspend_after, i.now);
         near += i32::from(want.near_limit());
         exhausted += i32::from(want.exhausted());

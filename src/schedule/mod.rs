@@ -146,6 +146,17 @@ pub struct RotationPlan {
     /// The operator's minimum grace period (`keyward run --min-grace-period`): no grace is shortened below it.
     min_grace: Duration,
     jitter: Duration,
+    /// `retirePreviousWhenIdle` and `extendGraceWhileInUse.max`.
+    overlap: Overlap,
+}
+
+/// How usage may shorten or lengthen a previous key's grace period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overlap {
+    /// `rotation.retirePreviousWhenIdle`.
+    pub retire_when_idle: Option<Duration>,
+    /// `rotation.extendGraceWhileInUse.max`, counted from the rotation.
+    pub extend_max: Option<Duration>,
 }
 
 impl RotationPlan {
@@ -167,6 +178,7 @@ impl RotationPlan {
                 grace_explicit: false,
                 min_grace: min.grace_period,
                 jitter: Duration::ZERO,
+                overlap: Overlap::default(),
             });
         };
         let grace_period = match &rotation.grace_period {
@@ -227,7 +239,13 @@ impl RotationPlan {
             }
         };
         let (grace_explicit, min_grace) = (rotation.grace_period.is_some(), min.grace_period);
-        Ok(RotationPlan { trigger, grace_period, grace_explicit, min_grace, jitter })
+        let overlap = overlap(rotation)?;
+        Ok(RotationPlan { trigger, grace_period, grace_explicit, min_grace, jitter, overlap })
+    }
+
+    /// How usage may shorten or lengthen the previous key's grace period.
+    pub fn overlap(&self) -> Overlap {
+        self.overlap
     }
 
     /// Whether the key rotates on its own (an interval or a schedule is set).
@@ -281,6 +299,26 @@ impl RotationPlan {
         };
         due.checked_add(jitter_offset(self.jitter, jitter_key, due)).ok()
     }
+}
+
+/// `retirePreviousWhenIdle` and `extendGraceWhileInUse.max`, each above zero and at most a year.
+fn overlap(rotation: &Rotation) -> Result<Overlap, ScheduleError> {
+    let field = |name: &'static str, d: Option<&GoDuration>| -> Result<Option<Duration>, ScheduleError> {
+        let Some(d) = d else { return Ok(None) };
+        let parsed = parse_duration(name, d)?;
+        if parsed.is_zero() {
+            return Err(ScheduleError::AboveMaximum(format!("{name} must be greater than 0s")));
+        }
+        at_most(name, parsed, bounds::MAX_GRACE_PERIOD)?;
+        Ok(Some(parsed))
+    };
+    Ok(Overlap {
+        retire_when_idle: field("rotation.retirePreviousWhenIdle", rotation.retire_previous_when_idle.as_ref())?,
+        extend_max: field(
+            "rotation.extendGraceWhileInUse.max",
+            rotation.extend_grace_while_in_use.as_ref().map(|e| &e.max),
+        )?,
+    })
 }
 
 impl CronSchedule {

@@ -208,3 +208,117 @@ async fn a_key_exhausted_too_long_is_suspended_until_a_person_clears_it() {
     })
     .await;
 }
+
+/// The key id in `field` (`keyId`, `previousKeyId`) of an ApiKey's status.
+fn key_id_of(ns: &str, name: &str, field: &str) -> Option<String> {
+    get_json(ns, &format!("apikey/{name}"))?["status"][field].as_str().map(str::to_string)
+}
+
+/// Rotates `name` on request and returns (the key id before, the key id after).
+async fn rotated(ns: &str, name: &str) -> (String, String) {
+    let before = eventually(60, "the key id", || key_id_of(ns, name, "keyId")).await;
+    crate::common::kubectl_ok(&[
+        "annotate",
+        "--overwrite",
+        &format!("apikey/{name}"),
+        "-n",
+        ns,
+        "keyward.dev/rotate=r1",
+    ]);
+    let after = eventually(60, "the rotation", || {
+        key_id_of(ns, name, "keyId")
+            .filter(|id| *id != before && key_id_of(ns, name, "previousKeyId").as_ref() == Some(&before))
+    })
+    .await;
+    (before, after)
+}
+
+/// A policy scraping `gw` every second, and the ApiKey `name` with the given rotation, in it.
+fn overlap_setup(ns: &str, gw: &TrafficSim, name: &str, rotation: &str) {
+    let usage = format!("  usage:\n    interval: 1s\n    scrape: {{urls: [\"{}\"], metric: {METRIC}}}", gw.url());
+    apply(ns, &policy("tier", &format!("  limit: {{requests: 6000, period: 1m}}\n{usage}")));
+    apply(ns, &apikey(name, &format!("  rotation: {rotation}\n  rateLimitPolicyRef: {{name: tier}}")));
+}
+
+/// `retirePreviousWhenIdle`: while clients use the previous key it stays; once its traffic (by key id) has stopped
+/// for the configured time it is removed, long before its one-hour grace period ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_previous_key_is_retired_before_its_grace_period_ends() {
+    control_plane_with_crds().await;
+    let ns = namespace("usage_retire_idle");
+    let _op = operator::scoped(&ns);
+    let gw = TrafficSim::start("127.0.0.1:0", METRIC, "api_key").await.expect("traffic simulator");
+    overlap_setup(&ns, &gw, "r", "{gracePeriod: 1h, retirePreviousWhenIdle: 3s}");
+    let first = eventually(60, "the first key", || key_id_of(&ns, "r", "keyId")).await;
+    gw.set_rate(&first, 2.0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (old, _) = rotated(&ns, "r").await;
+    assert_eq!(old, first);
+    // Still used: kept (the policy reports its traffic under status.usage.previousKey).
+    eventually(30, "the previous key's traffic reported", || {
+        get_json(&ns, "apikey/r")
+            .filter(|a| a["status"]["usage"]["previousKey"]["requestsPerSecond"].as_f64().is_some_and(|r| r > 0.5))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(key_id_of(&ns, "r", "previousKeyId").as_deref(), Some(first.as_str()), "kept while in use");
+    // Its clients stop: retired 3 s later.
+    gw.set_rate(&first, 0.0);
+    let started = Timestamp::now();
+    eventually(60, "the idle previous key retired", || {
+        get_json(&ns, "apikey/r").filter(|a| a["status"]["previousKeyId"].is_null())
+    })
+    .await;
+    assert!(Timestamp::now().duration_since(started) >= SignedDuration::from_secs(3), "retired before it was idle 3 s");
+    let s = get_json(&ns, "secret/r").expect("secret");
+    assert!(crate::common::kube::decode(&s, "previous-api-key").is_none(), "gone from the Secret");
+    assert!(has_event(&ns, "ApiKey", "r", "PreviousKeyRetired"));
+}
+
+/// `extendGraceWhileInUse`: at the end of its grace period a previous key that still has traffic is kept, with
+/// `PreviousKeyInUse=True` and a Warning event, until its traffic stops (one key) or `max` after the rotation is
+/// reached (another key whose clients never stop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_key_in_use_is_kept_until_its_traffic_stops_or_max() {
+    control_plane_with_crds().await;
+    let ns = namespace("usage_extend_in_use");
+    let _op = operator::scoped(&ns);
+    let gw = TrafficSim::start("127.0.0.1:0", METRIC, "api_key").await.expect("traffic simulator");
+    overlap_setup(&ns, &gw, "e", "{gracePeriod: 3s, extendGraceWhileInUse: {max: 1h}}");
+    apply(
+        &ns,
+        &apikey(
+            "m",
+            "  rotation: {gracePeriod: 2s, extendGraceWhileInUse: {max: 10s}}\n  rateLimitPolicyRef: {name: tier}",
+        ),
+    );
+    for name in ["e", "m"] {
+        let id = eventually(60, "the first key", || key_id_of(&ns, name, "keyId")).await;
+        gw.set_rate(&id, 2.0);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (e_old, _) = rotated(&ns, "e").await;
+    let (m_old, _) = rotated(&ns, "m").await;
+    let ak = eventually(60, "e's previous key kept for its traffic", || {
+        get_json(&ns, "apikey/e").filter(|a| is(a, "PreviousKeyInUse", "True"))
+    })
+    .await;
+    let (_, _, message) = crate::common::kube::condition(&ak, "PreviousKeyInUse").expect("condition");
+    assert!(message.contains("req/s") && message.contains(&e_old), "{message}");
+    assert_eq!(ak["status"]["previousKeyId"], e_old.as_str(), "still held past its grace period");
+    assert!(has_event(&ns, "ApiKey", "e", "PreviousKeyInUse"));
+    // m's clients never stop: its previous key goes at max (10 s after the rotation) anyway.
+    eventually(60, "m's previous key removed at max", || {
+        get_json(&ns, "apikey/m")
+            .filter(|a| a["status"]["previousKeyId"].is_null() && !is(a, "PreviousKeyInUse", "True"))
+    })
+    .await;
+    assert!(gw.rates().get(&m_old).is_some_and(|r| *r > 0.0), "m's old key still had traffic");
+    // e's clients stop: its previous key goes, and the condition with it.
+    gw.set_rate(&e_old, 0.0);
+    eventually(60, "e's previous key removed once idle", || {
+        get_json(&ns, "apikey/e")
+            .filter(|a| a["status"]["previousKeyId"].is_null() && !is(a, "PreviousKeyInUse", "True"))
+    })
+    .await;
+}

@@ -112,6 +112,7 @@ fn plain() -> Inputs<'static> {
         secret: &SecretState::Missing,
         had_key: false,
         abuse: None,
+        previous_usage: None,
         jitter_key: JK,
         now: Timestamp::UNIX_EPOCH,
         reshape: false,

@@ -276,6 +276,7 @@ fn jittered_due_time_is_stable_for_a_jitter_key() {
             secret: &managed(book.clone()),
             had_key: true,
             abuse: None,
+            previous_usage: None,
             jitter_key: &key,
             now: a - secs(1),
             ..super::plain()
