@@ -158,86 +158,32 @@ pub fn inputs<'a>(o: &'a Observed, spec: &'a ApiKeySpec, now: Timestamp) -> Inpu
 
 /// Decides this reconcile's action. `plan` is the parsed rotation spec, or the reason it does not parse.
 pub fn decide(i: &Inputs<'_>, plan: Result<&RotationPlan, String>) -> Decision {
-    let expires_at = i.spec.expires_at.as_ref().map(|t| t.0);
     let book = match i.secret {
         SecretState::Foreign => {
-            return Decision {
-                action: Action::Nothing,
-                ready: Desired::new(
-                    "Ready",
-                    false,
-                    reason::SECRET_CONFLICT,
-                    "a Secret of this name exists and is not owned by this ApiKey; Keyward leaves it untouched. \
-                     Delete it or choose another spec.secretName",
-                ),
-                requeue_at: None,
-                deferred_until: None,
-                in_use: None,
-            };
+            let why = "a Secret of this name exists and is not owned by this ApiKey; Keyward leaves it untouched. \
+                       Delete it or choose another spec.secretName";
+            return Decision::only(Action::Nothing, Desired::new("Ready", false, reason::SECRET_CONFLICT, why), None);
         }
         SecretState::Missing => None,
         SecretState::Managed { book, .. } => Some(book),
     };
-    let holds_material = book.is_some_and(|b| b.has_key() || b.has_previous());
-
     // Revocation first: it wins over everything else, including a spec that does not parse.
-    if i.spec.suspended == Some(true) {
-        return Decision {
-            action: if holds_material { Action::Remove(Revocation::Suspended) } else { Action::Nothing },
-            ready: Desired::new("Ready", false, reason::SUSPENDED, "the key is suspended: no key material is held"),
-            requeue_at: None,
-            deferred_until: None,
-            in_use: None,
-        };
-    }
-    if let Some(why) = i.abuse {
-        return Decision {
-            action: if holds_material { Action::Remove(Revocation::Abused) } else { Action::Nothing },
-            ready: Desired::new("Ready", false, reason::SUSPENDED_FOR_ABUSE, format!("no key material is held: {why}")),
-            requeue_at: None,
-            deferred_until: None,
-            in_use: None,
-        };
-    }
-    if let Some(exp) = expires_at
-        && exp <= i.now
-    {
-        return Decision {
-            action: if holds_material { Action::Remove(Revocation::Expired) } else { Action::Nothing },
-            ready: Desired::new("Ready", false, reason::EXPIRED, format!("the key expired at {exp}")),
-            requeue_at: None,
-            deferred_until: None,
-            in_use: None,
-        };
+    if let Some(revoked) = revocation(i, book.is_some_and(|b| b.has_key() || b.has_previous())) {
+        return revoked;
     }
     let plan = match plan {
         Ok(p) => p,
         Err(message) => {
             // The existing key is left as it is: a bad spec loses nothing.
-            return Decision {
-                action: Action::Nothing,
-                ready: Desired::new("Ready", false, reason::INVALID_SPEC, message),
-                requeue_at: expires_at.filter(|e| *e > i.now),
-                deferred_until: None,
-                in_use: None,
-            };
+            let expiry = i.spec.expires_at.as_ref().map(|t| t.0).filter(|e| *e > i.now);
+            let ready = Desired::new("Ready", false, reason::INVALID_SPEC, message);
+            return Decision::only(Action::Nothing, ready, expiry);
         }
     };
-
     if i.own_wanted && matches!(i.previous, PreviousState::Foreign) {
-        return Decision {
-            action: Action::Nothing,
-            ready: Desired::new(
-                "Ready",
-                false,
-                reason::SECRET_CONFLICT,
-                "the Secret <secretName>-previous, where the previous key goes, exists and is not owned by this \
-                 ApiKey; Keyward leaves it untouched. Delete it or choose another spec.secretName",
-            ),
-            requeue_at: None,
-            deferred_until: None,
-            in_use: None,
-        };
+        let why = "the Secret <secretName>-previous, where the previous key goes, exists and is not owned by this \
+                   ApiKey; Keyward leaves it untouched. Delete it or choose another spec.secretName";
+        return Decision::only(Action::Nothing, Desired::new("Ready", false, reason::SECRET_CONFLICT, why), None);
     }
     let previous_edited = matches!(i.previous, PreviousState::Ours { sound: false, .. });
     let action = match (i.secret, book) {
@@ -249,7 +195,32 @@ pub fn decide(i: &Inputs<'_>, plan: Result<&RotationPlan, String>) -> Decision {
         (_, Some(b)) => return decide_issued(i, plan, b),
         (_, None) => Action::Issue(IssueKind::First),
     };
-    Decision { requeue_at: None, ready: issued_condition(None), action, deferred_until: None, in_use: None }
+    Decision::only(action, issued_condition(None), None)
+}
+
+impl Decision {
+    /// A decision to take `action` with Ready as `ready`, looked at again at `requeue_at`; nothing waits or is kept.
+    fn only(action: Action, ready: Desired, requeue_at: Option<Timestamp>) -> Decision {
+        Decision { action, ready, requeue_at, deferred_until: None, in_use: None }
+    }
+}
+
+/// The revocation that applies, if any: suspended, suspended for abuse, or expired. The material goes (when some is
+/// `held`), whatever else is due.
+fn revocation(i: &Inputs<'_>, held: bool) -> Option<Decision> {
+    let remove = |why| if held { Action::Remove(why) } else { Action::Nothing };
+    if i.spec.suspended == Some(true) {
+        let ready = Desired::new("Ready", false, reason::SUSPENDED, "the key is suspended: no key material is held");
+        return Some(Decision::only(remove(Revocation::Suspended), ready, None));
+    }
+    if let Some(why) = i.abuse {
+        let ready =
+            Desired::new("Ready", false, reason::SUSPENDED_FOR_ABUSE, format!("no key material is held: {why}"));
+        return Some(Decision::only(remove(Revocation::Abused), ready, None));
+    }
+    let expired = i.spec.expires_at.as_ref().map(|t| t.0).filter(|e| *e <= i.now)?;
+    let ready = Desired::new("Ready", false, reason::EXPIRED, format!("the key expired at {expired}"));
+    Some(Decision::only(remove(Revocation::Expired), ready, None))
 }
 
 /// The decision for a key that is issued and intact: rotate when due or asked, unless that would cut the previous
