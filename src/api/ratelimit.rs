@@ -250,17 +250,44 @@ pub struct HttpHeader {
     pub value: String,
 }
 
-/// Metrics endpoints read directly, for gateways without a Prometheus server.
+/// Metrics endpoints read directly, for gateways without a Prometheus server: a fixed list of URLs, or every ready
+/// endpoint of a Service (exactly one of the two).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("has(self.urls) != has(self.service)")
+    .message("usage.scrape: set exactly one of usage.scrape.urls and usage.scrape.service"))]
 pub struct ScrapeSource {
     /// URLs of the gateway's metrics endpoints (every replica); counters are summed across them. At most 64,
     /// each http or https with no credentials in the URL (`user:pass@` is refused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(min = 1, max = 64), inner(length(max = 2048), regex(pattern = r"^https?://")))]
     #[x_kube(validation = bounds::credential_free_urls("usage.scrape.urls[]"))]
     pub urls: Vec<String>,
+    /// Scrape every ready endpoint of this Service (in the policy's namespace), followed through its
+    /// EndpointSlices as the gateway scales: at most 64 endpoints are read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ScrapeService>,
     /// Name of the request counter, e.g. `gateway_requests_total`.
     #[schemars(length(min = 1, max = 256), regex(pattern = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"))]
     pub metric: String,
+}
+
+/// A Service whose endpoints are the gateway's metrics endpoints.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct ScrapeService {
+    /// Name of the Service, in the policy's namespace.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// The endpoints' port: its name (as in the Service) or its number.
+    #[schemars(length(min = 1, max = 15), regex(pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?|[0-9]{1,5})$"))]
+    pub port: String,
+    /// Path of the metrics endpoint; default `/metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^/[A-Za-z0-9._~!$&'()*+,;=:@/%-]*$"))]
+    pub path: Option<String>,
+    /// `http` (the default) or `https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?$"))]
+    pub scheme: Option<String>,
 }
 
 /// Scaling of the gateway with the total usage of the policy's keys, in the manner of a HorizontalPodAutoscaler.

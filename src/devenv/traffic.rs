@@ -64,6 +64,16 @@ impl TrafficSim {
     /// the Prometheus text format. No key has traffic until [`set_rate`](TrafficSim::set_rate).
     pub async fn start(addr: &str, metric: &str, key_label: &str) -> std::io::Result<TrafficSim> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
+        Self::serve(listener, metric, key_label)
+    }
+
+    /// [`TrafficSim::start`] on a socket bound already (e.g. inside another network namespace).
+    pub fn serve_std(listener: std::net::TcpListener, metric: &str, key_label: &str) -> std::io::Result<TrafficSim> {
+        listener.set_nonblocking(true)?;
+        Self::serve(tokio::net::TcpListener::from_std(listener)?, metric, key_label)
+    }
+
+    fn serve(listener: tokio::net::TcpListener, metric: &str, key_label: &str) -> std::io::Result<TrafficSim> {
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(Traffic {
             metric: metric.to_owned(),

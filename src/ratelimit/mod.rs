@@ -10,6 +10,7 @@
 mod access;
 mod apply;
 pub mod check;
+pub mod endpoints;
 pub mod key_usage;
 pub mod limits;
 mod observe;
@@ -150,6 +151,8 @@ pub struct Context {
     apikeys_ready: cache::Ready,
     /// The controller's cache of policies, to forget the state of deleted ones; set by [`run`].
     policies: OnceLock<Store<RateLimitPolicy>>,
+    /// The EndpointSlices of the scope (those of a Service), for `usage.scrape.service`; set by [`run`].
+    endpoints: OnceLock<Store<k8s_openapi::api::discovery::v1::EndpointSlice>>,
     /// The operator's floors (`keyward run --min-usage-interval`).
     pub minimums: crate::minimums::Minimums,
 }
@@ -176,6 +179,7 @@ impl Context {
             apikeys,
             apikeys_ready,
             policies: OnceLock::new(),
+            endpoints: OnceLock::new(),
             minimums: crate::minimums::Minimums::default(),
         }
     }
@@ -212,9 +216,30 @@ pub async fn run<F: std::future::Future<Output = ()> + Send + 'static>(ctx: Arc<
         }
     });
     let release = tokio::spawn(release::run(ctx.clone(), policy_store, policies_ready));
+    let follow = tokio::spawn(follow_endpoints(ctx.clone(), namespace.clone()));
     crate::runtime::drive(controller, reconcile, error_policy, ctx, (concurrency, shutdown), "RateLimitPolicy").await;
     ready.abort();
     release.abort();
+    follow.abort();
+}
+
+/// Follows the scope's EndpointSlices that belong to a Service (a watch; the cache is read by each poll of a
+/// `usage.scrape.service` source) until aborted.
+async fn follow_endpoints(ctx: Arc<Context>, namespace: Option<String>) {
+    use futures::StreamExt;
+    let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        cache::scoped(&ctx.runtime.client, namespace.as_deref());
+    let config = watcher::Config::default().labels(endpoints::SERVICE_NAME_LABEL).any_semantic();
+    let (store, _ready, events) = cache::reflected(api, config);
+    let _ = ctx.endpoints.set(store);
+    events
+        .for_each(|event| {
+            if let Err(e) = event {
+                tracing::debug!(error = %e, "watching EndpointSlices failed; retrying");
+            }
+            futures::future::ready(())
+        })
+        .await;
 }
 
 fn error_policy(obj: Arc<RateLimitPolicy>, err: &Error, ctx: Arc<Context>) -> Requeue {
@@ -314,7 +339,7 @@ async fn usage(
         return Step::Answer(Err(SourceError::NotConfigured));
     };
     let fresh = !access::reads_objects(spec) || state.access_read_at.is_some_and(|t| t + access::REFRESH > now);
-    let source = match state.source.take() {
+    let mut source = match state.source.take() {
         Some((s, src)) if &s == spec && fresh => (s, src),
         _ => match build_source(ctx, policy, spec).await {
             Ok(src) => {
@@ -324,6 +349,10 @@ async fn usage(
             Err(e) => return Step::Answer(Err(e)),
         },
     };
+    if let Err(e) = follow_service(ctx, policy, spec, &mut source.1) {
+        state.source = Some(source);
+        return Step::Answer(Err(e));
+    }
     let timeout = crate::usage::poll_timeout(checked.interval, MAX_POLL_TIMEOUT);
     let me = ObjectRef::from_obj(policy);
     state.poll = ctx.poller.start(me, source, state.slow, timeout, ctx.runtime.clock.clone());
@@ -332,6 +361,26 @@ async fn usage(
         Some(done) => Step::Answer(state.finish(done)),
         None => Step::Wait(poll_safety_net(checked)),
     }
+}
+
+/// Points a `usage.scrape.service` source at the Service's ready endpoints as the cache knows them now.
+fn follow_service(
+    ctx: &Context,
+    policy: &RateLimitPolicy,
+    spec: &UsageSource,
+    source: &mut AnySource,
+) -> Result<(), SourceError> {
+    let (Some(svc), AnySource::Scrape(scrape)) = (spec.scrape.as_ref().and_then(|s| s.service.as_ref()), source) else {
+        return Ok(());
+    };
+    let ns = policy.metadata.namespace.as_deref().unwrap_or_default();
+    let slices = ctx.endpoints.get().map(Store::state).unwrap_or_default();
+    let urls = endpoints::urls(slices.iter().map(AsRef::as_ref), ns, svc);
+    if urls.is_empty() {
+        return Err(SourceError::NoEndpoints { service: format!("{ns}/{}", svc.name), port: svc.port.clone() });
+    }
+    scrape.set_urls(urls);
+    Ok(())
 }
 
 /// The source `spec` names, with the credentials, CA and headers of a Prometheus source read from the policy's

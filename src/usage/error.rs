@@ -92,6 +92,10 @@ pub enum SourceError {
     #[error("usage.prometheus.tls: {detail}")]
     InvalidTls { detail: String },
 
+    /// A `usage.scrape.service` has no ready endpoint with that port (for the caller; sources never return it).
+    #[error("Service {service} has no ready endpoint with port {port}: nothing to scrape")]
+    NoEndpoints { service: String, port: String },
+
     /// The policy names no usage source (for the caller; sources never return it).
     #[error("no usage source is configured: set usage.prometheus or usage.scrape to measure usage")]
     NotConfigured,
@@ -118,6 +122,7 @@ impl SourceError {
             Self::CredentialsUnavailable { .. } => "CredentialsUnavailable",
             Self::Unauthorized { .. } => "SourceUnauthorized",
             Self::InvalidTls { .. } => "InvalidTLSConfig",
+            Self::NoEndpoints { .. } => "NoReadyEndpoints",
         }
     }
 
@@ -153,6 +158,7 @@ mod tests {
             SourceError::CredentialsUnavailable { what: "Secret s key k".into(), detail: "not found".into() },
             SourceError::Unauthorized { url: u(), status: 401 },
             SourceError::InvalidTls { detail: "d".into() },
+            SourceError::NoEndpoints { service: "ns/gw".into(), port: "metrics".into() },
         ];
         for err in errors {
             let reason = err.reason();

@@ -148,7 +148,11 @@ mod tests {
         }
 
         let scrape = UsageSource {
-            scrape: Some(ScrapeSource { urls: vec!["http://gw/metrics".into()], metric: "req_total".into() }),
+            scrape: Some(ScrapeSource {
+                urls: vec!["http://gw/metrics".into()],
+                metric: "req_total".into(),
+                service: None,
+            }),
             key_label: Some("key_id".into()),
             ..Default::default()
         };

@@ -48,6 +48,19 @@ impl Scrape {
     pub fn key_label(&self) -> &str {
         &self.key_label
     }
+
+    /// Follows the endpoints as they come and go (a Service's ready endpoints): an endpoint kept keeps its counters;
+    /// one that went away is forgotten (its end is not a counter reset); a new one starts without a baseline, so its
+    /// first poll reads its counters and its rates count from the second.
+    pub fn set_urls(&mut self, urls: Vec<String>) {
+        if urls == self.urls {
+            return;
+        }
+        let mut old: BTreeMap<String, RateTracker> =
+            std::mem::take(&mut self.urls).into_iter().zip(std::mem::take(&mut self.trackers)).collect();
+        self.trackers = urls.iter().map(|u| old.remove(u).unwrap_or_default()).collect();
+        self.urls = urls;
+    }
 }
 
 /// Shows the URLs redacted: they may carry credentials.
@@ -88,17 +101,19 @@ impl Source for Scrape {
         }
 
         let mut rates = Rates::new();
-        let mut warming_up = false;
+        let mut measured = 0;
         for (tracker, (read_at, counters)) in self.trackers.iter_mut().zip(counters) {
             let offset = SignedDuration::try_from(read_at.duration_since(base)).unwrap_or(SignedDuration::ZERO);
             let sampled = now.checked_add(offset).unwrap_or(now);
             // `None` on the first poll; also when the sample time did not advance, and then there is no rate either.
-            match tracker.observe(sampled, counters) {
-                Some(endpoint_rates) => merge(&mut rates, &endpoint_rates),
-                None => warming_up = true,
+            if let Some(endpoint_rates) = tracker.observe(sampled, counters) {
+                merge(&mut rates, &endpoint_rates);
+                measured += 1;
             }
         }
-        if warming_up {
+        // NB: an endpoint new to a running source (the gateway scaled out) counts from its second poll; only a
+        // source none of whose endpoints has a baseline yet has no rates at all.
+        if measured == 0 {
             return Err(SourceError::WarmingUp { endpoints: self.urls.len() });
         }
         rates.retain(|_, rate| rate.is_finite() && *rate >= 0.0);
@@ -320,6 +335,28 @@ mod tests {
         stub.counters("two", &[("a", 400), ("c", 5)]);
         // a: (100 + 200) / 10 s; b: 50 / 10 s; c is new and has no rate yet.
         assert_rates(&scrape.poll(at(10), TIMEOUT).await.unwrap(), &[("a", 30.0), ("b", 5.0)]);
+    }
+
+    #[tokio::test]
+    async fn endpoints_that_come_and_go_keep_their_own_baselines() {
+        let stub = Stub::default();
+        let base = stub.start().await;
+        let (one, two) = (format!("{base}/one"), format!("{base}/two"));
+        let mut scrape = source(std::slice::from_ref(&one));
+        stub.counters("one", &[("a", 100)]);
+        assert_eq!(scrape.poll(at(0), TIMEOUT).await.unwrap_err().reason(), "WarmingUp");
+        // Scale-out: `two` joins with a large total; it counts from its second poll, never as a spike.
+        scrape.set_urls(vec![one.clone(), two.clone()]);
+        stub.counters("one", &[("a", 200)]);
+        stub.counters("two", &[("a", 5000)]);
+        assert_rates(&scrape.poll(at(10), TIMEOUT).await.unwrap(), &[("a", 10.0)]);
+        stub.counters("one", &[("a", 300)]);
+        stub.counters("two", &[("a", 5100)]);
+        assert_rates(&scrape.poll(at(20), TIMEOUT).await.unwrap(), &[("a", 20.0)]);
+        // Scale-in: `one` goes away; that is not a reset of anything, and `two` keeps its baseline.
+        scrape.set_urls(vec![two.clone()]);
+        stub.counters("two", &[("a", 5200)]);
+        assert_rates(&scrape.poll(at(30), TIMEOUT).await.unwrap(), &[("a", 10.0)]);
     }
 
     #[tokio::test]

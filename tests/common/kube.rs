@@ -74,7 +74,7 @@ pub fn rotation_count(ak: &Value) -> i64 {
 /// `kubectl apply --server-side` of a manifest into a namespace.
 pub fn apply(ns: &str, yaml: &str) {
     let out = super::kubectl_stdin(&["apply", "--server-side", "-n", ns, "-f", "-"], yaml);
-    assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "apply failed: {}\n{yaml}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The condition `type_` of an object's status: (status, reason, message).

@@ -7,6 +7,7 @@ pub mod http;
 pub mod identity;
 pub mod kube;
 pub mod leak;
+pub mod netns;
 pub mod operator;
 pub mod prometheus;
 pub mod ratelimit;

@@ -12,7 +12,7 @@ pub type Rule = (&'static [&'static str], &'static [&'static str], &'static [&'s
 
 /// The namespaced rules, one per API use in src/apikey, src/ratelimit and src/operator. The chart must grant exactly
 /// these (as a ClusterRole in cluster scope, as a Role in each watched namespace otherwise).
-pub const NAMESPACED_RULES: [Rule; 9] = [
+pub const NAMESPACED_RULES: [Rule; 10] = [
     (&["keyward.dev"], &["apikeys"], &["get", "list", "watch"], &[]),
     (&["keyward.dev"], &["ratelimitpolicies"], &["list", "watch"], &[]),
     (&["keyward.dev"], &["apikeys/status", "ratelimitpolicies/status"], &["patch"], &[]),
@@ -20,6 +20,7 @@ pub const NAMESPACED_RULES: [Rule; 9] = [
     // limits every Secret write of the operator to Keyward's own Secrets.
     (&[""], &["secrets"], &["get", "list", "watch", "create", "update", "delete"], &[]),
     (&[""], &["configmaps"], &["get"], &[]),
+    (&["discovery.k8s.io"], &["endpointslices"], &["list", "watch"], &[]),
     (&["apps"], &["deployments", "statefulsets", "daemonsets"], &["get", "patch"], &[]),
     (&["apps"], &["deployments/scale", "statefulsets/scale"], &["get", "patch"], &[]),
     (&["autoscaling"], &["horizontalpodautoscalers"], &["list"], &[]),

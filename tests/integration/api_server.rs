@@ -463,6 +463,16 @@ fn tenant_invalid() -> Vec<(&'static str, String, &'static str)> {
         ),
         policy("usage: {scrape: {urls: ['file:///etc/passwd'], metric: m}}", "spec.usage.scrape.urls"),
         policy(
+            "usage: {scrape: {urls: ['http://gw/metrics'], service: {name: gw, port: metrics}, metric: m}}",
+            "usage.scrape: set exactly one of usage.scrape.urls and usage.scrape.service",
+        ),
+        policy(
+            "usage: {scrape: {metric: m}}",
+            "usage.scrape: set exactly one of usage.scrape.urls and usage.scrape.service",
+        ),
+        policy("usage: {scrape: {service: {name: ../gw, port: metrics}, metric: m}}", "spec.usage.scrape.service.name"),
+        policy("usage: {scrape: {service: {name: gw, port: 'a b'}, metric: m}}", "spec.usage.scrape.service.port"),
+        policy(
             &format!("usage: {{scrape: {{urls: [{}], metric: m}}}}", vec!["'http://gw/metrics'"; 65].join(", ")),
             "spec.usage.scrape.urls",
         ),

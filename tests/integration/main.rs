@@ -19,6 +19,7 @@ mod apikey_safety;
 mod argocd;
 mod crds;
 mod docs;
+mod endpoints;
 mod examples;
 mod faults;
 mod fencing;

@@ -111,6 +111,10 @@ holds the same list and fails when they differ.
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get]
+# usage.scrape.service: the Service's EndpointSlices, followed with a watch as the gateway scales.
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
 # rolloutRestart targets: read the pod template annotation, patch it (what `kubectl rollout restart` does).
 - apiGroups: [apps]
   resources: [deployments, statefulsets, daemonsets]
