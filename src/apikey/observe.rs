@@ -309,7 +309,7 @@ pub fn inspect(
     // NB: with the previous key in its own Secret, that Secret's own check covers it.
     let consistent = fingerprint_of(book.key_id.as_deref(), current.as_ref())
         && (entries.own || fingerprint_of(book.previous_key_id.as_deref(), previous.as_ref()))
-        && plausible(&book, grace, now);
+        && plausible(&book, grace, status, now);
     let sealed =
         Sealed { uid, secret: secret_name, book: &book, current: current.as_ref(), previous: previous.as_ref() };
     let (trusted, reseal) = match sealer.verify(&sealed, annotations.get(seal::SEAL).map(String::as_str)) {
@@ -346,11 +346,18 @@ fn fingerprint_of(id: Option<&str>, key: Option<&KeyMaterial>) -> bool {
 
 /// Whether the bookkeeping could have been written by Keyward: no rotation in the future, no grace beyond the
 /// spec's (when the spec can say).
-fn plausible(b: &Book, grace: Option<std::time::Duration>, now: Timestamp) -> bool {
+///
+/// NB: a grace period longer than the spec's is Keyward's own doing when the status (which only Keyward writes)
+/// reports the same rotation and end: the spec's grace period was shortened since. That is a spec change, not an
+/// edit; the shorter grace period then ends the previous key earlier (see `overlap::previous_end`).
+fn plausible(b: &Book, grace: Option<std::time::Duration>, status: Option<&Book>, now: Timestamp) -> bool {
     let future = b.rotated_at.is_some_and(|t| now.checked_add(SKEW).is_ok_and(|limit| t > limit));
+    let recorded = status.is_some_and(|s| {
+        s.rotated_at == b.rotated_at && s.previous_expires_at == b.previous_expires_at && s.previous_key_id.is_some()
+    });
     let too_long =
         match (b.previous_expires_at, b.rotated_at, grace.and_then(|g| jiff::SignedDuration::try_from(g).ok())) {
-            (Some(end), Some(at), Some(g)) => at.checked_add(g).is_ok_and(|limit| end > limit),
+            (Some(end), Some(at), Some(g)) => at.checked_add(g).is_ok_and(|limit| end > limit) && !recorded,
             (Some(_), None, _) => true,
             _ => false,
         };

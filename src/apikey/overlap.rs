@@ -31,12 +31,20 @@ impl End {
     }
 }
 
-/// When the previous key of `book` goes at `now`; `None` without a previous key (or its grace end).
-pub fn previous_end(book: &Book, overlap: Overlap, usage: Option<&PreviousKeyUsage>, now: Timestamp) -> Option<End> {
-    let grace_end = book.previous_expires_at.filter(|_| book.has_previous())?;
+/// When the previous key of `book` goes at `now`; `None` without a previous key (or its grace end). `grace` is the
+/// spec's grace period now: one shortened since the rotation ends the previous key earlier.
+pub fn previous_end(
+    book: &Book,
+    (overlap, grace): (Overlap, std::time::Duration),
+    usage: Option<&PreviousKeyUsage>,
+    now: Timestamp,
+) -> Option<End> {
+    let written = book.previous_expires_at.filter(|_| book.has_previous())?;
+    let span = |d: std::time::Duration| SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX);
+    let shortened = book.rotated_at.and_then(|at| at.checked_add(span(grace)).ok());
+    let grace_end = shortened.map_or(written, |s| s.min(written));
     // Only figures about this very previous key count.
     let usage = usage.filter(|u| book.previous_key_id.as_deref() == Some(u.key_id.as_str()));
-    let span = |d: std::time::Duration| SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX);
     if let (Some(retire), Some(idle_since)) = (overlap.retire_when_idle, usage.and_then(|u| u.idle_since.as_ref())) {
         let at = idle_since.0.saturating_add(span(retire)).unwrap_or(Timestamp::MAX);
         if at < grace_end {
@@ -87,7 +95,8 @@ mod tests {
     #[test]
     fn idle_retires_early_and_in_use_extends_up_to_max() {
         let grace = ts("2026-01-02T00:00:00Z");
-        let at = |u: Option<&PreviousKeyUsage>, now: &str| previous_end(&book(), BOTH, u, ts(now));
+        let day = Duration::from_secs(86_400);
+        let at = |u: Option<&PreviousKeyUsage>, now: &str| previous_end(&book(), (BOTH, day), u, ts(now));
         assert_eq!(at(None, "2026-01-01T01:00:00Z"), Some(End::Grace(grace)), "no data: the grace period");
         let idle = usage("bbbbbbbbbbbb", 0.0, Some("2026-01-01T02:00:00Z"));
         let want = End::Idle { at: ts("2026-01-01T03:00:00Z"), idle_since: ts("2026-01-01T02:00:00Z") };
@@ -101,8 +110,15 @@ mod tests {
         let other = usage("cccccccccccc", 2.5, None);
         assert_eq!(at(Some(&other), "2026-01-02T00:00:00Z"), Some(End::Grace(grace)), "figures of another key");
         let none = Overlap::default();
-        assert_eq!(previous_end(&book(), none, Some(&busy), ts("2026-01-02T00:00:00Z")), Some(End::Grace(grace)));
+        assert_eq!(
+            previous_end(&book(), (none, day), Some(&busy), ts("2026-01-02T00:00:00Z")),
+            Some(End::Grace(grace))
+        );
         let no_previous = Book { previous_key_id: None, ..book() };
-        assert_eq!(previous_end(&no_previous, BOTH, Some(&busy), ts("2026-01-02T00:00:00Z")), None);
+        assert_eq!(previous_end(&no_previous, (BOTH, day), Some(&busy), ts("2026-01-02T00:00:00Z")), None);
+        // A grace period shortened since the rotation ends it earlier.
+        let hour = Duration::from_secs(3600);
+        let short = previous_end(&book(), (none, hour), None, ts("2026-01-01T00:30:00Z"));
+        assert_eq!(short, Some(End::Grace(ts("2026-01-01T01:00:00Z"))));
     }
 }

@@ -238,7 +238,8 @@ fn decide_issued(i: &Inputs<'_>, plan: &RotationPlan, b: &Book) -> Decision {
     let own_in_step = matches!(i.previous, PreviousState::Ours { book: own, .. }
         if own.previous_key_id == b.previous_key_id && own.previous_expires_at == b.previous_expires_at);
     let previous_gone = i.own_written && !own_in_step;
-    let end = overlap::previous_end(b, plan.overlap(), i.previous_usage, i.now).filter(|_| !previous_gone);
+    let overlap = (plan.overlap(), plan.grace_period());
+    let end = overlap::previous_end(b, overlap, i.previous_usage, i.now).filter(|_| !previous_gone);
     let end_at = end.as_ref().map(overlap::End::at);
     let waits_until = end_at.filter(|at| (manual || due) && *at > i.now);
     let rotate = (manual || due) && waits_until.is_none();

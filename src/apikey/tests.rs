@@ -153,6 +153,12 @@ mod inspection {
             ..b.clone()
         };
         assert!(look(&secret(&long, Some(&key), Some(&prev), Some(&sealer())), None).tampered, "grace beyond the spec");
+        // The same end, reported by the status (which only Keyward writes): the spec's grace period was shortened
+        // since the rotation, a spec change and not an edit.
+        let shortened = look(&secret(&long, Some(&key), Some(&prev), Some(&sealer())), Some(&long));
+        assert!(!shortened.tampered, "a grace period shortened after the rotation");
+        let other_end = Book { previous_expires_at: Some(now() + jiff::SignedDuration::from_hours(3)), ..long.clone() };
+        assert!(look(&secret(&long, Some(&key), Some(&prev), Some(&sealer())), Some(&other_end)).tampered);
         let missing = Book { previous_key_id: Some(key_id(&prev)), ..b.clone() };
         assert!(look(&secret(&missing, Some(&key), None, Some(&sealer())), None).tampered, "previous key id, no key");
     }

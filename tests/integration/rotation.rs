@@ -192,3 +192,27 @@ async fn the_default_grace_fits_a_short_interval() {
     let next = status_time(&ak, "lastRotationTime").expect("lastRotationTime");
     assert!(next.duration_since(rotated) < SignedDuration::from_secs(25), "rotated {next} after {rotated}");
 }
+
+/// Shortening `gracePeriod` while a previous key is held is a spec change, not an edit: the current key stays (no
+/// `KeyTampered`, no new key), and the previous key goes at the shorter end.
+#[tokio::test]
+async fn a_shortened_grace_period_ends_the_previous_key_early_and_keeps_the_current_one() {
+    control_plane_with_crds().await;
+    let ns = namespace("grace_shortened");
+    let _op = operator::scoped(&ns);
+    apply(&ns, &apikey("s", "  rotation: {gracePeriod: 1h}"));
+    eventually(60, "the first key", || issued(&ns, "s")).await;
+    kubectl_ok(&["annotate", "apikey/s", "-n", &ns, "keyward.dev/rotate=one"]);
+    let ak = eventually(60, "the rotation", || issued(&ns, "s").filter(|a| rotation_count(a) == 1)).await;
+    let current = ak["status"]["keyId"].clone();
+    assert!(ak["status"]["previousKeyId"].is_string());
+    apply(&ns, &apikey("s", "  rotation: {gracePeriod: 2s}"));
+    let ak = eventually(60, "the previous key gone at the shorter end", || {
+        issued(&ns, "s").filter(|a| a["status"]["previousKeyId"].is_null())
+    })
+    .await;
+    assert_eq!(ak["status"]["keyId"], current, "the current key is kept");
+    assert_eq!(rotation_count(&ak), 1, "no new key");
+    let events = kubectl_ok(&["get", "events", "-n", &ns, "-o", "json"]);
+    assert!(!events.contains("KeyTampered"), "a spec change is not tampering");
+}
