@@ -1,6 +1,7 @@
 //! "Revoked" means gone (issue #12), against the real control plane and the real `keyward run`: the Secret's name
 //! cannot change under a live key, an `immutable` Secret is still revoked, a refused revocation says so on the
-//! object and keeps trying, and an edit that escapes the watch (label removed first) is still found.
+//! object and keeps trying, an edit that escapes the watch (label removed first) is still found, and forged
+//! bookkeeping (a planted previous key, a future rotation time, a key swapped with its fingerprint) is tampering.
 
 use crate::common::kube::{apikey, apply, condition, decode, eventually, get_json, has_event, key_id, ready_reason};
 use crate::common::{control_plane_with_crds, kubectl, kubectl_ok, kubectl_stdin, namespace, operator};
@@ -106,4 +107,59 @@ async fn an_edit_that_escapes_the_watch_is_found_by_the_periodic_recheck() {
     assert_ne!(decode(&secret, "api-key").as_deref(), Some(planted));
     assert_eq!(secret["metadata"]["labels"]["app.kubernetes.io/managed-by"], "keyward", "relabelled back");
     assert!(ak["status"]["keyId"].as_str().is_some());
+}
+
+/// Bookkeeping that cannot be forged: three edits a Secret editor could make, each consistent enough to pass a
+/// plain fingerprint check, are each caught (the seal, impossible bookkeeping): the key is replaced, no previous key
+/// is kept, and a Warning `KeyTampered` is published.
+/// - a planted previous key, with its fingerprint and a grace end a year away;
+/// - `rotated-at` moved into the future, so that the key would never rotate again;
+/// - the key and its `key-id` annotation replaced together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_bookkeeping_is_tampering() {
+    control_plane_with_crds().await;
+    let ns = namespace("revoke_forged");
+    let _op = operator::scoped(&ns);
+    let planted = "kw_planted_abcdefghijklmnopqrstuvwxyz0123456789AB";
+    let b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(planted)
+    };
+    let id = key_id(planted);
+    let far = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 365)).to_string();
+    let edits = [
+        (
+            "previous",
+            format!(
+                r#"{{"data":{{"previous-api-key":"{b64}"}},"metadata":{{"annotations":{{"keyward.dev/previous-key-id":"{id}","keyward.dev/previous-expires-at":"{far}"}}}}}}"#
+            ),
+        ),
+        ("frozen", format!(r#"{{"metadata":{{"annotations":{{"keyward.dev/rotated-at":"{far}"}}}}}}"#)),
+        (
+            "swapped",
+            format!(r#"{{"data":{{"api-key":"{b64}"}},"metadata":{{"annotations":{{"keyward.dev/key-id":"{id}"}}}}}}"#),
+        ),
+    ];
+    for (name, _) in &edits {
+        apply(&ns, &apikey(name, "  rotation: {gracePeriod: 1h}"));
+    }
+    let mut before = Vec::new();
+    for (name, _) in &edits {
+        let ak = eventually(60, "issued", || ready_is(&ns, name, "True", "KeyIssued")).await;
+        before.push(ak["status"]["keyId"].as_str().expect("keyId").to_string());
+    }
+    for ((name, patch), old) in edits.iter().zip(&before) {
+        kubectl_ok(&["patch", "secret", name, "-n", &ns, "--type", "merge", "-p", patch]);
+        let ak = eventually(60, &format!("{name}: the forged key replaced"), || {
+            get_json(&ns, &format!("apikey/{name}"))
+                .filter(|a| a["status"]["keyId"].as_str().is_some_and(|k| k != old && k != id))
+        })
+        .await;
+        assert!(ak["status"]["previousKeyId"].is_null(), "{name}: no previous key kept after tampering");
+        let s = get_json(&ns, &format!("secret/{name}")).expect("secret");
+        assert_ne!(decode(&s, "api-key").as_deref(), Some(planted), "{name}");
+        assert!(decode(&s, "previous-api-key").is_none(), "{name}: the planted or old key is not kept");
+        eventually(30, &format!("{name}: KeyTampered"), || has_event(&ns, "ApiKey", name, "KeyTampered").then_some(()))
+            .await;
+    }
 }
