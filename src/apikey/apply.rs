@@ -255,7 +255,7 @@ pub async fn status(ctx: &Context, apikey: &ApiKey, o: &Observed, outcome: &Outc
     let was_in_use = apikey
         .status
         .as_ref()
-        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == status::PREVIOUS_KEY_IN_USE && c.status == "True"));
+        .is_some_and(|s| crate::ratelimit::key_usage::is_true(&s.conditions, status::PREVIOUS_KEY_IN_USE));
     if let Some(c) = outcome.in_use.as_ref().filter(|_| !was_in_use) {
         ctx.runtime.publish_note(apikey, EventType::Warning, c.type_, c.message.clone()).await;
     }

@@ -342,9 +342,8 @@ fn trigger_hash(k: &ApiKey) -> Option<u64> {
     let m = &k.metadata;
     let abused = crate::ratelimit::key_usage::abuse(k).is_some();
     // Traffic on the previous key starting or stopping may retire it early or keep it longer.
-    let previous = k.status.as_ref().and_then(|s| s.usage.as_ref()).and_then(|u| u.previous_key.as_ref());
-    let previous =
-        previous.map(|p| (p.key_id.clone(), p.idle_since.as_ref().map(|t| t.0), p.requests_per_second > 0.0));
+    let usage = k.status.as_ref().and_then(|s| s.usage.as_ref());
+    let previous = usage.and_then(crate::ratelimit::key_usage::previous_state);
     (m.generation, &m.annotations, m.deletion_timestamp.is_some(), abused, previous).hash(&mut h);
     Some(h.finish())
 }

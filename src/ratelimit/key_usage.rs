@@ -209,8 +209,8 @@ pub fn judge_abuse(
 }
 
 /// What of the previous key's traffic the ApiKey controller acts on: which key, whether idle and since when, whether
-/// it has traffic.
-fn previous_state(u: &KeyUsage) -> Option<(&str, Option<Timestamp>, bool)> {
+/// it has traffic. A change of it is worth a write here and triggers a reconcile there.
+pub fn previous_state(u: &KeyUsage) -> Option<(&str, Option<Timestamp>, bool)> {
     u.previous_key
         .as_ref()
         .map(|p| (p.key_id.as_str(), p.idle_since.as_ref().map(|t| t.0), p.requests_per_second > 0.0))
