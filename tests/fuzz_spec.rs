@@ -10,7 +10,7 @@ use jiff::{SignedDuration, Timestamp};
 use keyward::api::apikey::{ApiKeySpec, Rotation};
 use keyward::api::common::{GoDuration, RequestRate, Time};
 use keyward::api::ratelimit::{
-    RateLimitPolicySpec, ScaleTargetRef, Scaling, ScalingRules, TemporaryOverride, UsageSource,
+    Limit, RateLimitPolicySpec, ScaleTargetRef, Scaling, ScalingRules, TemporaryOverride, UsageSource,
 };
 use keyward::apikey::book::Book;
 use keyward::apikey::plan::{self, Inputs, PreviousState, SecretState};
@@ -186,7 +186,7 @@ proptest! {
         total in prop_oneof![Just(0.0), 0.0f64..1e12, Just(f64::MAX)],
     ) {
         let spec = RateLimitPolicySpec {
-            limit: RequestRate { requests: 600, period: limit },
+            limit: Limit { requests: 600, period: limit, window: None, time_zone: None },
             temporary_overrides: overrides
                 .into_iter()
                 .map(|(period, until, requests)| TemporaryOverride { requests, period, until: Time(until), reason: "r".into() })
@@ -203,6 +203,7 @@ proptest! {
                 scale_down: Some(ScalingRules { stabilization_window: windows.1 }),
             }),
             on_exhausted: None,
+            enforce: None,
         };
         let _ = limits::effective(&spec, now);
         if let Ok(checked) = check(&spec, now, &min) {
@@ -234,12 +235,13 @@ proptest! {
 #[test]
 fn the_issue_case_is_refused_not_panicking() {
     let spec = RateLimitPolicySpec {
-        limit: RequestRate { requests: 10, period: "1m".into() },
+        limit: Limit { requests: 10, period: "1m".into(), window: None, time_zone: None },
         temporary_overrides: Vec::new(),
         near_limit_ratio: None,
         usage: Some(UsageSource { interval: Some("100000000h".into()), ..UsageSource::default() }),
         scaling: None,
         on_exhausted: None,
+            enforce: None,
     };
     let err = check(&spec, Timestamp::now(), &Minimums::DEFAULT).err().expect("refused");
     assert!(err.starts_with("usage.interval: must be at most 24h"), "{err}");

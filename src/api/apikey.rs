@@ -367,6 +367,18 @@ pub struct KeyUsage {
     /// Traffic on the previous key, during its grace period, when usage is labelled by key id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_key: Option<PreviousKeyUsage>,
+    /// Under a calendar limit (`limit.window: Calendar`): requests used in the current window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used: Option<i64>,
+    /// Under a calendar limit: requests left in the current window (the window's limit minus `used`, at least 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<i64>,
+    /// Under a calendar limit: when the current window started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_start: Option<Time>,
+    /// Under a calendar limit: when the current window ends and the quota resets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<Time>,
 }
 
 /// Traffic on a key's previous key, as its RateLimitPolicy last saw it.

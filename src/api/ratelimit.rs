@@ -9,7 +9,7 @@ use super::bounds::{self, API_VERSION_PATTERN, DNS_SUBDOMAIN_PATTERN, KIND_PATTE
 use super::common::{Condition, GoDuration, RequestRate, Time};
 
 /// A rate limit shared by the ApiKeys that reference it, with usage monitoring and gateway scaling.
-#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "keyward.dev",
     version = "v1alpha1",
@@ -28,9 +28,13 @@ use super::common::{Condition, GoDuration, RequestRate, Time};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.temporaryOverrides) || self.temporaryOverrides.all(o, \
+    (has(self.limit.window) && self.limit.window == 'Calendar') ? o.period == self.limit.period : o.period != '1mo')")
+    .message("temporaryOverrides[].period: under limit.window Calendar an override counts in the limit's windows, so its period must equal limit.period; 1mo needs limit.window Calendar"))]
 pub struct RateLimitPolicySpec {
-    /// The limit of each key that references this policy, e.g. 1000 requests per `1m`.
-    pub limit: RequestRate,
+    /// The limit of each key that references this policy, e.g. 1000 requests per `1m`, counted over a rolling
+    /// period (the default) or per calendar hour, day or month (`window: Calendar`).
+    pub limit: Limit,
 
     /// Temporary limit boosts: the first one whose `until` is still ahead replaces `limit`, and the policy reverts
     /// on its own when it ends.
@@ -54,6 +58,138 @@ pub struct RateLimitPolicySpec {
     /// What happens to a key that stays `Exhausted` too long: by default nothing beyond the condition and event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_exhausted: Option<OnExhausted>,
+
+    /// Make the gateway enforce the limit: Keyward renders and owns one Envoy Gateway `BackendTrafficPolicy` (named
+    /// like this policy) that limits each member key, by the client id Envoy Gateway's API-key authentication
+    /// forwards, to the limit in force (an active temporary override included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforce: Option<Enforce>,
+}
+
+/// The limit of each key: requests per period, over a rolling period or aligned to the clock.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.period != '1mo' || (has(self.window) && self.window == 'Calendar')")
+    .message("limit.period 1mo (a calendar month) needs limit.window: Calendar"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.window) || self.window != 'Calendar' || self.period in ['1h', '24h', '1mo']")
+    .message("limit.window Calendar counts per clock hour, day or month: limit.period must be 1h, 24h or 1mo"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.timeZone) || (has(self.window) && self.window == 'Calendar')")
+    .message("limit.timeZone applies to limit.window: Calendar only"))]
+pub struct Limit {
+    /// Requests allowed in each period; at least 1.
+    #[schemars(range(min = 1))]
+    pub requests: i64,
+    /// The period the requests are counted over, as a duration such as `1s`, `1m` or `1h` (above 0s, at most
+    /// 8760h), or `1mo`, a calendar month, with `window: Calendar`.
+    #[schemars(schema_with = "limit_period_schema")]
+    #[x_kube(validation = bounds::duration_positive_at_most("limit.period", bounds::MAX_RATE_PERIOD, "a rate is counted over at most a year"))]
+    pub period: GoDuration,
+    /// `Rolling` (the default): requests are counted over the last `period`. `Calendar`: over the current clock
+    /// hour, day or month in `timeZone` (`period` is `1h`, `24h` or `1mo`); each key's status then reports
+    /// `usage.used`, `usage.remaining` and `usage.resetsAt`, and a key is `Exhausted` once it used the window's
+    /// requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+    /// IANA time zone the calendar windows follow, e.g. `Europe/Berlin`; default `UTC`. Only with `window:
+    /// Calendar`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_+/-]*$"))]
+    pub time_zone: Option<String>,
+}
+
+impl Limit {
+    /// The rate, for code that treats the limit as requests per period (a `1mo` period has no fixed length).
+    pub fn rate(&self) -> RequestRate {
+        RequestRate { requests: self.requests, period: self.period.clone() }
+    }
+
+    /// Requests per second over a fixed period; `None` for `1mo` and for a period that cannot be parsed.
+    pub fn per_second(&self) -> Option<f64> {
+        self.rate().per_second()
+    }
+
+    /// Whether the windows are aligned to the clock.
+    pub fn is_calendar(&self) -> bool {
+        self.window == Some(Window::Calendar)
+    }
+}
+
+/// The period of a limit: a duration, or `1mo` (a calendar month).
+pub const CALENDAR_MONTH: &str = "1mo";
+
+fn limit_period_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let duration = bounds::SCHEMA_DURATION_PATTERN.trim_start_matches('^').trim_end_matches('$');
+    schemars::json_schema!({
+        "type": "string",
+        "pattern": format!("^({duration}|{CALENDAR_MONTH})$"),
+        "maxLength": bounds::DURATION_MAX_LENGTH,
+    })
+}
+
+/// How a limit's requests are counted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Window {
+    /// Over the last `period`, whenever that is.
+    #[default]
+    Rolling,
+    /// Over the current clock hour, day or month in `timeZone`: the quota resets at its start.
+    Calendar,
+}
+
+/// The gateway that enforces a policy's limit, and how.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Enforce {
+    /// The gateway: `EnvoyGateway` (the default and only one so far).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<EnforcingGateway>,
+    /// The HTTPRoute or Gateway, in the policy's namespace, the rendered BackendTrafficPolicy attaches to.
+    pub target_ref: EnforceTargetRef,
+    /// The header carrying the client id that Envoy Gateway's API-key authentication forwards
+    /// (`SecurityPolicy.spec.apiKeyAuth.forwardClientIDHeader`), e.g. `x-client-id`. Limits are matched on it,
+    /// never on the key itself.
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9-]*$"))]
+    pub client_id_header: String,
+    /// `Global` (the default): one count per key across every Envoy replica, through Envoy Gateway's rate-limit
+    /// service. `Local`: each Envoy replica counts on its own, so a key gets the limit once per replica.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<EnforceType>,
+}
+
+/// The gateway that enforces a limit.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum EnforcingGateway {
+    /// Envoy Gateway: a `gateway.envoyproxy.io/v1alpha1` BackendTrafficPolicy.
+    #[default]
+    EnvoyGateway,
+}
+
+/// Where Envoy counts.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum EnforceType {
+    /// One count per key across all replicas (Envoy Gateway's rate-limit service).
+    #[default]
+    Global,
+    /// Each Envoy replica counts on its own.
+    Local,
+}
+
+/// The Gateway API object a BackendTrafficPolicy attaches to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct EnforceTargetRef {
+    /// `HTTPRoute` or `Gateway`.
+    pub kind: EnforceTargetKind,
+    /// Its name, in the policy's namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
+    pub name: String,
+}
+
+/// The kinds a BackendTrafficPolicy can target.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum EnforceTargetKind {
+    #[serde(rename = "HTTPRoute")]
+    HttpRoute,
+    Gateway,
 }
 
 /// The action on a key that is `Exhausted` without a break for `after`.
@@ -88,7 +224,9 @@ pub struct TemporaryOverride {
     /// Requests allowed in each period while the override is active; at least 1.
     #[schemars(range(min = 1))]
     pub requests: i64,
-    /// The period the requests are counted over, e.g. `1m`: above 0s, at most 8760h.
+    /// The period the requests are counted over, e.g. `1m`: above 0s, at most 8760h; or `1mo` under a calendar
+    /// `limit`. Under `limit.window: Calendar` the override counts in the same windows as the limit.
+    #[schemars(schema_with = "limit_period_schema")]
     #[x_kube(validation = bounds::duration_positive_at_most("temporaryOverrides[].period", bounds::MAX_RATE_PERIOD, "a rate is counted over at most a year"))]
     pub period: GoDuration,
     /// RFC 3339 time at which the override ends and the policy reverts to `limit`; from 1970 up to (not
@@ -381,4 +519,7 @@ pub struct RateLimitPolicyStatus {
     /// How many keys are Exhausted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys_exhausted: Option<i32>,
+    /// The limit the gateway enforces per key, in its units, e.g. `600/Minute` (set while `enforce` renders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced_limit: Option<String>,
 }

@@ -85,7 +85,7 @@ pub fn check(spec: &RateLimitPolicySpec, now: Timestamp, min: &Minimums) -> Resu
         None => DEFAULT_INTERVAL.max(min.usage_interval),
     };
     // Every period, the overrides' included (one may become active later), within the schema's maximum.
-    period_at_most("limit.period", &spec.limit)?;
+    period_at_most("limit.period", &spec.limit.rate())?;
     for (i, o) in spec.temporary_overrides.iter().enumerate() {
         let rate = RequestRate { requests: o.requests, period: o.period.clone() };
         period_at_most(&format!("temporaryOverrides[{i}].period"), &rate)?;

@@ -136,7 +136,7 @@ pub fn desired(
             limit: round(limit_rps),
             utilization: round(utilization),
             observed_at: Some(Time(now)),
-            previous_key: None,
+            ..KeyUsage::default()
         },
         conditions,
     }

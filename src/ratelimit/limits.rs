@@ -17,6 +17,31 @@ pub struct Effective {
     pub active: Option<ActiveOverride>,
     /// The next moment the effective limit changes on its own (the earliest `until` still ahead), for the requeue.
     pub changes_at: Option<Timestamp>,
+    /// `limit.window: Calendar`: the clock unit the requests are counted in (`None`: a rolling period).
+    pub calendar: Option<CalendarUnit>,
+}
+
+/// The clock-aligned window of a calendar limit (`limit.window: Calendar`), in `limit.timeZone`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CalendarUnit {
+    /// `period: 1h`: each clock hour.
+    Hour,
+    /// `period: 24h`: each calendar day, from midnight.
+    Day,
+    /// `period: 1mo`: each calendar month, from the first at midnight.
+    Month,
+}
+
+impl CalendarUnit {
+    /// The unit a calendar limit's period names, `None` for a period the schema refuses under `Calendar`.
+    pub fn from_period(period: &str) -> Option<Self> {
+        match period {
+            "1h" => Some(CalendarUnit::Hour),
+            "24h" => Some(CalendarUnit::Day),
+            crate::api::ratelimit::CALENDAR_MONTH => Some(CalendarUnit::Month),
+            _ => None,
+        }
+    }
 }
 
 /// A temporary override in force.
@@ -39,6 +64,7 @@ impl Effective {
 pub fn effective(spec: &RateLimitPolicySpec, now: Timestamp) -> Effective {
     let running = |until: Timestamp| until > now;
     let changes_at = spec.temporary_overrides.iter().map(|o| o.until.0).filter(|&u| running(u)).min();
+    let calendar = spec.limit.is_calendar().then(|| CalendarUnit::from_period(&spec.limit.period.0)).flatten();
     match spec.temporary_overrides.iter().enumerate().find(|(_, o)| running(o.until.0)) {
         Some((index, o)) => Effective {
             requests: o.requests,
@@ -46,6 +72,7 @@ pub fn effective(spec: &RateLimitPolicySpec, now: Timestamp) -> Effective {
             per_second: per_second(o.requests, &o.period),
             active: Some(ActiveOverride { index, until: o.until.0, reason: o.reason.clone() }),
             changes_at,
+            calendar,
         },
         None => Effective {
             requests: spec.limit.requests,
@@ -53,6 +80,7 @@ pub fn effective(spec: &RateLimitPolicySpec, now: Timestamp) -> Effective {
             per_second: spec.limit.per_second(),
             active: None,
             changes_at,
+            calendar,
         },
     }
 }
@@ -64,7 +92,7 @@ fn per_second(requests: i64, period: &crate::api::common::GoDuration) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::common::{GoDuration, RequestRate, Time};
+    use crate::api::common::{GoDuration, Time};
     use crate::api::ratelimit::TemporaryOverride;
 
     fn ts(s: &str) -> Timestamp {
@@ -73,7 +101,12 @@ mod tests {
 
     fn spec(overrides: &[(i64, &str, &str)]) -> RateLimitPolicySpec {
         RateLimitPolicySpec {
-            limit: RequestRate { requests: 600, period: GoDuration::from("1m") },
+            limit: crate::api::ratelimit::Limit {
+                requests: 600,
+                period: GoDuration::from("1m"),
+                window: None,
+                time_zone: None,
+            },
             temporary_overrides: overrides
                 .iter()
                 .map(|(requests, period, until)| TemporaryOverride {
@@ -87,6 +120,7 @@ mod tests {
             usage: None,
             scaling: None,
             on_exhausted: None,
+            enforce: None,
         }
     }
 

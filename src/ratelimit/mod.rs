@@ -63,6 +63,10 @@ pub mod condition {
     pub const OVERRIDE_ACTIVE: &str = "OverrideActive";
     /// Present (and `False`) only while the usage source's TLS certificate is not verified.
     pub const SOURCE_VERIFIED: &str = "SourceVerified";
+    /// With `enforce`: whether the gateway's rendered limits are current.
+    pub const ENFORCED: &str = "Enforced";
+    /// With `enforce`: `True` while an object Keyward does not own holds the BackendTrafficPolicy's name.
+    pub const ENFORCEMENT_CONFLICT: &str = "EnforcementConflict";
 }
 
 /// Errors that stop a reconcile (and are retried with backoff). Usage and scaling problems are not errors: they

@@ -392,6 +392,8 @@ pub fn status(
         last_scale_time: figures.last_scale_time,
         keys_near_limit: figures.keys_near_limit,
         keys_exhausted: figures.keys_exhausted,
+        // NB: kept until the enforcement step reports it (see `crate::ratelimit::enforce`).
+        enforced_limit: current.and_then(|s| s.enforced_limit.clone()),
     };
     status::settle(current, new)
 }
