@@ -554,3 +554,61 @@ async fn tenant_bounds_edges_are_accepted() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Issue #14's rules: calendar windows (`1h`, `24h`, `1mo`; `1mo` and `timeZone` only under Calendar; overrides in
+/// the limit's windows) and `enforce` (kinds, names, header names), rejected naming the field; their edges accepted.
+#[tokio::test]
+async fn quota_windows_and_enforce_are_checked_by_the_api_server() {
+    let _cp = control_plane_with_crds().await;
+    let ns = namespace("quota_enforce");
+    let over = |period: &str| format!("[{{requests: 5, period: {period}, until: '2999-01-01T00:00:00Z', reason: r}}]");
+    let invalid: Vec<(String, &str)> = vec![
+        ("limit: {requests: 10, period: 1mo}".into(), "limit.period 1mo (a calendar month) needs limit.window: Calendar"),
+        ("limit: {requests: 10, period: 2h, window: Calendar}".into(), "limit.period must be 1h, 24h or 1mo"),
+        ("limit: {requests: 10, period: 1440m, window: Calendar}".into(), "limit.period must be 1h, 24h or 1mo"),
+        ("limit: {requests: 10, period: 24h, timeZone: UTC}".into(), "limit.timeZone applies to limit.window: Calendar only"),
+        ("limit: {requests: 10, period: 24h, window: Daily}".into(), "spec.limit.window"),
+        ("limit: {requests: 10, period: 24h, window: Calendar, timeZone: '../etc/passwd'}".into(), "spec.limit.timeZone"),
+        ("limit: {requests: 10, period: 2mo, window: Calendar}".into(), "spec.limit.period"),
+        (format!("limit: {{requests: 10, period: 24h, window: Calendar}}\n  temporaryOverrides: {}", over("1h")), "temporaryOverrides[].period"),
+        (format!("limit: {{requests: 10, period: 1m}}\n  temporaryOverrides: {}", over("1mo")), "temporaryOverrides[].period"),
+        ("limit: {requests: 10, period: 1m}\n  enforce: {targetRef: {kind: Service, name: web}, clientIdHeader: x-client-id}".into(), "spec.enforce.targetRef.kind"),
+        ("limit: {requests: 10, period: 1m}\n  enforce: {targetRef: {kind: HTTPRoute, name: Web_Route}, clientIdHeader: x-client-id}".into(), "spec.enforce.targetRef.name"),
+        ("limit: {requests: 10, period: 1m}\n  enforce: {targetRef: {kind: HTTPRoute, name: web}, clientIdHeader: 'x client'}".into(), "spec.enforce.clientIdHeader"),
+        ("limit: {requests: 10, period: 1m}\n  enforce: {targetRef: {kind: HTTPRoute, name: web}}".into(), "clientIdHeader"),
+        ("limit: {requests: 10, period: 1m}\n  enforce: {targetRef: {kind: HTTPRoute, name: web}, clientIdHeader: x-id, type: Cluster}".into(), "spec.enforce.type"),
+        ("limit: {requests: 10, period: 1m}\n  enforce: {gateway: Kong, targetRef: {kind: HTTPRoute, name: web}, clientIdHeader: x-id}".into(), "spec.enforce.gateway"),
+    ];
+    let mut failures = Vec::new();
+    for (i, (spec, field)) in invalid.iter().enumerate() {
+        let out = kubectl_stdin(
+            &["apply", "--server-side", "-n", &ns, "-f", "-"],
+            &manifest("RateLimitPolicy", &format!("q-{i}"), spec),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            failures.push(format!("case {i} ({spec}) was accepted"));
+        } else if !stderr.contains(field) {
+            failures.push(format!("case {i} ({spec}) rejected without naming {field:?}: {stderr:.600}"));
+        }
+    }
+    let valid: Vec<String> = vec![
+        "limit: {requests: 10000, period: 24h, window: Calendar, timeZone: Europe/Berlin}".into(),
+        "limit: {requests: 1, period: 1mo, window: Calendar}".into(),
+        "limit: {requests: 60, period: 1h, window: Calendar, timeZone: America/Argentina/Buenos_Aires}".into(),
+        "limit: {requests: 60, period: 1h, window: Rolling}".into(),
+        format!("limit: {{requests: 10, period: 1mo, window: Calendar}}\n  temporaryOverrides: {}", over("1mo")),
+        "limit: {requests: 10, period: 1m}\n  enforce: {targetRef: {kind: HTTPRoute, name: web.v1}, clientIdHeader: x-client-id}".into(),
+        "limit: {requests: 10, period: 24h, window: Calendar}\n  enforce: {gateway: EnvoyGateway, targetRef: {kind: Gateway, name: eg}, clientIdHeader: X-Client-ID, type: Local}".into(),
+    ];
+    for (i, spec) in valid.iter().enumerate() {
+        let out = kubectl_stdin(
+            &["apply", "--server-side", "-n", &ns, "-f", "-"],
+            &manifest("RateLimitPolicy", &format!("ok-{i}"), spec),
+        );
+        if !out.status.success() {
+            failures.push(format!("valid case {i} ({spec}): {}", String::from_utf8_lossy(&out.stderr)));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
