@@ -263,7 +263,8 @@ fn quota_moved(old: &KeyUsage, new: &KeyUsage) -> bool {
     old.used.is_some() != new.used.is_some()
         || old.window_start != new.window_start
         || exhausted(old) != exhausted(new)
-        || (new.used.is_some() && (old.utilization - new.utilization).abs() >= MEANINGFUL_USED_CHANGE)
+        // NB: both are rounded to 4 decimals; the epsilon keeps 0.11 - 0.10 from falling just short of 0.01.
+        || (new.used.is_some() && (old.utilization - new.utilization).abs() >= MEANINGFUL_USED_CHANGE - 1e-9)
 }
 
 #[cfg(test)]

@@ -434,7 +434,11 @@ impl PolicyState {
     /// traffic. Credentials the server refused are read again for the next poll. Under a calendar limit, also what
     /// the poll says about the requests used: Prometheus' count (its failure fails the poll), or the span a scrape
     /// source's rates hold over.
-    fn finish(&mut self, done: poller::Polled, checked: &Checked) -> (Result<crate::usage::Rates, SourceError>, quota::Used) {
+    fn finish(
+        &mut self,
+        done: poller::Polled,
+        checked: &Checked,
+    ) -> (Result<crate::usage::Rates, SourceError>, quota::Used) {
         if matches!(done.rates, Err(SourceError::Unauthorized { .. })) {
             self.access_read_at = None;
         }

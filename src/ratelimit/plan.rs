@@ -228,7 +228,15 @@ fn measured(
     let generation = key.metadata.generation;
     let Some(calendar) = c.calendar.as_ref() else {
         let display = c.limit.display();
-        return key_usage::desired(&current.conditions, generation, rps, c.limit_rps, c.near_limit_ratio, &display, i.now);
+        return key_usage::desired(
+            &current.conditions,
+            generation,
+            rps,
+            c.limit_rps,
+            c.near_limit_ratio,
+            &display,
+            i.now,
+        );
     };
     let window = calendar.window_at(i.now);
     let counted = match &i.observed.used {

@@ -174,7 +174,12 @@ mod tests {
             &crate::usage::Sources::new(crate::usage::Settings::default()),
         )
         .expect("source");
-        let _ = tx.send(Polled { source: (spec, source), rates: Err(SourceError::NoData), used: None, at: Timestamp::UNIX_EPOCH });
+        let _ = tx.send(Polled {
+            source: (spec, source),
+            rates: Err(SourceError::NoData),
+            used: None,
+            at: Timestamp::UNIX_EPOCH,
+        });
         assert!(!slot.running());
         assert!(slot.take_done().is_some());
         assert!(slot.take_done().is_none());

@@ -49,7 +49,14 @@ pub type Tallies = HashMap<String, Tally>;
 /// `Counted`: what Prometheus counted for the key's ids (`counted` is already summed over them). `Rates`: the
 /// key's tally (the one in memory, else the one in its status, if it is of this window; else 0) plus rate × the
 /// part of the poll's span inside the window (after a boundary only what came after the start counts: the reset).
-pub fn used(source: &Used, counted: f64, rps: f64, memory: Option<Tally>, status: Option<&KeyUsage>, window: Window) -> f64 {
+pub fn used(
+    source: &Used,
+    counted: f64,
+    rps: f64,
+    memory: Option<Tally>,
+    status: Option<&KeyUsage>,
+    window: Window,
+) -> f64 {
     match source {
         Used::None => 0.0,
         Used::Counted(_) => counted,
@@ -162,8 +169,7 @@ mod tests {
     #[test]
     fn scrape_rates_accumulate_over_the_span_since_the_previous_poll() {
         let w = day("2026-01-02T00:00:00Z");
-        let poll =
-            Used::Rates { from: Some(ts("2026-01-02T10:00:00Z")), to: ts("2026-01-02T10:00:15Z") };
+        let poll = Used::Rates { from: Some(ts("2026-01-02T10:00:00Z")), to: ts("2026-01-02T10:00:15Z") };
         let memory = Tally { window_start: w.start, used: 100.5 };
         assert_eq!(used(&poll, 0.0, 2.0, Some(memory), None, w), 130.5, "100.5 + 2 req/s × 15 s");
         // Without a tally in memory (a restart), the status's count of the same window is the base.

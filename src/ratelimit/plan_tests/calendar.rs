@@ -16,7 +16,16 @@ fn daily(requests: i64) -> crate::api::ratelimit::RateLimitPolicySpec {
 fn cycle(checked: &Checked, o: Observed, tallies: &Tallies, now: Timestamp) -> Plan {
     let (stabilizer, current) = (Stabilizer::default(), RateLimitPolicyStatus::default());
     let (override_changed, seeded) = (false, true);
-    plan(&Inputs { checked, observed: &o, current: &current, override_changed, stabilizer: &stabilizer, seeded, tallies, now })
+    plan(&Inputs {
+        checked,
+        observed: &o,
+        current: &current,
+        override_changed,
+        stabilizer: &stabilizer,
+        seeded,
+        tallies,
+        now,
+    })
 }
 
 fn with_used(mut o: Observed, used: Used) -> Observed {
@@ -36,7 +45,10 @@ fn after(write: &KeyWrite) -> Arc<ApiKey> {
 #[test]
 fn an_unknown_time_zone_or_a_period_that_is_no_clock_unit_is_an_invalid_spec() {
     let now = ts("2026-06-01T00:00:00Z");
-    let zone = check(&calendar(json!({"requests": 10, "period": "24h", "window": "Calendar", "timeZone": "Europe/Atlantis"})), now);
+    let zone = check(
+        &calendar(json!({"requests": 10, "period": "24h", "window": "Calendar", "timeZone": "Europe/Atlantis"})),
+        now,
+    );
     let err = zone.err().expect("refused");
     assert!(err.starts_with("limit.timeZone:") && err.contains("Europe/Atlantis"), "{err}");
     let period = check(&calendar(json!({"requests": 10, "period": "2h", "window": "Calendar"})), now);
@@ -47,8 +59,11 @@ fn an_unknown_time_zone_or_a_period_that_is_no_clock_unit_is_an_invalid_spec() {
     let err = check(&spec(boost), now).err().expect("refused");
     assert!(err.starts_with("temporaryOverrides[0].period:"), "{err}");
     // A month in Berlin is fine, and its rate is its requests over its length.
-    let month = check(&calendar(json!({"requests": 744, "period": "1mo", "window": "Calendar", "timeZone": "Europe/Berlin"})), ts("2026-05-10T00:00:00Z"))
-        .expect("valid");
+    let month = check(
+        &calendar(json!({"requests": 744, "period": "1mo", "window": "Calendar", "timeZone": "Europe/Berlin"})),
+        ts("2026-05-10T00:00:00Z"),
+    )
+    .expect("valid");
     assert!((month.limit_rps - 744.0 / (31.0 * 86400.0)).abs() < 1e-12, "{}", month.limit_rps);
     let window = month.calendar.as_ref().expect("calendar").window;
     assert_eq!((window.start, window.end), (ts("2026-04-30T22:00:00Z"), ts("2026-05-31T22:00:00Z")));
@@ -71,7 +86,10 @@ fn a_scrape_source_accumulates_used_across_polls_and_a_restart() {
     let checked = check(&daily(1000), ts("2026-06-01T10:00:00Z")).expect("valid");
     let t0 = ts("2026-06-01T10:00:00Z");
     let t1 = ts("2026-06-01T10:00:15Z");
-    let o = with_used(observed(rates(&[("a", 4.0)]), None, vec![key("a", json!({}))]), Used::Rates { from: Some(t0), to: t1 });
+    let o = with_used(
+        observed(rates(&[("a", 4.0)]), None, vec![key("a", json!({}))]),
+        Used::Rates { from: Some(t0), to: t1 },
+    );
     let p = cycle(&checked, o, &Tallies::new(), t1);
     let w = &p.keys[0];
     assert_eq!((w.status.usage.used, w.status.usage.remaining), (Some(60), Some(940)), "4 req/s × 15 s");
@@ -85,7 +103,10 @@ fn a_scrape_source_accumulates_used_across_polls_and_a_restart() {
     assert_eq!(p2.tallies.get("a").map(|t| t.used), Some(90.0));
     // A restarted controller has no tallies: the status's count is the base, not 0.
     let t3 = ts("2026-06-01T10:00:45Z");
-    let o = with_used(observed(rates(&[("a", 2.0)]), None, vec![after(&p2.keys[0])]), Used::Rates { from: Some(t2), to: t3 });
+    let o = with_used(
+        observed(rates(&[("a", 2.0)]), None, vec![after(&p2.keys[0])]),
+        Used::Rates { from: Some(t2), to: t3 },
+    );
     let p3 = cycle(&checked, o, &Tallies::new(), t3);
     assert_eq!(p3.tallies.get("a").map(|t| t.used), Some(120.0));
 }
@@ -95,7 +116,10 @@ fn the_quota_is_exhausted_once_used_and_resets_with_the_window() {
     let t0 = ts("2026-06-01T23:59:45Z");
     let checked = check(&daily(100), t0).expect("valid");
     let t1 = ts("2026-06-01T23:59:55Z");
-    let o = with_used(observed(rates(&[("a", 10.0)]), None, vec![key("a", json!({}))]), Used::Rates { from: Some(t0), to: t1 });
+    let o = with_used(
+        observed(rates(&[("a", 10.0)]), None, vec![key("a", json!({}))]),
+        Used::Rates { from: Some(t0), to: t1 },
+    );
     let p = cycle(&checked, o, &Tallies::new(), t1);
     let w = &p.keys[0];
     assert!(w.status.exhausted(), "100 of 100 used");
@@ -130,13 +154,17 @@ fn prometheus_counts_used_by_the_keys_ids() {
 fn no_traffic_means_no_writes() {
     let checked = check(&daily(1000), ts("2026-06-01T10:00:00Z")).expect("valid");
     let (t0, t1) = (ts("2026-06-01T10:00:00Z"), ts("2026-06-01T10:00:15Z"));
-    let o = with_used(observed(rates(&[("a", 0.0)]), None, vec![key("a", json!({}))]), Used::Rates { from: Some(t0), to: t1 });
+    let o = with_used(
+        observed(rates(&[("a", 0.0)]), None, vec![key("a", json!({}))]),
+        Used::Rates { from: Some(t0), to: t1 },
+    );
     let p = cycle(&checked, o, &Tallies::new(), t1);
     assert_eq!(p.keys.len(), 1, "the first measurement is written");
     let k = after(&p.keys[0]);
     let mut tallies = p.tallies;
     for n in 2..20 {
-        let (from, to) = (t1 + jiff::SignedDuration::from_secs(15 * (n - 1)), t1 + jiff::SignedDuration::from_secs(15 * n));
+        let (from, to) =
+            (t1 + jiff::SignedDuration::from_secs(15 * (n - 1)), t1 + jiff::SignedDuration::from_secs(15 * n));
         let o = with_used(observed(rates(&[("a", 0.0)]), None, vec![k.clone()]), Used::Rates { from: Some(from), to });
         let p = cycle(&checked, o, &tallies, to);
         assert!(p.keys.is_empty(), "poll {n}: idle, nothing to write");

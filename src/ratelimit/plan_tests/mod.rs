@@ -54,7 +54,16 @@ fn run(checked: &Checked, o: &Observed, current: &RateLimitPolicyStatus, now: Ti
     let stabilizer = Stabilizer::default();
     let tallies = Tallies::new();
     let (override_changed, seeded) = (false, true);
-    plan(&Inputs { checked, observed: o, current, override_changed, stabilizer: &stabilizer, seeded, tallies: &tallies, now })
+    plan(&Inputs {
+        checked,
+        observed: o,
+        current,
+        override_changed,
+        stabilizer: &stabilizer,
+        seeded,
+        tallies: &tallies,
+        now,
+    })
 }
 
 fn condition<'a>(p: &'a Plan, type_: &str) -> &'a Desired {
