@@ -283,7 +283,8 @@ pub struct PrometheusSource {
     /// Under `limit.window: Calendar`: PromQL instant query whose result is the requests each key used in the
     /// current window, with the placeholder `$window` for the time since the window started (e.g. `3600s`), e.g.
     /// `sum by (api_key) (increase(gateway_requests_total[$window]))`. Without it, `query` is integrated over the
-    /// window with a subquery (`sum_over_time((<query>)[$window:<step>]) * <step>`, step = `usage.interval`).
+    /// window with a subquery (`sum_over_time((<query>)[$window:<step>]) * <step>`, step = `usage.interval`, raised so a
+    /// window holds at most 10,000 steps).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     #[x_kube(validation = kube::core::Rule::new("self.contains('$window')")
