@@ -280,6 +280,16 @@ pub struct PrometheusSource {
     /// `sum by (api_key) (rate(gateway_requests_total[1m]))`.
     #[schemars(length(min = 1, max = 4096))]
     pub query: String,
+    /// Under `limit.window: Calendar`: PromQL instant query whose result is the requests each key used in the
+    /// current window, with the placeholder `$window` for the time since the window started (e.g. `3600s`), e.g.
+    /// `sum by (api_key) (increase(gateway_requests_total[$window]))`. Without it, `query` is integrated over the
+    /// window with a subquery (`sum_over_time((<query>)[$window:<step>]) * <step>`, step = `usage.interval`, raised so a
+    /// window holds at most 10,000 steps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    #[x_kube(validation = kube::core::Rule::new("self.contains('$window')")
+        .message("usage.prometheus.usedQuery must contain $window, the placeholder for the time since the window started"))]
+    pub used_query: Option<String>,
     /// Credentials for a Prometheus API that requires them (a bearer token or basic auth), each read from a Secret
     /// in the policy's namespace. They are sent only to `address`, never logged or shown.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
+use super::calendar::{self, Window};
+use super::limits::CalendarUnit;
 use super::{DEFAULT_INTERVAL, DEFAULT_TARGET_UTILIZATION, key_usage, limits};
 use crate::api::bounds::{self, MAX_RATE_PERIOD, MAX_STABILIZATION_WINDOW, MAX_USAGE_INTERVAL};
 use crate::api::common::RequestRate;
@@ -23,8 +25,11 @@ pub struct Checked {
     pub interval: Duration,
     /// The limit in force at the time of the check.
     pub limit: limits::Effective,
-    /// That limit in requests per second.
+    /// That limit in requests per second; under a calendar limit, its requests over the length of the current
+    /// window (a 23-hour day has a higher rate than a 25-hour one).
     pub limit_rps: f64,
+    /// `limit.window: Calendar`: the unit, the time zone and the window at the time of the check.
+    pub calendar: Option<Calendar>,
     /// `nearLimitRatio` or its default, in (0, 1].
     pub near_limit_ratio: f64,
     /// `scaling`, checked.
@@ -33,6 +38,23 @@ pub struct Checked {
     pub insecure_source: bool,
     /// `onExhausted: {action: Suspend}`: a key Exhausted without a break this long is suspended.
     pub suspend_after: Option<Duration>,
+}
+
+/// A calendar limit, checked: the window unit, its time zone, and the window the check fell in.
+#[derive(Clone, Debug)]
+pub struct Calendar {
+    pub unit: CalendarUnit,
+    pub tz: jiff::tz::TimeZone,
+    /// The window that contained the time of the check.
+    pub window: Window,
+}
+
+impl Calendar {
+    /// The window that contains `now` (after the check, a window may have ended); the checked one if `now` is at
+    /// the end of representable time.
+    pub fn window_at(&self, now: Timestamp) -> Window {
+        calendar::window(self.unit, &self.tz, now).unwrap_or(self.window)
+    }
 }
 
 /// `spec.scaling`, checked.
@@ -59,10 +81,12 @@ impl Checked {
         last.saturating_add(step).unwrap_or(Timestamp::MAX)
     }
 
-    /// How long to wait at `now` before the next reconcile, after a poll at `from`: until the next poll or the
-    /// next change of the effective limit, whichever is first; at least 50 ms, at most [`MAX_REQUEUE`].
+    /// How long to wait at `now` before the next reconcile, after a poll at `from`: until the next poll, the next
+    /// change of the effective limit or the end of the calendar window (the reset is reported promptly), whichever
+    /// is first; at least 50 ms, at most [`MAX_REQUEUE`].
     pub fn requeue_after(&self, from: Timestamp, now: Timestamp) -> Duration {
-        let next = [Some(self.next_poll(from)), self.limit.changes_at].into_iter().flatten().min();
+        let window_end = self.calendar.as_ref().map(|c| c.window.end);
+        let next = [Some(self.next_poll(from)), self.limit.changes_at, window_end].into_iter().flatten().min();
         let wait = next.map(|t| t.duration_since(now)).unwrap_or_default();
         Duration::try_from(wait).unwrap_or_default().clamp(Duration::from_millis(50), MAX_REQUEUE)
     }
@@ -91,8 +115,15 @@ pub fn check(spec: &RateLimitPolicySpec, now: Timestamp, min: &Minimums) -> Resu
         period_at_most(&format!("temporaryOverrides[{i}].period"), &rate)?;
     }
     let limit = limits::effective(spec, now);
-    let field = if limit.active.is_some() { "temporaryOverrides[].period" } else { "limit.period" };
-    let limit_rps = limit.per_second.ok_or_else(|| format!("{field}: {:?} is not a duration above 0", limit.period))?;
+    let calendar = check_calendar(spec, now)?;
+    let limit_rps = match &calendar {
+        // NB: requests / 0 cannot happen: a window from `calendar::window` is never empty.
+        Some(c) => limit.requests as f64 / c.window.length().as_secs_f64(),
+        None => {
+            let field = if limit.active.is_some() { "temporaryOverrides[].period" } else { "limit.period" };
+            limit.per_second.ok_or_else(|| format!("{field}: {:?} is not a duration above 0", limit.period))?
+        }
+    };
     let near_limit_ratio = spec.near_limit_ratio.unwrap_or(key_usage::DEFAULT_NEAR_LIMIT_RATIO);
     if !(near_limit_ratio > 0.0 && near_limit_ratio <= 1.0) {
         return Err(format!("nearLimitRatio must be in (0, 1], got {near_limit_ratio}"));
@@ -105,7 +136,29 @@ pub fn check(spec: &RateLimitPolicySpec, now: Timestamp, min: &Minimums) -> Resu
         .and_then(|p| p.tls.as_ref())
         .is_some_and(|t| t.insecure_skip_verify == Some(true));
     let suspend_after = check_on_exhausted(spec)?;
-    Ok(Checked { interval, limit, limit_rps, near_limit_ratio, scaling, insecure_source, suspend_after })
+    Ok(Checked { interval, limit, limit_rps, calendar, near_limit_ratio, scaling, insecure_source, suspend_after })
+}
+
+/// `limit.window: Calendar`: a period that names a clock unit (`1h`, `24h`, `1mo`), overrides counting in the same
+/// windows, and a time zone the tz database knows (the schema checks only its shape). `None` for a rolling limit.
+fn check_calendar(spec: &RateLimitPolicySpec, now: Timestamp) -> Result<Option<Calendar>, String> {
+    let limit = &spec.limit;
+    if !limit.is_calendar() {
+        return Ok(None);
+    }
+    let period = &limit.period.0;
+    let unit = CalendarUnit::from_period(period).ok_or_else(|| {
+        format!("limit.period: limit.window Calendar counts per clock hour, day or month, so the period must be 1h, 24h or 1mo, not {period:?}")
+    })?;
+    if let Some((i, o)) = spec.temporary_overrides.iter().enumerate().find(|(_, o)| &o.period.0 != period) {
+        return Err(format!(
+            "temporaryOverrides[{i}].period: under limit.window Calendar an override counts in the limit's windows, so its period must be {period:?}, not {:?}",
+            o.period.0
+        ));
+    }
+    let tz = calendar::time_zone(limit.time_zone.as_deref())?;
+    let window = calendar::window(unit, &tz, now).ok_or_else(|| format!("limit: no calendar window at {now}"))?;
+    Ok(Some(Calendar { unit, tz, window }))
 }
 
 /// Default `onExhausted.after`.

@@ -114,22 +114,7 @@ pub fn desired(
     now: Timestamp,
 ) -> KeyStatus {
     let utilization = if limit_rps > 0.0 { rps / limit_rps } else { 0.0 };
-    let near = with_hysteresis(utilization, near_limit_ratio, is_true(current, NEAR_LIMIT));
-    let exhausted = with_hysteresis(utilization, 1.0, is_true(current, EXHAUSTED));
-    let pct = |x: f64| format!("{:.0}%", x * 100.0);
-    let at = format!("{:.2} req/s is {} of its limit {limit_display}", rps, pct(utilization));
-    let near_c = if near {
-        Desired::new(NEAR_LIMIT, true, "AboveThreshold", format!("{at} (threshold {})", pct(near_limit_ratio)))
-    } else {
-        Desired::new(NEAR_LIMIT, false, "BelowThreshold", format!("{at} (threshold {})", pct(near_limit_ratio)))
-    };
-    let exhausted_c = if exhausted {
-        Desired::new(EXHAUSTED, true, "LimitReached", at)
-    } else {
-        Desired::new(EXHAUSTED, false, "WithinLimit", at)
-    };
-    let mut conditions = conditions::merge(current, &[near_c, exhausted_c], generation, now);
-    conditions.retain(|c| owned(&c.type_));
+    let at = format!("{:.2} req/s is {} of its limit {limit_display}", rps, percent(utilization));
     KeyStatus {
         usage: KeyUsage {
             requests_per_second: round(rps),
@@ -138,8 +123,41 @@ pub fn desired(
             observed_at: Some(Time(now)),
             ..KeyUsage::default()
         },
-        conditions,
+        conditions: verdict(current, generation, utilization, near_limit_ratio, at, now),
     }
+}
+
+/// `NearLimit` at `near_limit_ratio` and `Exhausted` at 1.0 of `utilization`, with hysteresis against what
+/// `current` holds; `at` describes the measurement in both messages.
+pub fn verdict(
+    current: &[Condition],
+    generation: Option<i64>,
+    utilization: f64,
+    near_limit_ratio: f64,
+    at: String,
+    now: Timestamp,
+) -> Vec<Condition> {
+    let near = with_hysteresis(utilization, near_limit_ratio, is_true(current, NEAR_LIMIT));
+    let exhausted = with_hysteresis(utilization, 1.0, is_true(current, EXHAUSTED));
+    let threshold = format!("{at} (threshold {})", percent(near_limit_ratio));
+    let near_c = if near {
+        Desired::new(NEAR_LIMIT, true, "AboveThreshold", threshold)
+    } else {
+        Desired::new(NEAR_LIMIT, false, "BelowThreshold", threshold)
+    };
+    let exhausted_c = if exhausted {
+        Desired::new(EXHAUSTED, true, "LimitReached", at)
+    } else {
+        Desired::new(EXHAUSTED, false, "WithinLimit", at)
+    };
+    let mut conditions = conditions::merge(current, &[near_c, exhausted_c], generation, now);
+    conditions.retain(|c| owned(&c.type_));
+    conditions
+}
+
+/// `0.85` as `85%`.
+pub fn percent(x: f64) -> String {
+    format!("{:.0}%", x * 100.0)
 }
 
 /// How many polls usage may be missing before a key's `NearLimit` and `Exhausted` turn `Unknown` instead of keeping
@@ -173,7 +191,7 @@ pub fn stale(
 }
 
 /// Four decimals are plenty for a status and keep tiny float noise out of it.
-fn round(x: f64) -> f64 {
+pub fn round(x: f64) -> f64 {
     (x * 10_000.0).round() / 10_000.0
 }
 
@@ -218,7 +236,8 @@ pub fn previous_state(u: &KeyUsage) -> Option<(&str, Option<Timestamp>, bool)> {
 
 /// Whether `new` differs enough from what the key's status holds to be written: a condition's status or reason
 /// changed, the limit changed, utilization moved by at least [`MEANINGFUL_UTILIZATION_CHANGE`], or traffic started
-/// or stopped. Messages and `observedAt` alone never cause a write.
+/// or stopped. Under a calendar limit also: the window changed, the quota ran out or came back, or `used` moved by
+/// at least [`MEANINGFUL_USED_CHANGE`] of the window's requests. Messages and `observedAt` alone never cause a write.
 pub fn worth_writing(current_usage: Option<&KeyUsage>, current_conditions: &[Condition], new: &KeyStatus) -> bool {
     let Some(old) = current_usage else { return true };
     let flipped =
@@ -230,6 +249,22 @@ pub fn worth_writing(current_usage: Option<&KeyUsage>, current_conditions: &[Con
         || (old.utilization - new.usage.utilization).abs() >= MEANINGFUL_UTILIZATION_CHANGE
         || (old.requests_per_second == 0.0) != (new.usage.requests_per_second == 0.0)
         || previous_state(old) != previous_state(&new.usage)
+        || quota_moved(old, &new.usage)
+}
+
+/// A change of the used share of the window's requests smaller than this (0.01 = 1% of the limit) is not worth a
+/// status write: `used` grows with every poll that sees traffic.
+pub const MEANINGFUL_USED_CHANGE: f64 = 0.01;
+
+/// Whether the quota figures of a calendar limit moved enough to be written (see [`worth_writing`]). Under a
+/// calendar limit `utilization` is `used` over the window's requests, so 1% of the limit is 0.01 of it.
+fn quota_moved(old: &KeyUsage, new: &KeyUsage) -> bool {
+    let exhausted = |u: &KeyUsage| u.remaining.map(|r| r == 0);
+    old.used.is_some() != new.used.is_some()
+        || old.window_start != new.window_start
+        || exhausted(old) != exhausted(new)
+        // NB: both are rounded to 4 decimals; the epsilon keeps 0.11 - 0.10 from falling just short of 0.01.
+        || (new.used.is_some() && (old.utilization - new.utilization).abs() >= MEANINGFUL_USED_CHANGE - 1e-9)
 }
 
 #[cfg(test)]

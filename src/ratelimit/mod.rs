@@ -9,6 +9,7 @@
 
 mod access;
 mod apply;
+pub mod calendar;
 pub mod check;
 pub mod endpoints;
 pub mod key_usage;
@@ -16,6 +17,7 @@ pub mod limits;
 mod observe;
 mod plan;
 pub mod poller;
+pub mod quota;
 mod release;
 pub mod scale;
 pub mod status;
@@ -114,6 +116,13 @@ struct PolicyState {
     override_index: Option<usize>,
     /// When the source's credentials and CA were read (see [`access::REFRESH`]); `None`: read them again.
     access_read_at: Option<Timestamp>,
+    /// When the source last read counters (a poll that answered or warmed up): a scrape source's next rates hold
+    /// from then, which is the span a calendar tally adds them over.
+    baseline_at: Option<Timestamp>,
+    /// Under a calendar limit, each member's running count of the window (see [`quota::Tally`]).
+    tallies: quota::Tallies,
+    /// Under a calendar limit, the start of the window of the last cycle (a new window forces a cycle).
+    window_start: Option<Timestamp>,
 }
 
 impl PolicyState {
@@ -121,14 +130,17 @@ impl PolicyState {
     /// on its own. A due cycle is recorded as started; returns whether the active override changed.
     fn start_cycle(&mut self, generation: Option<i64>, checked: &Checked, now: Timestamp) -> Option<bool> {
         let override_index = checked.limit.active.as_ref().map(|a| a.index);
+        let window_start = checked.calendar.as_ref().map(|c| c.window.start);
         let due = self.last_poll.is_none_or(|t| now >= checked.next_poll(t))
             || self.generation != generation
-            || self.override_index != override_index;
+            || self.override_index != override_index
+            || self.window_start != window_start;
         if !due {
             return None;
         }
         let changed = self.override_index != override_index;
         (self.last_poll, self.generation, self.override_index) = (Some(now), generation, override_index);
+        self.window_start = window_start;
         Some(changed)
     }
 
@@ -276,12 +288,12 @@ async fn reconcile_policy(policy: &RateLimitPolicy, ctx: &Context) -> Result<Req
             return Ok(Requeue::await_change());
         }
     };
-    let rates = match usage(ctx, policy, &mut state, &checked, now).await {
-        Step::Answer(rates) => rates,
+    let answer = match usage(ctx, policy, &mut state, &checked, now).await {
+        Step::Answer(answer) => answer,
         Step::Wait(wait) => return Ok(Requeue::requeue(wait)),
     };
     let now = ctx.runtime.now();
-    let observed = observe::observe(ctx, policy, &ns, rates, &checked).await;
+    let observed = observe::observe(ctx, policy, &ns, answer, &checked).await;
     if let Err(e) = &observed.rates
         && !matches!(e, SourceError::NotConfigured)
     {
@@ -289,7 +301,7 @@ async fn reconcile_policy(policy: &RateLimitPolicy, ctx: &Context) -> Result<Req
     }
     let current = policy.status.clone().unwrap_or_default();
     let override_changed = std::mem::take(&mut state.override_changed);
-    let (stabilizer, seeded) = (&state.stabilizer, state.seeded);
+    let (stabilizer, seeded, tallies) = (&state.stabilizer, state.seeded, &state.tallies);
     let inputs = plan::Inputs {
         checked: &checked,
         observed: &observed,
@@ -297,11 +309,16 @@ async fn reconcile_policy(policy: &RateLimitPolicy, ctx: &Context) -> Result<Req
         override_changed,
         stabilizer,
         seeded,
+        tallies,
         now,
     };
     let mut p = plan::plan(&inputs);
     if let Some(history) = p.stabilizer.take() {
         (state.stabilizer, state.seeded) = (history, true);
+    }
+    if observed.rates.is_ok() {
+        // NB: only a cycle with usage counted; without it the tallies wait for the next answer.
+        state.tallies = std::mem::take(&mut p.tallies);
     }
     apply::plan(ctx, policy, &ns, &mut p, now).await;
     apply::member_usage(ctx, policy, &ns, &p);
@@ -312,8 +329,9 @@ async fn reconcile_policy(policy: &RateLimitPolicy, ctx: &Context) -> Result<Req
 
 /// Where a cycle stands on its usage.
 enum Step {
-    /// The usage a poll answered (or why there is none): the cycle goes on.
-    Answer(Result<crate::usage::Rates, SourceError>),
+    /// The usage a poll answered (or why there is none), and what it says about the requests used in a calendar
+    /// window: the cycle goes on.
+    Answer((Result<crate::usage::Rates, SourceError>, quota::Used)),
     /// Nothing to do for this long (or until the running poll wakes the policy, sooner).
     Wait(Duration),
 }
@@ -332,7 +350,7 @@ async fn usage(
         return Step::Wait(poll_safety_net(checked));
     }
     if let Some(done) = state.poll.take_done() {
-        return Step::Answer(state.finish(done));
+        return Step::Answer(state.finish(done, checked));
     }
     let Some(override_changed) = state.start_cycle(policy.metadata.generation, checked, now) else {
         return Step::Wait(state.next_cycle(checked, now, now));
@@ -340,7 +358,7 @@ async fn usage(
     state.override_changed = override_changed;
     let Some(spec) = policy.spec.usage.as_ref() else {
         state.source = None;
-        return Step::Answer(Err(SourceError::NotConfigured));
+        return Step::Answer((Err(SourceError::NotConfigured), quota::Used::None));
     };
     let fresh = !access::reads_objects(spec) || state.access_read_at.is_some_and(|t| t + access::REFRESH > now);
     let mut source = match state.source.take() {
@@ -350,21 +368,31 @@ async fn usage(
                 state.access_read_at = Some(now);
                 (spec.clone(), src)
             }
-            Err(e) => return Step::Answer(Err(e)),
+            Err(e) => return Step::Answer((Err(e), quota::Used::None)),
         },
     };
     if let Err(e) = follow_service(ctx, policy, spec, &mut source.1) {
         state.source = Some(source);
-        return Step::Answer(Err(e));
+        return Step::Answer((Err(e), quota::Used::None));
     }
     let timeout = crate::usage::poll_timeout(checked.interval, MAX_POLL_TIMEOUT);
     let me = ObjectRef::from_obj(policy);
-    state.poll = ctx.poller.start(me, source, state.slow, timeout, ctx.runtime.clock.clone());
+    let used = used_window(checked, now);
+    state.poll = ctx.poller.start(me, source, (state.slow, used), timeout, ctx.runtime.clock.clone());
     state.poll.wait_briefly().await;
     match state.poll.take_done() {
-        Some(done) => Step::Answer(state.finish(done)),
+        Some(done) => Step::Answer(state.finish(done, checked)),
         None => Step::Wait(poll_safety_net(checked)),
     }
+}
+
+/// Under a calendar limit, what a Prometheus source counts the requests used over: the time since the window
+/// started, and the step of a subquery integral (see [`crate::usage::prometheus::used_query`]).
+fn used_window(checked: &Checked, now: Timestamp) -> Option<poller::UsedWindow> {
+    let window = checked.calendar.as_ref()?.window_at(now);
+    let since = Duration::try_from(now.duration_since(window.start)).unwrap_or_default();
+    let length = Duration::try_from(window.length()).unwrap_or_default();
+    Some(poller::UsedWindow { since, step: crate::usage::prometheus::used_step(checked.interval, length) })
 }
 
 /// Points a `usage.scrape.service` source at the Service's ready endpoints as the cache knows them now.
@@ -403,16 +431,35 @@ async fn build_source(ctx: &Context, policy: &RateLimitPolicy, spec: &UsageSourc
 
 impl PolicyState {
     /// Takes back the source of a finished poll and remembers its lane; an empty answer is "no data", never zero
-    /// traffic. Credentials the server refused are read again for the next poll.
-    fn finish(&mut self, done: poller::Polled) -> Result<crate::usage::Rates, SourceError> {
+    /// traffic. Credentials the server refused are read again for the next poll. Under a calendar limit, also what
+    /// the poll says about the requests used: Prometheus' count (its failure fails the poll), or the span a scrape
+    /// source's rates hold over.
+    fn finish(
+        &mut self,
+        done: poller::Polled,
+        checked: &Checked,
+    ) -> (Result<crate::usage::Rates, SourceError>, quota::Used) {
         if matches!(done.rates, Err(SourceError::Unauthorized { .. })) {
             self.access_read_at = None;
         }
         self.slow = poller::earns_slow_lane(&done.rates);
+        let from = self.baseline_at;
+        if matches!(done.rates, Ok(_) | Err(SourceError::WarmingUp { .. })) {
+            self.baseline_at = Some(done.at);
+        }
+        let prometheus = matches!(done.source.1, AnySource::Prometheus(_));
         self.source = Some(done.source);
-        match done.rates {
+        let rates = match done.rates {
             Ok(rates) if rates.is_empty() => Err(SourceError::NoData),
             other => other,
+        };
+        match (rates, done.used) {
+            (Ok(_), Some(Err(e))) => (Err(e), quota::Used::None),
+            (Ok(rates), Some(Ok(used))) => (Ok(rates), quota::Used::Counted(used)),
+            (Ok(rates), None) if checked.calendar.is_some() && !prometheus => {
+                (Ok(rates), quota::Used::Rates { from, to: done.at })
+            }
+            (rates, _) => (rates, quota::Used::None),
         }
     }
 }

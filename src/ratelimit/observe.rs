@@ -16,6 +16,8 @@ use crate::usage::{Rates, SourceError};
 pub struct Observed {
     /// Requests per second by key, or why there are none.
     pub rates: Result<Rates, SourceError>,
+    /// Under a calendar limit, what the poll says about the requests used in the window.
+    pub used: super::quota::Used,
     /// The ApiKeys that reference the policy.
     pub members: Vec<Arc<ApiKey>>,
     /// The scale target, when the policy scales one.
@@ -51,7 +53,7 @@ pub async fn observe(
     ctx: &Context,
     policy: &RateLimitPolicy,
     ns: &str,
-    rates: Result<Rates, SourceError>,
+    (rates, used): (Result<Rates, SourceError>, super::quota::Used),
     checked: &Checked,
 ) -> Observed {
     if let Ok(rates) = &rates {
@@ -68,7 +70,8 @@ pub async fn observe(
         .as_ref()
         .map(|s| format!("{} {}", s.target_ref.kind, s.target_ref.name))
         .unwrap_or_default();
-    Observed { rates, members: members(ctx, policy, ns).await, target, source: describe(policy), target_name }
+    let members = members(ctx, policy, ns).await;
+    Observed { rates, used, members, target, source: describe(policy), target_name }
 }
 
 /// Where the policy reads usage from, for messages: never credentials.

@@ -8,7 +8,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::check::{Checked, CheckedScaling};
 use super::observe::{Conflict, Observed, Target};
-use super::{condition, key_usage, scale, status};
+use super::{condition, key_usage, quota, scale, status};
 use crate::api::ApiKey;
 use crate::api::common::Time;
 use crate::api::ratelimit::{RateLimitPolicy, RateLimitPolicyStatus};
@@ -83,6 +83,8 @@ pub struct Plan {
     pub figures: Figures,
     /// The scaling history after this cycle's recommendation (`None`: no recommendation was made).
     pub stabilizer: Option<Stabilizer>,
+    /// Under a calendar limit, each member's running count of the window after this cycle (kept for the next).
+    pub tallies: quota::Tallies,
 }
 
 /// What a plan depends on.
@@ -96,6 +98,8 @@ pub struct Inputs<'a> {
     pub stabilizer: &'a Stabilizer,
     /// Whether the history was seeded with the target's replicas (a fresh process waits a whole down window).
     pub seeded: bool,
+    /// Under a calendar limit, each member's running count of the window as the last cycle left it.
+    pub tallies: &'a quota::Tallies,
     pub now: Timestamp,
 }
 
@@ -170,7 +174,6 @@ fn usage(i: &Inputs<'_>, p: &mut Plan) {
 /// key crosses into one of them. Without usage data nothing is written and the counts come from the keys' statuses.
 fn members(i: &Inputs<'_>, p: &mut Plan) {
     let (mut near, mut exhausted) = (0, 0);
-    let display = i.checked.limit.display();
     for key in &i.observed.members {
         let current = key.status.clone().unwrap_or_default();
         let name = kube::ResourceExt::name_any(key.as_ref());
@@ -190,18 +193,9 @@ fn members(i: &Inputs<'_>, p: &mut Plan) {
             continue;
         };
         let rps = key_usage::key_rps(rates, &name, current.key_id.as_deref(), current.previous_key_id.as_deref());
-        let c = i.checked;
-        let mut want = key_usage::desired(
-            &current.conditions,
-            key.metadata.generation,
-            rps,
-            c.limit_rps,
-            c.near_limit_ratio,
-            &display,
-            i.now,
-        );
+        let mut want = measured(i, key, &name, &current, rps, p);
         want.usage.previous_key = key_usage::previous_usage(rates, &current, i.now);
-        let abused = key_usage::judge_abuse(key, &mut want, c.suspend_after, i.now);
+        let abused = key_usage::judge_abuse(key, &mut want, i.checked.suspend_after, i.now);
         near += i32::from(want.near_limit());
         exhausted += i32::from(want.exhausted());
         p.member_usage.push(MemberUsage {
@@ -213,24 +207,74 @@ fn members(i: &Inputs<'_>, p: &mut Plan) {
         if !key_usage::worth_writing(current.usage.as_ref(), &current.conditions, &want) {
             continue;
         }
-        let note = if let Some(message) = abused {
-            Some(Note::new(EventType::Warning, "SuspendedForAbuse", message))
-        } else if want.exhausted() && !key_usage::is_true(&current.conditions, key_usage::EXHAUSTED) {
-            Some(Note::new(EventType::Warning, "Exhausted", format!("{rps:.2} req/s reached the limit {display}")))
-        } else if want.near_limit() && !key_usage::is_true(&current.conditions, key_usage::NEAR_LIMIT) {
-            let pct = want.usage.utilization * 100.0;
-            Some(Note::new(
-                EventType::Normal,
-                "NearLimit",
-                format!("{rps:.2} req/s is {pct:.0}% of the limit {display}"),
-            ))
-        } else {
-            None
-        };
+        let note = note(i.checked, &current.conditions, &want, abused, rps);
         p.keys.push(KeyWrite { key: key.clone(), status: want, note });
     }
     p.figures.keys_near_limit = Some(near);
     p.figures.keys_exhausted = Some(exhausted);
+}
+
+/// A member's usage and verdicts at `rps`: against the rate of a rolling limit, or against the quota of the current
+/// window of a calendar limit (whose running count is kept in `p.tallies`).
+fn measured(
+    i: &Inputs<'_>,
+    key: &ApiKey,
+    name: &str,
+    current: &crate::api::ApiKeyStatus,
+    rps: f64,
+    p: &mut Plan,
+) -> key_usage::KeyStatus {
+    let c = i.checked;
+    let generation = key.metadata.generation;
+    let Some(calendar) = c.calendar.as_ref() else {
+        let display = c.limit.display();
+        return key_usage::desired(
+            &current.conditions,
+            generation,
+            rps,
+            c.limit_rps,
+            c.near_limit_ratio,
+            &display,
+            i.now,
+        );
+    };
+    let window = calendar.window_at(i.now);
+    let counted = match &i.observed.used {
+        quota::Used::Counted(by_key) => {
+            key_usage::key_rps(by_key, name, current.key_id.as_deref(), current.previous_key_id.as_deref())
+        }
+        _ => 0.0,
+    };
+    let memory = i.tallies.get(name).copied();
+    let used = quota::used(&i.observed.used, counted, rps, memory, current.usage.as_ref(), window);
+    p.tallies.insert(name.to_owned(), quota::Tally { window_start: window.start, used });
+    let q = quota::Quota { used, requests: c.limit.requests, window };
+    quota::desired(&current.conditions, generation, (rps, c.limit_rps), &q, c.near_limit_ratio, i.now)
+}
+
+/// The event of a key write: suspended for abuse, or crossed into `Exhausted` or `NearLimit`.
+fn note(
+    c: &Checked,
+    current: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    want: &key_usage::KeyStatus,
+    abused: Option<String>,
+    rps: f64,
+) -> Option<Note> {
+    let display = c.limit.display();
+    let at = match (&c.calendar, want.usage.used) {
+        (Some(_), Some(used)) => format!("{used} of {} requests used in the window", c.limit.requests),
+        _ => format!("{rps:.2} req/s"),
+    };
+    if let Some(message) = abused {
+        Some(Note::new(EventType::Warning, "SuspendedForAbuse", message))
+    } else if want.exhausted() && !key_usage::is_true(current, key_usage::EXHAUSTED) {
+        Some(Note::new(EventType::Warning, "Exhausted", format!("{at} reached the limit {display}")))
+    } else if want.near_limit() && !key_usage::is_true(current, key_usage::NEAR_LIMIT) {
+        let pct = want.usage.utilization * 100.0;
+        Some(Note::new(EventType::Normal, "NearLimit", format!("{at} is {pct:.0}% of the limit {display}")))
+    } else {
+        None
+    }
 }
 
 /// Why the keys' verdicts are stale, when usage has been unavailable for [`key_usage::STALE_AFTER_POLLS`] polls or

@@ -24,8 +24,20 @@ pub const DEFAULT_POLL_CONCURRENCY: usize = 32;
 pub struct Polled {
     pub source: (UsageSource, AnySource),
     pub rates: Result<Rates, SourceError>,
+    /// Under a calendar limit, a Prometheus source's count of the requests used in the window, by key (`None` for
+    /// other sources and rolling limits).
+    pub used: Option<Result<Rates, SourceError>>,
     /// When the answer was in.
     pub at: Timestamp,
+}
+
+/// What a Prometheus source counts a calendar window's requests over.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UsedWindow {
+    /// The time since the window started.
+    pub since: Duration,
+    /// The step of the subquery integral when the rate query is integrated.
+    pub step: Duration,
 }
 
 /// A policy's poll: none, one in flight, or one finished and not yet used.
@@ -89,12 +101,14 @@ impl Poller {
         (Poller { fast, slow, wake }, woken)
     }
 
-    /// Starts a poll of `source` as its own task, in the lane its last outcome earned.
+    /// Starts a poll of `source` as its own task, in the lane its last outcome earned (`slow`). With `used` (a
+    /// calendar limit), a Prometheus source also counts the requests used in the window, at the same time and under
+    /// the same timeout.
     pub fn start(
         &self,
         policy: ObjectRef<RateLimitPolicy>,
         source: (UsageSource, AnySource),
-        slow: bool,
+        (slow, used): (bool, Option<UsedWindow>),
         timeout: Duration,
         clock: crate::runtime::Clock,
     ) -> Slot {
@@ -104,8 +118,16 @@ impl Poller {
         tokio::spawn(async move {
             let Ok(_permit) = lane.acquire_owned().await else { return };
             let (spec, mut src) = source;
-            let rates = src.poll(clock(), timeout).await;
-            let _ = tx.send(Polled { source: (spec, src), rates, at: clock() });
+            let counter = match (&src, used) {
+                (AnySource::Prometheus(p), Some(w)) => Some((p.clone(), w)),
+                _ => None,
+            };
+            let count = async move {
+                let (p, w) = counter?;
+                Some(p.poll_used(w.since, w.step, timeout).await)
+            };
+            let (rates, used) = tokio::join!(src.poll(clock(), timeout), count);
+            let _ = tx.send(Polled { source: (spec, src), rates, used, at: clock() });
             let _ = wake.send(policy);
         });
         Slot::Running(rx)
@@ -152,7 +174,12 @@ mod tests {
             &crate::usage::Sources::new(crate::usage::Settings::default()),
         )
         .expect("source");
-        let _ = tx.send(Polled { source: (spec, source), rates: Err(SourceError::NoData), at: Timestamp::UNIX_EPOCH });
+        let _ = tx.send(Polled {
+            source: (spec, source),
+            rates: Err(SourceError::NoData),
+            used: None,
+            at: Timestamp::UNIX_EPOCH,
+        });
         assert!(!slot.running());
         assert!(slot.take_done().is_some());
         assert!(slot.take_done().is_none());

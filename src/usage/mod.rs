@@ -69,7 +69,8 @@ impl AnySource {
     pub fn from_spec(spec: &UsageSource, sources: &Sources) -> Option<AnySource> {
         let key_label = spec.key_label.as_deref().filter(|label| !label.is_empty()).unwrap_or(DEFAULT_KEY_LABEL);
         if let Some(p) = &spec.prometheus {
-            let source = prometheus::Prometheus::new(&p.address, &p.query, key_label, sources.clone());
+            let source = prometheus::Prometheus::new(&p.address, &p.query, key_label, sources.clone())
+                .with_used_query(p.used_query.as_deref());
             return Some(AnySource::Prometheus(source));
         }
         let s = spec.scrape.as_ref()?;
@@ -136,6 +137,7 @@ mod tests {
             prometheus: Some(PrometheusSource {
                 address: "http://p:9090".into(),
                 query: "up".into(),
+                used_query: None,
                 auth: None,
                 tls: None,
                 headers: Vec::new(),

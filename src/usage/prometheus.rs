@@ -22,6 +22,8 @@ const ERROR_BODY_BYTES: usize = 64 * 1024;
 pub struct Prometheus {
     address: String,
     query: String,
+    /// `usage.prometheus.usedQuery`, with its `$window` placeholder.
+    used_query: Option<String>,
     key_label: String,
     sources: Sources,
     shown: String,
@@ -38,6 +40,7 @@ impl Prometheus {
         Self {
             address: address.to_owned(),
             query: query.to_owned(),
+            used_query: None,
             key_label: key_label.to_owned(),
             client: sources.client().clone(),
             sources,
@@ -53,10 +56,54 @@ impl Prometheus {
         Ok(self)
     }
 
+    /// The same source, counting a calendar window's requests with `used_query` (its `$window` replaced by the
+    /// time since the window started) instead of an integral of the rate query.
+    pub fn with_used_query(mut self, used_query: Option<&str>) -> Self {
+        self.used_query = used_query.map(str::to_owned);
+        self
+    }
+
     /// The label whose value identifies a key.
     pub fn key_label(&self) -> &str {
         &self.key_label
     }
+
+    /// The requests each key used in the last `since` (a calendar window so far), by key: the `usedQuery`, or the
+    /// rate query integrated with a subquery of `step` (see [`used_query`]). Same client, caps and timeout as a poll.
+    pub async fn poll_used(&self, since: Duration, step: Duration, timeout: Duration) -> Result<Rates, SourceError> {
+        let query = used_query(&self.query, self.used_query.as_deref(), since, step);
+        self.run(&query, timeout).await
+    }
+}
+
+/// The placeholder of `usage.prometheus.usedQuery` that becomes the time since the window started, e.g. `3600s`.
+pub const WINDOW_PLACEHOLDER: &str = "$window";
+
+/// The most evaluations a derived subquery integral makes per series over a whole window: about Prometheus' own
+/// limit of points per series of a range query (11,000), so a month stays within its sample budget.
+pub const MAX_USED_STEPS: u32 = 10_000;
+
+/// The query that counts the requests each key used in the last `since` (rounded down to whole seconds, at least
+/// 1s): `used_query` with [`WINDOW_PLACEHOLDER`] replaced, or, without one, the integral of the rate query
+/// `sum_over_time((<query>)[<since>s:<step>s]) * <step>`: the rate sampled every `step` and multiplied by it. The
+/// integral is exact for a steady rate and approximates a changing one; it misses traffic only when the rate
+/// query's own range (the `[1m]` of its `rate`) is shorter than `step`.
+pub fn used_query(query: &str, used_query: Option<&str>, since: Duration, step: Duration) -> String {
+    let window = format!("{}s", since.as_secs().max(1));
+    match used_query {
+        Some(q) => q.replace(WINDOW_PLACEHOLDER, &window),
+        None => {
+            let step = step.as_secs().max(1);
+            format!("sum_over_time(({query})[{window}:{step}s]) * {step}")
+        }
+    }
+}
+
+/// The step of the derived integral for a window of `length` polled every `interval`: the interval, raised so the
+/// window holds at most [`MAX_USED_STEPS`] steps, in whole seconds (at least 1s).
+pub fn used_step(interval: Duration, length: Duration) -> Duration {
+    let floor = length.as_secs().div_ceil(u64::from(MAX_USED_STEPS));
+    Duration::from_secs(interval.as_secs().max(floor).max(1))
 }
 
 /// Shows the address redacted: it may carry credentials.
@@ -74,7 +121,14 @@ impl Source for Prometheus {
     /// Runs the query at the server's current time (`now` is not sent: Prometheus evaluates at its own clock, so the
     /// operator's clock skew cannot shift the window).
     async fn poll(&mut self, _now: jiff::Timestamp, timeout: Duration) -> Result<Rates, SourceError> {
-        let url = query_url(&self.address, &self.query)
+        self.run(&self.query, timeout).await
+    }
+}
+
+impl Prometheus {
+    /// Runs `query` as an instant query: by key, each value finite and >= 0, within the caps and `timeout`.
+    async fn run(&self, query: &str, timeout: Duration) -> Result<Rates, SourceError> {
+        let url = query_url(&self.address, query)
             .map_err(|detail| SourceError::InvalidUrl { url: self.shown.clone(), detail })?;
         let accept = "application/json";
         let sources = &self.sources;
@@ -151,6 +205,28 @@ mod tests {
 
     fn rates(entries: &[(&str, f64)]) -> Rates {
         entries.iter().map(|&(k, v)| (k.to_owned(), v)).collect()
+    }
+
+    #[test]
+    fn the_used_query_fills_in_the_window_or_integrates_the_rate() {
+        let rate = "sum by (api_key) (rate(req_total[1m]))";
+        let given = "sum by (api_key) (increase(req_total[$window]))";
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            used_query(rate, Some(given), Duration::from_millis(3_600_900), hour),
+            "sum by (api_key) (increase(req_total[3600s]))"
+        );
+        assert_eq!(
+            used_query(rate, None, Duration::from_secs(600), Duration::from_secs(15)),
+            "sum_over_time((sum by (api_key) (rate(req_total[1m])))[600s:15s]) * 15"
+        );
+        assert_eq!(used_query(rate, Some(given), Duration::ZERO, hour), "sum by (api_key) (increase(req_total[1s]))");
+        // The step is the interval, raised so that a month has at most MAX_USED_STEPS of them.
+        let day = Duration::from_secs(86_400);
+        assert_eq!(used_step(Duration::from_secs(15), day), Duration::from_secs(15));
+        assert_eq!(used_step(Duration::from_secs(1), day), Duration::from_secs(9));
+        assert_eq!(used_step(Duration::from_secs(15), 31 * day), Duration::from_secs(268));
+        assert_eq!(used_step(Duration::from_millis(100), hour), Duration::from_secs(1));
     }
 
     #[test]

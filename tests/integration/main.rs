@@ -17,6 +17,7 @@ mod api_server;
 mod apikey;
 mod apikey_safety;
 mod argocd;
+mod calendar;
 mod crds;
 mod docs;
 mod endpoints;

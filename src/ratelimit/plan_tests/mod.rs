@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::ratelimit::check;
+use crate::ratelimit::quota::{Tallies, Used};
 
 /// The spec checked with the default floors.
 fn check(spec: &crate::api::ratelimit::RateLimitPolicySpec, now: Timestamp) -> Result<Checked, String> {
@@ -42,7 +43,7 @@ fn key(name: &str, status: Value) -> Arc<ApiKey> {
 }
 
 fn observed(rates: Result<Rates, SourceError>, target: Option<Target>, members: Vec<Arc<ApiKey>>) -> Observed {
-    Observed { rates, members, target, source: "test".into(), target_name: "Deployment gw".into() }
+    Observed { rates, used: Used::None, members, target, source: "test".into(), target_name: "Deployment gw".into() }
 }
 
 fn rates(pairs: &[(&str, f64)]) -> Result<Rates, SourceError> {
@@ -51,7 +52,18 @@ fn rates(pairs: &[(&str, f64)]) -> Result<Rates, SourceError> {
 
 fn run(checked: &Checked, o: &Observed, current: &RateLimitPolicyStatus, now: Timestamp) -> Plan {
     let stabilizer = Stabilizer::default();
-    plan(&Inputs { checked, observed: o, current, override_changed: false, stabilizer: &stabilizer, seeded: true, now })
+    let tallies = Tallies::new();
+    let (override_changed, seeded) = (false, true);
+    plan(&Inputs {
+        checked,
+        observed: o,
+        current,
+        override_changed,
+        stabilizer: &stabilizer,
+        seeded,
+        tallies: &tallies,
+        now,
+    })
 }
 
 fn condition<'a>(p: &'a Plan, type_: &str) -> &'a Desired {
@@ -154,6 +166,7 @@ fn an_override_starting_and_ending_is_an_event_each() {
         override_changed: true,
         stabilizer: &stabilizer,
         seeded: true,
+        tallies: &Tallies::new(),
         now: start,
     };
     let p = plan(&inputs);
@@ -177,4 +190,5 @@ fn policy() -> RateLimitPolicy {
 }
 
 mod abuse;
+mod calendar;
 mod stale;
