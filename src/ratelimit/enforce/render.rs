@@ -87,9 +87,10 @@ impl GatewayLimit {
 }
 
 /// The limit in force in the gateway's units. Calendar limits count in their clock unit, requests as written;
-/// a rolling period that equals a unit uses it; else the unit (up to the first one at least as long as the period)
-/// where the requests stay a whole number at the same rate, the one closest to the period; else the closest unit
-/// whose count is at least one request, rounded (`rounded` says so). `Err` for a period that does not parse.
+/// a rolling period that equals a unit uses it; else the first unit, in the order "the longest not longer than
+/// the period, shorter ones, then the first longer one", where the requests stay a whole number at the same rate;
+/// else the first in that order with at least one request, rounded (`rounded` says so). `Err` for a period that
+/// does not parse.
 pub fn gateway_limit(e: &Effective) -> Result<GatewayLimit, String> {
     if let Some(c) = e.calendar {
         let unit = match c {
@@ -107,23 +108,21 @@ pub fn gateway_limit(e: &Effective) -> Result<GatewayLimit, String> {
     let requests = u128::try_from(e.requests.max(1)).unwrap_or(1);
     let p = period.as_nanos();
     let unit_ns = |u: Unit| u128::from(u.seconds()) * 1_000_000_000;
-    // Up to the first unit at least as long as the period: an exact count in a far longer unit would allow bursts
-    // of that unit's worth of requests.
-    let up_to = ROLLING_UNITS.iter().position(|u| unit_ns(*u) >= p).unwrap_or(ROLLING_UNITS.len() - 1);
-    let candidates = &ROLLING_UNITS[..=up_to];
-    let distance = |u: Unit| (unit_ns(u) as f64 / p as f64).ln().abs();
-    let closest = |units: &mut dyn Iterator<Item = Unit>| {
-        units.min_by(|a, b| distance(*a).partial_cmp(&distance(*b)).unwrap_or(std::cmp::Ordering::Equal))
-    };
-    let exact = |u: Unit| {
-        let scaled = requests * unit_ns(u);
+    // In order of preference: the longest unit not longer than the period first (a window no longer than the
+    // period never lets more than the period's requests through in one burst), down to the second, then the
+    // first unit longer than the period. Never a unit further out: it would allow bursts of its whole count.
+    let mut order: Vec<Unit> = ROLLING_UNITS.iter().copied().filter(|u| unit_ns(*u) <= p).rev().collect();
+    order.extend(ROLLING_UNITS.iter().copied().find(|u| unit_ns(*u) > p));
+    let exact = |u: &Unit| {
+        let scaled = requests * unit_ns(*u);
         scaled % p == 0 && scaled / p >= 1 && scaled / p <= u128::from(u32::MAX)
     };
-    if let Some(u) = closest(&mut candidates.iter().copied().filter(|u| exact(*u))) {
-        return Ok(clamped(e, requests * unit_ns(u) / p, u, None));
+    if let Some(u) = order.iter().find(|u| exact(u)) {
+        return Ok(clamped(e, requests * unit_ns(*u) / p, *u, None));
     }
-    // NB: never empty: the last candidate is at least as long as the period, so its count is at least one.
-    let unit = closest(&mut candidates.iter().copied().filter(|u| requests * unit_ns(*u) >= p)).unwrap_or(Unit::Year);
+    // NB: never empty: the last unit is at least as long as the period (or it is the year, as long as the
+    // longest period), so its count is at least one request.
+    let unit = order.iter().copied().find(|u| requests * unit_ns(*u) >= p).unwrap_or(Unit::Year);
     let count = ((requests * unit_ns(unit)) as f64 / p as f64).round().max(1.0);
     let note = rounding_note(e, period, count, unit);
     Ok(clamped(e, count as u128, unit, Some(note)))

@@ -21,13 +21,14 @@ fn a_period_that_is_a_unit_uses_it() {
 }
 
 #[test]
-fn other_periods_keep_the_rate_exactly_in_the_closest_unit_that_can() {
+fn other_periods_keep_the_rate_exactly_in_the_longest_unit_within_the_period_that_can() {
     assert_eq!(limit(100, "10m").display(), "10/Minute");
     assert_eq!(limit(3, "90s").display(), "2/Minute");
     assert_eq!(limit(7, "10m").display(), "42/Hour", "0.7/Minute is not whole: the hour is");
     assert_eq!(limit(5, "500ms").display(), "10/Second");
     assert_eq!(limit(1, "30m").display(), "2/Hour");
-    assert_eq!(limit(10, "48h").display(), "35/Week");
+    assert_eq!(limit(10, "48h").display(), "5/Day");
+    assert_eq!(limit(1, "84h").display(), "2/Week", "half a request a day is not whole: the week is");
     for l in [limit(100, "10m"), limit(3, "90s"), limit(7, "10m")] {
         assert!(l.rounded.is_none(), "{l:?}");
     }
@@ -43,6 +44,8 @@ fn a_period_without_an_exact_equivalent_is_rounded_and_says_so() {
     assert!(note.contains("0.4286") && note.contains("0.4333"), "both rates: {note}");
     // Never zero: 1 per 7 s is 8.57 per minute, not 0 per second.
     assert_eq!(limit(1, "7s").display(), "9/Minute");
+    // Within the period when a whole request fits: 1000 per 7 s is 142.86 per second.
+    assert_eq!(limit(1000, "7s").display(), "143/Second");
 }
 
 #[test]
