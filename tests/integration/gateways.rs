@@ -286,7 +286,7 @@ fn envoy_recipe() -> Vec<Value> {
 }
 
 /// Installs the Gateway API (standard channel) and Envoy Gateway CRDs from the pinned Envoy Gateway module, once.
-async fn envoy_gateway_crds() {
+pub(crate) async fn envoy_gateway_crds() {
     static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     DONE.get_or_init(|| async {
         let files = keyward::devenv::egctl::crd_files().unwrap_or_else(|e| panic!("Envoy Gateway's CRDs: {e}"));
@@ -299,7 +299,11 @@ async fn envoy_gateway_crds() {
             assert!(out.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
         }
         // NB: not `kubectl wait`: it fails instead of waiting on a CRD whose status has no conditions yet.
-        for crd in ["securitypolicies.gateway.envoyproxy.io", "httproutes.gateway.networking.k8s.io"] {
+        for crd in [
+            "securitypolicies.gateway.envoyproxy.io",
+            "backendtrafficpolicies.gateway.envoyproxy.io",
+            "httproutes.gateway.networking.k8s.io",
+        ] {
             eventually(60, &format!("CRD {crd} Established"), || {
                 let out = kubectl(&["get", "crd", crd, "-o", "json"]);
                 let v: Value = serde_json::from_slice(&out.stdout).ok()?;

@@ -20,6 +20,7 @@ mod argocd;
 mod crds;
 mod docs;
 mod endpoints;
+mod enforce;
 mod examples;
 mod faults;
 mod fencing;
