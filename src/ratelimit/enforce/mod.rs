@@ -287,9 +287,10 @@ async fn withdraw(ctx: &Context, gateway: &Gateway, policy: &RateLimitPolicy, ns
         return;
     }
     let (Crd::Present, Some(store)) = gateway.crd().await else { return };
-    if let Ok(Seen::Ours(_)) = gateway.lookup(&store, ns, &name, uid).await {
+    if let Ok(Seen::Ours(btp)) = gateway.lookup(&store, ns, &name, uid).await {
         ctx.runtime.metrics.api_write(CONTROLLER, render::KIND);
-        match apply::delete(&ctx.runtime.client, ns, &name, uid).await {
+        // NB: the precondition is the object's own uid: one created since under that name is not deleted.
+        match apply::delete(&ctx.runtime.client, ns, &name, &btp.uid().unwrap_or_default()).await {
             Ok(()) => tracing::info!(backendtrafficpolicy = %name, "enforce removed: deleted the BackendTrafficPolicy"),
             Err(e) => tracing::warn!(error = %crate::runtime::describe(&e), "could not delete the BackendTrafficPolicy; retrying later"),
         }
