@@ -84,11 +84,20 @@ async fn enforce_renders_a_backendtrafficpolicy_for_the_members_and_follows_them
     // Created server-side through the real CRD, owned by the policy, labelled.
     let rlp = get_json(&ns, "ratelimitpolicy/gold").expect("policy");
     let owner = &btp["metadata"]["ownerReferences"][0];
-    assert_eq!((owner["kind"].as_str(), owner["uid"].as_str()), (Some("RateLimitPolicy"), rlp["metadata"]["uid"].as_str()));
+    assert_eq!(
+        (owner["kind"].as_str(), owner["uid"].as_str()),
+        (Some("RateLimitPolicy"), rlp["metadata"]["uid"].as_str())
+    );
     assert_eq!(owner["controller"], true);
     assert_eq!(btp["metadata"]["labels"]["app.kubernetes.io/managed-by"], "keyward");
-    assert_eq!(btp["spec"]["targetRefs"][0], serde_json::json!({"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "checkout"}));
-    assert_eq!(btp["spec"]["rateLimit"]["global"]["rules"][0]["clientSelectors"][0]["headers"][0]["name"], "x-client-id");
+    assert_eq!(
+        btp["spec"]["targetRefs"][0],
+        serde_json::json!({"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "checkout"})
+    );
+    assert_eq!(
+        btp["spec"]["rateLimit"]["global"]["rules"][0]["clientSelectors"][0]["headers"][0]["name"],
+        "x-client-id"
+    );
     let rlp = eventually(30, "Enforced=True and the limit in status", || {
         get_json(&ns, "ratelimitpolicy/gold").filter(|p| {
             condition(p, "Enforced").is_some_and(|(s, r, _)| s == "True" && r == "Enforced")
@@ -119,10 +128,23 @@ async fn enforce_renders_a_backendtrafficpolicy_for_the_members_and_follows_them
     assert_eq!(btp_writes(&op).await, writes, "an unchanged render was written");
 
     // enforce removed: the object goes.
-    kubectl_ok(&["patch", "ratelimitpolicy/gold", "-n", &ns, "--type", "json", "-p", r#"[{"op":"remove","path":"/spec/enforce"}]"#]);
-    eventually(30, "the BackendTrafficPolicy deleted", || get_json(&ns, "backendtrafficpolicy/gold").is_none().then_some(())).await;
+    kubectl_ok(&[
+        "patch",
+        "ratelimitpolicy/gold",
+        "-n",
+        &ns,
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/enforce"}]"#,
+    ]);
+    eventually(30, "the BackendTrafficPolicy deleted", || {
+        get_json(&ns, "backendtrafficpolicy/gold").is_none().then_some(())
+    })
+    .await;
     eventually(30, "no Enforced condition", || {
-        get_json(&ns, "ratelimitpolicy/gold").filter(|p| condition(p, "Enforced").is_none() && p["status"]["enforcedLimit"].is_null())
+        get_json(&ns, "ratelimitpolicy/gold")
+            .filter(|p| condition(p, "Enforced").is_none() && p["status"]["enforcedLimit"].is_null())
     })
     .await;
     op.assert_no_panic();
@@ -156,7 +178,10 @@ async fn hand_edits_are_reverted_and_foreign_objects_left_alone() {
     .await;
     assert!(p["status"]["enforcedLimit"].is_null());
     assert_eq!(condition(&p, "Ready").map(|c| c.0).as_deref(), Some("False"), "Ready counts the conflict");
-    eventually(30, "a Warning event", || has_event(&ns, "RateLimitPolicy", "silver", "EnforcementConflict").then_some(())).await;
+    eventually(30, "a Warning event", || {
+        has_event(&ns, "RateLimitPolicy", "silver", "EnforcementConflict").then_some(())
+    })
+    .await;
     // A few reconciles later the foreign object is exactly as it was.
     kubectl_ok(&["annotate", "ratelimitpolicy/silver", "-n", &ns, "example.com/touch=1"]);
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
@@ -167,7 +192,8 @@ async fn hand_edits_are_reverted_and_foreign_objects_left_alone() {
     kubectl_ok(&["delete", "backendtrafficpolicy/silver", "-n", &ns]);
     eventually(60, "silver rendered once free", || btp_with(&ns, "silver", &[rule("s", 600)])).await;
     eventually(30, "no conflict", || {
-        get_json(&ns, "ratelimitpolicy/silver").filter(|p| condition(p, "EnforcementConflict").is_some_and(|c| c.0 == "False"))
+        get_json(&ns, "ratelimitpolicy/silver")
+            .filter(|p| condition(p, "EnforcementConflict").is_some_and(|c| c.0 == "False"))
     })
     .await;
     op.assert_no_panic();
@@ -215,8 +241,10 @@ impl Matcher {
 /// Runs `egctl x translate --to ir,xds` on the recipe's gateway objects in `ns`, the Secrets and the stored
 /// BackendTrafficPolicy; returns the output (holds keys: never printed).
 fn translate(ns: &str, secrets: &[Value], btp: &Value) -> Value {
-    let mut docs: Vec<Value> =
-        recipe().into_iter().filter(|d| d["apiVersion"].as_str().is_some_and(|v| !v.starts_with("keyward.dev"))).collect();
+    let mut docs: Vec<Value> = recipe()
+        .into_iter()
+        .filter(|d| d["apiVersion"].as_str().is_some_and(|v| !v.starts_with("keyward.dev")))
+        .collect();
     for d in docs.iter_mut().filter(|d| d["kind"] != "GatewayClass") {
         d["metadata"]["namespace"] = ns.into();
     }
@@ -297,10 +325,16 @@ fn global_limits(out: &Value) -> (Vec<(Matcher, i64, String)>, Vec<Matcher>) {
     for g in globals {
         for r in g["global"]["rules"].as_array().into_iter().flatten() {
             for h in r["headerMatches"].as_array().into_iter().flatten().filter(|h| h["name"] == "x-client-id") {
-                let m = h["exact"].as_str().map(|e| Matcher::Exact(e.into()))
+                let m = h["exact"]
+                    .as_str()
+                    .map(|e| Matcher::Exact(e.into()))
                     .or(h["safeRegex"].as_str().map(|r| Matcher::Regex(r.into())))
                     .expect("a matcher");
-                rules.push((m, r["limit"]["requests"].as_i64().unwrap_or(-1), r["limit"]["unit"].as_str().unwrap_or_default().to_string()));
+                rules.push((
+                    m,
+                    r["limit"]["requests"].as_i64().unwrap_or(-1),
+                    r["limit"]["unit"].as_str().unwrap_or_default().to_string(),
+                ));
             }
         }
     }
@@ -327,7 +361,8 @@ fn limits_by_client(limits: &[(Matcher, i64, String)], ids: &[&str]) -> Vec<(Str
 
 /// The translator's view of the limits per client id, for the Secrets and BackendTrafficPolicy now stored.
 fn translated(ns: &str, type_: &str, ids: &[&str]) -> Vec<(String, Vec<String>)> {
-    let secrets: Vec<Value> = ["shop-a", "shop-b"].iter().map(|s| get_json(ns, &format!("secret/{s}")).expect("secret")).collect();
+    let secrets: Vec<Value> =
+        ["shop-a", "shop-b"].iter().map(|s| get_json(ns, &format!("secret/{s}")).expect("secret")).collect();
     let btp = get_json(ns, "backendtrafficpolicy/gold").expect("btp");
     let out = translate(ns, &secrets, &btp);
     if type_ == "Local" {
@@ -348,7 +383,10 @@ fn expect(ids: &[&str], limit: &str) -> Vec<(String, Vec<String>)> {
 /// The recipe with two keys through the translator: base limit, an override, its end.
 async fn translator_sees_the_limit_in_force(type_: &str) {
     let (ns, op) = setup(&format!("enforce_egctl_{}", type_.to_lowercase())).await;
-    let mut objects: Vec<Value> = recipe().into_iter().filter(|d| d["apiVersion"].as_str().is_some_and(|v| v.starts_with("keyward.dev"))).collect();
+    let mut objects: Vec<Value> = recipe()
+        .into_iter()
+        .filter(|d| d["apiVersion"].as_str().is_some_and(|v| v.starts_with("keyward.dev")))
+        .collect();
     for o in objects.iter_mut().filter(|o| o["kind"] == "RateLimitPolicy") {
         o["spec"]["enforce"]["type"] = type_.into();
     }
@@ -358,7 +396,9 @@ async fn translator_sees_the_limit_in_force(type_: &str) {
     // NB: the recipe's gateway objects are applied too, so the API server (with Envoy Gateway's CRDs) judges them.
     let gateway_docs: Vec<String> = recipe()
         .iter()
-        .filter(|d| d["apiVersion"].as_str().is_some_and(|v| !v.starts_with("keyward.dev")) && d["kind"] != "GatewayClass")
+        .filter(|d| {
+            d["apiVersion"].as_str().is_some_and(|v| !v.starts_with("keyward.dev")) && d["kind"] != "GatewayClass"
+        })
         .map(|d| serde_json::to_string(d).expect("json"))
         .collect();
     let out = kubectl_stdin(&["apply", "--server-side", "-n", &ns, "-f", "-"], &gateway_docs.join("\n---\n"));
@@ -367,7 +407,8 @@ async fn translator_sees_the_limit_in_force(type_: &str) {
     let unit = if type_ == "Local" { "60s" } else { "Minute" };
     eventually(60, "rendered", || btp_with(&ns, "gold", &[rule("shop-a", 600), rule("shop-b", 600)])).await;
     for k in ["shop-a", "shop-b"] {
-        eventually(60, "keys issued", || get_json(&ns, &format!("secret/{k}")).filter(|s| s["data"][k].is_string())).await;
+        eventually(60, "keys issued", || get_json(&ns, &format!("secret/{k}")).filter(|s| s["data"][k].is_string()))
+            .await;
     }
     let base = translated(&ns, type_, &ids);
     println!("egctl x translate ({type_}), base: {base:?}");
@@ -375,7 +416,9 @@ async fn translator_sees_the_limit_in_force(type_: &str) {
 
     // An override with an end a few seconds ahead: boosted, then back to the base after `until`.
     let until = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(20)).to_string();
-    let boost = format!(r#"{{"spec":{{"temporaryOverrides":[{{"requests":6000,"period":"1m","until":"{until}","reason":"launch"}}]}}}}"#);
+    let boost = format!(
+        r#"{{"spec":{{"temporaryOverrides":[{{"requests":6000,"period":"1m","until":"{until}","reason":"launch"}}]}}}}"#
+    );
     kubectl_ok(&["patch", "ratelimitpolicy/gold", "-n", &ns, "--type", "merge", "-p", &boost]);
     eventually(30, "boosted", || btp_with(&ns, "gold", &[rule("shop-a", 6000), rule("shop-b", 6000)])).await;
     let boosted = translated(&ns, type_, &ids);
@@ -383,7 +426,10 @@ async fn translator_sees_the_limit_in_force(type_: &str) {
     assert_eq!(boosted, expect(&ids, &format!("6000/{unit}")), "each client id gets the boosted limit");
     let p = get_json(&ns, "ratelimitpolicy/gold").expect("policy");
     assert_eq!(p["status"]["enforcedLimit"], "6000/Minute");
-    eventually(60, "back to the base after until", || btp_with(&ns, "gold", &[rule("shop-a", 600), rule("shop-b", 600)])).await;
+    eventually(60, "back to the base after until", || {
+        btp_with(&ns, "gold", &[rule("shop-a", 600), rule("shop-b", 600)])
+    })
+    .await;
     let after = translated(&ns, type_, &ids);
     println!("egctl x translate ({type_}), after until: {after:?}");
     assert_eq!(after, expect(&ids, &format!("600/{unit}")), "the base limit again");

@@ -277,8 +277,8 @@ async fn decide(
 async fn withdraw(ctx: &Context, gateway: &Gateway, policy: &RateLimitPolicy, ns: &str, uid: &str) {
     let name = policy.name_any();
     let status = current(policy);
-    let enforced_before = status.enforced_limit.is_some()
-        || status.conditions.iter().any(|c| c.type_ == super::condition::ENFORCED);
+    let enforced_before =
+        status.enforced_limit.is_some() || status.conditions.iter().any(|c| c.type_ == super::condition::ENFORCED);
     let cached = match &*gateway.discovery.lock().await {
         Discovery::Present { store, .. } => store.get(&ObjectRef::new(&name).within(ns)),
         _ => None,
@@ -292,7 +292,9 @@ async fn withdraw(ctx: &Context, gateway: &Gateway, policy: &RateLimitPolicy, ns
         // NB: the precondition is the object's own uid: one created since under that name is not deleted.
         match apply::delete(&ctx.runtime.client, ns, &name, &btp.uid().unwrap_or_default()).await {
             Ok(()) => tracing::info!(backendtrafficpolicy = %name, "enforce removed: deleted the BackendTrafficPolicy"),
-            Err(e) => tracing::warn!(error = %crate::runtime::describe(&e), "could not delete the BackendTrafficPolicy; retrying later"),
+            Err(e) => {
+                tracing::warn!(error = %crate::runtime::describe(&e), "could not delete the BackendTrafficPolicy; retrying later")
+            }
         }
     }
 }

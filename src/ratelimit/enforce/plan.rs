@@ -83,7 +83,8 @@ pub struct Inputs<'a> {
 
 /// Decides the write, the conditions, the limit shown and the events.
 pub fn decide(i: &Inputs<'_>) -> Decision {
-    let unchecked = || Desired::unknown(ENFORCEMENT_CONFLICT, "NotChecked", "the gateway object could not be looked at");
+    let unchecked =
+        || Desired::unknown(ENFORCEMENT_CONFLICT, "NotChecked", "the gateway object could not be looked at");
     let not_enforced = |reason: &'static str, message: String, conflict: Desired| Decision {
         write: Write::Nothing,
         conditions: vec![Desired::new(ENFORCED, false, reason, message), conflict],
@@ -200,7 +201,9 @@ pub fn up_to_date(observed: &Btp, want: &Value) -> bool {
     let labels = serde_json::to_value(&observed.metadata.labels).unwrap_or_default();
     let owners = serde_json::to_value(observed.metadata.owner_references.clone().unwrap_or_default());
     let owner_held = want["metadata"]["ownerReferences"].as_array().is_some_and(|w| {
-        w.iter().all(|w| owners.as_ref().ok().and_then(Value::as_array).is_some_and(|o| o.iter().any(|o| render::contains(o, w))))
+        w.iter().all(|w| {
+            owners.as_ref().ok().and_then(Value::as_array).is_some_and(|o| o.iter().any(|o| render::contains(o, w)))
+        })
     });
     render::contains(&observed.spec, &want["spec"])
         && render::contains(&labels, &want["metadata"]["labels"])

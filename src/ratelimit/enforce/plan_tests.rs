@@ -116,12 +116,7 @@ fn a_foreign_object_is_never_written_and_warned_about_once() {
     assert_eq!(d.enforced_limit, None);
     assert_eq!(d.events.iter().map(|e| e.reason).collect::<Vec<_>>(), vec!["EnforcementConflict"]);
     let current = RateLimitPolicyStatus {
-        conditions: crate::runtime::conditions::merge(
-            &[],
-            &d.conditions,
-            None,
-            jiff::Timestamp::UNIX_EPOCH,
-        ),
+        conditions: crate::runtime::conditions::merge(&[], &d.conditions, None, jiff::Timestamp::UNIX_EPOCH),
         ..Default::default()
     };
     assert!(decide_with(seen, Crd::Present, &current).events.is_empty(), "warned once");

@@ -206,7 +206,12 @@ pub enum Refused {
 
 /// The BackendTrafficPolicy that limits each member to `limit` by its client ids in `enforce.clientIdHeader`.
 /// Deterministic: the same inputs in any order render the same bytes.
-pub fn render(owner: &Owner<'_>, enforce: &Enforce, limit: &GatewayLimit, members: &[Member]) -> Result<Rendered, Refused> {
+pub fn render(
+    owner: &Owner<'_>,
+    enforce: &Enforce,
+    limit: &GatewayLimit,
+    members: &[Member],
+) -> Result<Rendered, Refused> {
     let mut members: Vec<&Member> = members.iter().collect();
     members.sort_by(|a, b| a.name.cmp(&b.name));
     members.dedup_by(|a, b| a.name == b.name);

@@ -167,8 +167,7 @@ fn more_keys_than_the_crd_holds_render_nothing() {
     let refused = render(&OWNER, &enforce(Some(EnforceType::Local)), &limit(1, "1s"), &many);
     assert_eq!(refused, Err(Refused::TooManyKeys { keys: 17, rules: 17, max: MAX_LOCAL_RULES }));
     assert!(render(&OWNER, &enforce(Some(EnforceType::Local)), &limit(1, "1s"), &many[..16]).is_ok());
-    let global: Vec<Member> =
-        (0..=MAX_GLOBAL_RULES).map(|i| member(&format!("k{i}"), &[&format!("k{i}")])).collect();
+    let global: Vec<Member> = (0..=MAX_GLOBAL_RULES).map(|i| member(&format!("k{i}"), &[&format!("k{i}")])).collect();
     assert!(render(&OWNER, &enforce(None), &limit(1, "1s"), &global).is_err());
     assert!(render(&OWNER, &enforce(None), &limit(1, "1s"), &global[..MAX_GLOBAL_RULES]).is_ok());
 }

@@ -99,10 +99,7 @@ mod tests {
     }
 
     fn enforced(status: bool, reason: &'static str) -> Vec<Desired> {
-        vec![
-            Desired::new(ENFORCED, status, reason, "m"),
-            Desired::new(ENFORCEMENT_CONFLICT, false, "NoConflict", "n"),
-        ]
+        vec![Desired::new(ENFORCED, status, reason, "m"), Desired::new(ENFORCEMENT_CONFLICT, false, "NoConflict", "n")]
     }
 
     fn ready_of(s: &RateLimitPolicyStatus) -> (String, String) {
