@@ -169,11 +169,11 @@ impl Gateway {
         if let Some(b) = store.get(&ObjectRef::new(name).within(ns))
             && controls(&b, uid)
         {
-            return Ok(Seen::Ours((*b).clone()));
+            return Ok(Seen::Ours(Box::new((*b).clone())));
         }
         match apply::get(&self.client, ns, name).await {
             Ok(None) => Ok(Seen::Missing),
-            Ok(Some(b)) if controls(&b, uid) => Ok(Seen::Ours(b)),
+            Ok(Some(b)) if controls(&b, uid) => Ok(Seen::Ours(Box::new(b))),
             Ok(Some(b)) => Ok(Seen::Foreign { owner: controller_of(&b) }),
             Err(e) => Err(crate::runtime::describe(&e)),
         }

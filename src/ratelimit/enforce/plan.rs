@@ -36,7 +36,7 @@ pub enum Seen {
     /// Nothing.
     Missing,
     /// A BackendTrafficPolicy this policy controls.
-    Ours(Btp),
+    Ours(Box<Btp>),
     /// One that something else owns (or nobody).
     Foreign { owner: Option<String> },
 }

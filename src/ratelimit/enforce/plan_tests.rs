@@ -87,7 +87,7 @@ fn a_missing_object_is_applied_with_an_event() {
 fn an_unchanged_render_writes_nothing_and_publishes_nothing() {
     let r = rendered(&members(), limit().as_ref().expect("limit")).expect("render");
     let current = RateLimitPolicyStatus { enforced_limit: Some("600/Minute".into()), ..Default::default() };
-    let d = decide_with(Ok(Seen::Ours(stored(&r, "u-1"))), Crd::Present, &current);
+    let d = decide_with(Ok(Seen::Ours(Box::new(stored(&r, "u-1")))), Crd::Present, &current);
     assert_eq!(d.write, Write::Nothing);
     assert!(d.events.is_empty());
     assert_eq!(condition(&d, ENFORCED), (true, reason::ENFORCED));
@@ -98,11 +98,11 @@ fn a_hand_edit_is_reverted() {
     let r = rendered(&members(), limit().as_ref().expect("limit")).expect("render");
     let mut edited = stored(&r, "u-1");
     edited.spec["rateLimit"]["global"]["rules"][0]["limit"]["requests"] = 1_000_000.into();
-    let d = decide_with(Ok(Seen::Ours(edited)), Crd::Present, &RateLimitPolicyStatus::default());
+    let d = decide_with(Ok(Seen::Ours(Box::new(edited))), Crd::Present, &RateLimitPolicyStatus::default());
     assert!(matches!(d.write, Write::Apply(_)));
     let mut unlabelled = stored(&r, "u-1");
     unlabelled.metadata.labels = None;
-    let d = decide_with(Ok(Seen::Ours(unlabelled)), Crd::Present, &RateLimitPolicyStatus::default());
+    let d = decide_with(Ok(Seen::Ours(Box::new(unlabelled))), Crd::Present, &RateLimitPolicyStatus::default());
     assert!(matches!(d.write, Write::Apply(_)), "the label is put back");
 }
 
