@@ -336,3 +336,50 @@ where
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str, policy: Option<&str>, gateway: Option<&str>) -> ApiKey {
+        let mut spec = serde_json::json!({});
+        if let Some(p) = policy {
+            spec["rateLimitPolicyRef"] = serde_json::json!({"name": p});
+        }
+        if let Some(g) = gateway {
+            spec["gateway"] = g.into();
+        }
+        let mut k = ApiKey::new(name, serde_json::from_value(spec).expect("spec"));
+        k.metadata.namespace = Some("shop".into());
+        k
+    }
+
+    /// The policies woken by `events`, in order.
+    async fn woken(events: Vec<watcher::Event<ApiKey>>) -> Vec<String> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let stream = wake_on_membership(futures::stream::iter(events.into_iter().map(Ok)), tx);
+        let _: Vec<_> = stream.collect().await;
+        let mut out = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            out.push(r.name);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn membership_changes_wake_the_old_and_the_new_policy_and_nothing_else_does() {
+        use watcher::Event::{Apply, Delete, InitApply};
+        let a = key("a", Some("gold"), Some("EnvoyGateway"));
+        let mut a_status = a.clone();
+        a_status.metadata.annotations = Some([("x".to_string(), "y".to_string())].into());
+        let events = vec![
+            InitApply(a.clone()),                   // joins gold
+            Apply(a_status),                        // nothing a gateway sees changed
+            Apply(key("a", Some("gold"), None)),    // client ids changed
+            Apply(key("a", Some("silver"), None)),  // moved: gold and silver
+            Apply(key("b", None, None)),            // no policy
+            Delete(key("a", Some("silver"), None)), // leaves silver
+        ];
+        assert_eq!(woken(events).await, ["gold", "gold", "gold", "gold", "silver", "silver"]);
+    }
+}
