@@ -199,6 +199,54 @@ async fn hand_edits_are_reverted_and_foreign_objects_left_alone() {
     op.assert_no_panic();
 }
 
+/// Keys the gateway cannot tell apart are left out and named; more keys than a BackendTrafficPolicy holds render
+/// nothing, and the most it holds is accepted by the real CRD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collisions_are_named_and_too_many_keys_render_nothing() {
+    let (ns, op) = setup("enforce_limits").await;
+    // Generic keys: every Secret's entry is `api-key`.
+    apply(&ns, &apikey("g1", "  rateLimitPolicyRef: {name: gold}"));
+    apply(&ns, &apikey("g2", "  rateLimitPolicyRef: {name: gold}"));
+    apply(&ns, &key("a"));
+    apply(&ns, &enforced_policy("gold", "Local", ""));
+    let p = eventually(60, "the collision reported", || {
+        get_json(&ns, "ratelimitpolicy/gold")
+            .filter(|p| condition(p, "Enforced").is_some_and(|(s, r, _)| s == "False" && r == "ClientIdCollision"))
+    })
+    .await;
+    let (_, _, message) = condition(&p, "Enforced").expect("Enforced");
+    assert!(message.contains("g1, g2"), "{message}");
+    assert_eq!(condition(&p, "Ready").map(|c| c.1).as_deref(), Some("ClientIdCollision"));
+    eventually(30, "the other key still limited", || btp_with(&ns, "gold", &[rule("a", 600)])).await;
+
+    // 17 keys under Local (at most 16 rules): nothing written, the object left as it was.
+    kubectl_ok(&["delete", "apikey/g1", "apikey/g2", "-n", &ns]);
+    let many: Vec<String> = (1..=16).map(|i| key(&format!("k{i:02}"))).collect();
+    let out = kubectl_stdin(&["apply", "--server-side", "-n", &ns, "-f", "-"], &many.join("---\n"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually(60, "too many keys reported", || {
+        get_json(&ns, "ratelimitpolicy/gold")
+            .filter(|p| condition(p, "Enforced").is_some_and(|(s, r, _)| s == "False" && r == "TooManyKeys"))
+    })
+    .await;
+    // NB: the keys arrive one by one, so the object holds the last render that fit; it is no longer written.
+    let before = get_json(&ns, "backendtrafficpolicy/gold").expect("btp");
+    assert!(rules(&before).len() <= 16, "more rules than the CRD holds");
+    kubectl_ok(&["annotate", "ratelimitpolicy/gold", "-n", &ns, "example.com/touch=1"]);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let after = get_json(&ns, "backendtrafficpolicy/gold").expect("btp");
+    assert_eq!(after["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"], "left as it was");
+    // 16 keys: the most a local rate limit holds, accepted by the CRD.
+    kubectl_ok(&["delete", "apikey/a", "-n", &ns]);
+    let want: Vec<_> = (1..=16).map(|i| rule(&format!("k{i:02}"), 600)).collect();
+    eventually(60, "16 rules rendered", || btp_with(&ns, "gold", &want)).await;
+    eventually(30, "Enforced again", || {
+        get_json(&ns, "ratelimitpolicy/gold").filter(|p| condition(p, "Enforced").is_some_and(|c| c.0 == "True"))
+    })
+    .await;
+    op.assert_no_panic();
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Envoy Gateway's translator
 
