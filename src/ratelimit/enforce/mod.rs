@@ -244,15 +244,14 @@ async fn decide(
     effective: &Effective,
 ) -> Decision {
     let name = policy.name_any();
-    let limit = render::gateway_limit(effective);
+    let limit = match render::gateway_limit(effective) {
+        Ok(l) => l,
+        Err(message) => return plan::invalid_limit(message),
+    };
     let members: Vec<render::Member> =
         super::observe::members(ctx, policy, ns).await.iter().filter_map(|k| render::member(k)).collect();
     let owner = render::Owner { name: &name, namespace: ns, uid };
-    let rendered = match &limit {
-        Ok(l) => render::render(&owner, enforce, l, &members),
-        // NB: never used: the decision stops at the invalid limit.
-        Err(_) => Err(render::Refused::TooManyKeys { keys: 0, rules: 0, max: 0 }),
-    };
+    let rendered = render::render(&owner, enforce, &limit, &members);
     let (crd, store) = gateway.crd().await;
     let seen = match &store {
         Some(store) => gateway.lookup(store, ns, &name, uid).await,
@@ -330,7 +329,9 @@ where
         let before = if now.is_some() { seen.insert(key, now.clone()) } else { seen.remove(&key) };
         let before = before.flatten();
         if before != now {
-            for (policy, _) in [before, now].into_iter().flatten() {
+            let mut policies: Vec<_> = [before, now].into_iter().flatten().map(|(p, _)| p).collect();
+            policies.dedup();
+            for policy in policies {
                 let _ = wake.send(policy);
             }
         }
@@ -380,6 +381,6 @@ mod tests {
             Apply(key("b", None, None)),            // no policy
             Delete(key("a", Some("silver"), None)), // leaves silver
         ];
-        assert_eq!(woken(events).await, ["gold", "gold", "gold", "gold", "silver", "silver"]);
+        assert_eq!(woken(events).await, ["gold", "gold", "gold", "silver", "silver"]);
     }
 }

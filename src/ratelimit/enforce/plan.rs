@@ -74,27 +74,34 @@ pub struct Inputs<'a> {
     pub name: &'a str,
     pub header: &'a str,
     pub effective: &'a Effective,
-    pub limit: &'a Result<GatewayLimit, String>,
+    pub limit: &'a GatewayLimit,
     pub render: &'a Result<Rendered, Refused>,
     pub crd: &'a Crd,
     pub seen: &'a Result<Seen, String>,
     pub current: &'a RateLimitPolicyStatus,
 }
 
-/// Decides the write, the conditions, the limit shown and the events.
-pub fn decide(i: &Inputs<'_>) -> Decision {
-    let unchecked =
-        || Desired::unknown(ENFORCEMENT_CONFLICT, "NotChecked", "the gateway object could not be looked at");
-    let not_enforced = |reason: &'static str, message: String, conflict: Desired| Decision {
+fn unchecked() -> Desired {
+    Desired::unknown(ENFORCEMENT_CONFLICT, "NotChecked", "the gateway object could not be looked at")
+}
+
+fn not_enforced(reason: &'static str, message: String, conflict: Desired) -> Decision {
+    Decision {
         write: Write::Nothing,
         conditions: vec![Desired::new(ENFORCED, false, reason, message), conflict],
         enforced_limit: None,
         events: Vec::new(),
-    };
-    let limit = match i.limit {
-        Ok(l) => l,
-        Err(e) => return not_enforced(reason::INVALID_LIMIT, e.clone(), unchecked()),
-    };
+    }
+}
+
+/// The limit in force has no gateway equivalent (a period that does not parse): nothing is rendered.
+pub fn invalid_limit(message: String) -> Decision {
+    not_enforced(reason::INVALID_LIMIT, message, unchecked())
+}
+
+/// Decides the write, the conditions, the limit shown and the events.
+pub fn decide(i: &Inputs<'_>) -> Decision {
+    let limit = i.limit;
     match i.crd {
         Crd::Present => {}
         Crd::Missing => {

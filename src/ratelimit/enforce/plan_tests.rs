@@ -30,8 +30,8 @@ fn members() -> Vec<Member> {
     vec![Member { name: "a".into(), client_ids: vec!["a".into(), "a-previous".into()] }]
 }
 
-fn limit() -> Result<GatewayLimit, String> {
-    Ok(GatewayLimit { requests: 600, unit: Unit::Minute, rounded: None })
+fn limit() -> GatewayLimit {
+    GatewayLimit { requests: 600, unit: Unit::Minute, rounded: None }
 }
 
 /// The object as the API server would store `render`: with server defaults added.
@@ -54,7 +54,7 @@ fn stored(render: &Rendered, uid: &str) -> Btp {
 
 fn decide_with(seen: Result<Seen, String>, crd: Crd, current: &RateLimitPolicyStatus) -> Decision {
     let (e, l) = (effective(), limit());
-    let r = rendered(&members(), l.as_ref().expect("limit"));
+    let r = rendered(&members(), &l);
     decide(&Inputs {
         name: "gold",
         header: "x-client-id",
@@ -85,7 +85,7 @@ fn a_missing_object_is_applied_with_an_event() {
 
 #[test]
 fn an_unchanged_render_writes_nothing_and_publishes_nothing() {
-    let r = rendered(&members(), limit().as_ref().expect("limit")).expect("render");
+    let r = rendered(&members(), &limit()).expect("render");
     let current = RateLimitPolicyStatus { enforced_limit: Some("600/Minute".into()), ..Default::default() };
     let d = decide_with(Ok(Seen::Ours(Box::new(stored(&r, "u-1")))), Crd::Present, &current);
     assert_eq!(d.write, Write::Nothing);
@@ -95,7 +95,7 @@ fn an_unchanged_render_writes_nothing_and_publishes_nothing() {
 
 #[test]
 fn a_hand_edit_is_reverted() {
-    let r = rendered(&members(), limit().as_ref().expect("limit")).expect("render");
+    let r = rendered(&members(), &limit()).expect("render");
     let mut edited = stored(&r, "u-1");
     edited.spec["rateLimit"]["global"]["rules"][0]["limit"]["requests"] = 1_000_000.into();
     let d = decide_with(Ok(Seen::Ours(Box::new(edited))), Crd::Present, &RateLimitPolicyStatus::default());
@@ -128,6 +128,8 @@ fn no_crd_no_write_and_why() {
     assert_eq!((d.write.clone(), condition(&d, ENFORCED)), (Write::Nothing, (false, reason::GATEWAY_CRD_MISSING)));
     let d = decide_with(Ok(Seen::Missing), Crd::Unknown("x".into()), &RateLimitPolicyStatus::default());
     assert_eq!(condition(&d, ENFORCED), (false, reason::GATEWAY_API_UNAVAILABLE));
+    let d = invalid_limit("the period \"soon\" is not a duration above 0".into());
+    assert_eq!((d.write.clone(), condition(&d, ENFORCED)), (Write::Nothing, (false, reason::INVALID_LIMIT)));
     let d = decide_with(Err("boom".into()), Crd::Present, &RateLimitPolicyStatus::default());
     assert_eq!((d.write.clone(), condition(&d, ENFORCED)), (Write::Nothing, (false, reason::READ_FAILED)));
 }
@@ -139,8 +141,8 @@ fn collisions_rounding_and_too_many_keys_show_in_enforced() {
         Member { name: "x".into(), client_ids: vec!["api-key".into()] },
         Member { name: "y".into(), client_ids: vec!["api-key".into()] },
     ];
-    let rounded = Ok(GatewayLimit { requests: 26, unit: Unit::Minute, rounded: Some("3/7s rounded".into()) });
-    let r = rendered(&shared, rounded.as_ref().expect("limit"));
+    let rounded = GatewayLimit { requests: 26, unit: Unit::Minute, rounded: Some("3/7s rounded".into()) };
+    let r = rendered(&shared, &rounded);
     let inputs = |limit, render| Inputs {
         name: "gold",
         header: "x-client-id",
@@ -156,7 +158,7 @@ fn collisions_rounding_and_too_many_keys_show_in_enforced() {
     assert_eq!((c.status, c.reason), (false, reason::CLIENT_ID_COLLISION));
     assert!(c.message.contains("x, y") && c.message.contains("3/7s rounded"), "{}", c.message);
     assert!(matches!(d.write, Write::Apply(_)), "the other keys are still enforced");
-    let r = rendered(&members(), rounded.as_ref().expect("limit"));
+    let r = rendered(&members(), &rounded);
     let d = decide(&inputs(&rounded, &r));
     assert_eq!(condition(&d, ENFORCED), (true, reason::LIMIT_ROUNDED));
     let too_many = Err(Refused::TooManyKeys { keys: 300, rules: 300, max: 256 });
