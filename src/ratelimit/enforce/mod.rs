@@ -36,6 +36,8 @@ use crate::runtime::conditions::Desired;
 pub const MANAGER: &str = "keyward/enforce";
 /// How long a missing CRD is believed missing before discovery asks again.
 pub const REDISCOVER: Duration = Duration::from_secs(30);
+/// How long discovery of the gateway's API may take.
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A `gateway.envoyproxy.io/v1alpha1` BackendTrafficPolicy: its metadata and its spec as JSON (Keyward reads only
 /// what it rendered, compared with [`render::contains`]).
@@ -123,10 +125,13 @@ impl Gateway {
             _ => {}
         }
         let api_version = format!("{}/{}", Btp::group(&()), Btp::version(&()));
-        let found = match self.client.list_api_group_resources(&api_version).await {
-            Ok(list) => list.resources.iter().any(|r| r.name == Btp::plural(&())),
-            Err(kube::Error::Api(s)) if s.code == 404 => false,
-            Err(e) => return (Crd::Unknown(crate::runtime::describe(&e)), None),
+        // NB: bounded: every enforcing policy waits on this lock while discovery runs.
+        let asked = tokio::time::timeout(DISCOVERY_TIMEOUT, self.client.list_api_group_resources(&api_version));
+        let found = match asked.await {
+            Ok(Ok(list)) => list.resources.iter().any(|r| r.name == Btp::plural(&())),
+            Ok(Err(kube::Error::Api(s))) if s.code == 404 => false,
+            Ok(Err(e)) => return (Crd::Unknown(crate::runtime::describe(&e)), None),
+            Err(_) => return (Crd::Unknown(format!("no answer within {DISCOVERY_TIMEOUT:?}")), None),
         };
         if !found {
             *d = Discovery::Missing(Instant::now());
