@@ -253,10 +253,7 @@ async fn collisions_are_named_and_too_many_keys_render_nothing() {
 /// The YAML documents of the enforce recipe in docs/gateways.md (the block that starts `# recipe:
 /// envoy-gateway-enforce`), as JSON values.
 fn recipe() -> Vec<Value> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/gateways.md")).expect("docs");
-    let start = doc.find("```yaml\n# recipe: envoy-gateway-enforce\n").expect("the enforce recipe block") + 8;
-    let block = &doc[start..start + doc[start..].find("```").expect("end of block")];
-    block.split("\n---\n").map(|d| serde_norway::from_str::<Value>(d).expect("recipe YAML")).collect()
+    crate::gateways::recipe("envoy-gateway-enforce")
 }
 
 /// A header matcher of the translator's output: exact value or regular expression.
@@ -289,43 +286,17 @@ impl Matcher {
 /// Runs `egctl x translate --to ir,xds` on the recipe's gateway objects in `ns`, the Secrets and the stored
 /// BackendTrafficPolicy; returns the output (holds keys: never printed).
 fn translate(ns: &str, secrets: &[Value], btp: &Value) -> Value {
-    let mut docs: Vec<Value> = recipe()
+    let gateway: Vec<Value> = recipe()
         .into_iter()
         .filter(|d| d["apiVersion"].as_str().is_some_and(|v| !v.starts_with("keyward.dev")))
         .collect();
-    for d in docs.iter_mut().filter(|d| d["kind"] != "GatewayClass") {
-        d["metadata"]["namespace"] = ns.into();
-    }
-    docs.push(serde_json::json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "checkout-backend", "namespace": ns},
-        "spec": {"clusterIP": "127.0.0.1", "ports": [{"port": 8080}]},
-    }));
-    for s in secrets {
-        docs.push(serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": s["metadata"]["name"], "namespace": ns},
-            "data": s["data"],
-        }));
-    }
+    let mut docs = crate::gateways::translator_input(ns, gateway, secrets);
     docs.push(serde_json::json!({
         "apiVersion": btp["apiVersion"], "kind": btp["kind"],
         "metadata": {"name": btp["metadata"]["name"], "namespace": ns},
         "spec": btp["spec"],
     }));
-    let input: Vec<String> = docs.iter().map(|d| serde_json::to_string(d).expect("json")).collect();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("in.yaml");
-    std::fs::write(&file, input.join("\n---\n")).expect("write input");
-    let egctl = keyward::devenv::egctl::binary().unwrap_or_else(|e| panic!("egctl: {e}"));
-    let out = std::process::Command::new(egctl)
-        .args(["x", "translate", "--from", "gateway-api", "--to", "ir,xds", "-t", "all", "-o", "json", "-f"])
-        .arg(&file)
-        .output()
-        .expect("run egctl");
-    // NB: the input (and so a failing translator's error) holds key material: never print it.
-    assert!(out.status.success(), "egctl x translate failed (exit {:?}; output withheld: it holds keys)", out.status);
-    serde_json::from_slice(&out.stdout).expect("egctl json")
+    crate::gateways::egctl_translate(&docs, "ir,xds")
 }
 
 /// Every object under `v` (depth first) for which `f` is true.
