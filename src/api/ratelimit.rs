@@ -501,7 +501,8 @@ pub struct RateLimitPolicyStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, UsageAvailable, ScalingActive, ScalingConflict and OverrideActive.
+    /// Ready, UsageAvailable, ScalingActive, ScalingConflict and OverrideActive; with `enforce`, Enforced and
+    /// EnforcementConflict.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

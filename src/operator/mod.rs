@@ -238,6 +238,8 @@ async fn controllers<F: Future<Output = ()> + Send + 'static>(
             )
             .with_minimums(options.minimums),
         );
+        // NB: keys joining or leaving a policy (or changing their client ids) wake it, so `enforce` follows at once.
+        let events = crate::ratelimit::enforce::wake_on_membership(events, policies.waker());
         let cache = crate::apikey::KeyCache { store, ready, events };
         runs.push(tokio::spawn(crate::apikey::run(apikeys, cache, launch())));
         runs.push(tokio::spawn(crate::ratelimit::run(policies, launch())));

@@ -12,6 +12,7 @@ mod apply;
 pub mod calendar;
 pub mod check;
 pub mod endpoints;
+pub mod enforce;
 pub mod key_usage;
 pub mod limits;
 mod observe;
@@ -171,6 +172,8 @@ pub struct Context {
     endpoints: OnceLock<Store<k8s_openapi::api::discovery::v1::EndpointSlice>>,
     /// The operator's floors (`keyward run --min-usage-interval`).
     pub minimums: crate::minimums::Minimums,
+    /// Envoy Gateway's API for `spec.enforce`; set by [`run`].
+    gateway: OnceLock<enforce::Gateway>,
 }
 
 impl Context {
@@ -197,7 +200,13 @@ impl Context {
             policies: OnceLock::new(),
             endpoints: OnceLock::new(),
             minimums: crate::minimums::Minimums::default(),
+            gateway: OnceLock::new(),
         }
+    }
+
+    /// A sender that wakes a policy (see [`enforce::wake_on_membership`]).
+    pub fn waker(&self) -> tokio::sync::mpsc::UnboundedSender<ObjectRef<RateLimitPolicy>> {
+        self.poller.waker()
     }
 
     /// Refuses specs below the operator's floors.
@@ -221,6 +230,7 @@ pub async fn run<F: std::future::Future<Output = ()> + Send + 'static>(ctx: Arc<
         controller = controller.reconcile_on(tokio_stream_from(woken));
     }
     let _ = ctx.policies.set(policy_store.clone());
+    let _ = ctx.gateway.set(enforce::Gateway::new(client.clone(), namespace.clone(), ctx.waker()));
     let ready = tokio::spawn({
         let policies_ready = policies_ready.clone();
         async move {
@@ -288,9 +298,17 @@ async fn reconcile_policy(policy: &RateLimitPolicy, ctx: &Context) -> Result<Req
             return Ok(Requeue::await_change());
         }
     };
+    // NB: before the usage step, which returns early while no poll is due: membership, override and hand-edit
+    // changes reach the gateway at once.
+    let enforcement = enforce::step(ctx, policy, &ns, &checked.limit).await;
     let answer = match usage(ctx, policy, &mut state, &checked, now).await {
         Step::Answer(answer) => answer,
-        Step::Wait(wait) => return Ok(Requeue::requeue(wait)),
+        Step::Wait(wait) => {
+            if let Some(new) = enforce::status::between_cycles(policy, &enforcement, &checked.limit.display(), now) {
+                apply::status(ctx, policy, new).await?;
+            }
+            return Ok(Requeue::requeue(wait));
+        }
     };
     let now = ctx.runtime.now();
     let observed = observe::observe(ctx, policy, &ns, answer, &checked).await;
@@ -322,7 +340,9 @@ async fn reconcile_policy(policy: &RateLimitPolicy, ctx: &Context) -> Result<Req
     }
     apply::plan(ctx, policy, &ns, &mut p, now).await;
     apply::member_usage(ctx, policy, &ns, &p);
-    let new = plan::status(policy, p.conditions, p.figures, Some(checked.limit.display()), now);
+    p.conditions.extend(enforcement.conditions.iter().cloned());
+    let mut new = plan::status(policy, p.conditions, p.figures, Some(checked.limit.display()), now);
+    enforce::status::complete(&mut new, &enforcement);
     apply::status(ctx, policy, new).await?;
     Ok(Requeue::requeue(state.next_cycle(&checked, now, ctx.runtime.now())))
 }

@@ -86,7 +86,7 @@ fn describe(policy: &RateLimitPolicy) -> String {
 }
 
 /// The ApiKeys of the policy's namespace that reference it and are not being deleted.
-async fn members(ctx: &Context, policy: &RateLimitPolicy, ns: &str) -> Vec<Arc<ApiKey>> {
+pub(super) async fn members(ctx: &Context, policy: &RateLimitPolicy, ns: &str) -> Vec<Arc<ApiKey>> {
     ctx.apikeys_ready.wait().await;
     let name = policy.name_any();
     ctx.apikeys

@@ -442,13 +442,18 @@ pub fn status(
     status::settle(current, new)
 }
 
+/// Whether a condition of `type_` with `status` (`True`) and `reason` makes the policy not Ready: no usage data
+/// from a configured source, a scaling conflict, scaling not active, or the gateway's limits not enforced.
+pub fn is_problem(type_: &str, status: bool, reason: &str) -> bool {
+    (type_ == condition::USAGE_AVAILABLE && !status && reason != SourceError::NotConfigured.reason())
+        || (type_ == condition::SCALING_CONFLICT && status)
+        || (type_ == condition::SCALING_ACTIVE && !status)
+        || (type_ == condition::ENFORCED && !status)
+}
+
 /// `Ready`: the first problem among the conditions, else Active (or LimitOnly without a usage source).
-fn ready(desired: &[Desired], has_usage: bool, limit: &str) -> Desired {
-    let problem = desired.iter().find(|c| {
-        (c.type_ == condition::USAGE_AVAILABLE && !c.status && c.reason != SourceError::NotConfigured.reason())
-            || (c.type_ == condition::SCALING_CONFLICT && c.status)
-            || (c.type_ == condition::SCALING_ACTIVE && !c.status)
-    });
+pub fn ready(desired: &[Desired], has_usage: bool, limit: &str) -> Desired {
+    let problem = desired.iter().find(|c| is_problem(c.type_, c.status, c.reason));
     match (problem, has_usage) {
         (Some(c), _) => Desired::new(condition::READY, false, c.reason, c.message.clone()),
         (None, true) => Desired::new(condition::READY, true, "Active", format!("limit {limit} per key")),

@@ -101,6 +101,11 @@ impl Poller {
         (Poller { fast, slow, wake }, woken)
     }
 
+    /// A sender that wakes a policy, for anything else that must (its members or its gateway object changed).
+    pub fn waker(&self) -> mpsc::UnboundedSender<ObjectRef<RateLimitPolicy>> {
+        self.wake.clone()
+    }
+
     /// Starts a poll of `source` as its own task, in the lane its last outcome earned (`slow`). With `used` (a
     /// calendar limit), a Prometheus source also counts the requests used in the window, at the same time and under
     /// the same timeout.

@@ -12,7 +12,7 @@ pub type Rule = (&'static [&'static str], &'static [&'static str], &'static [&'s
 
 /// The namespaced rules, one per API use in src/apikey, src/ratelimit and src/operator. The chart must grant exactly
 /// these (as a ClusterRole in cluster scope, as a Role in each watched namespace otherwise).
-pub const NAMESPACED_RULES: [Rule; 10] = [
+pub const NAMESPACED_RULES: [Rule; 11] = [
     (&["keyward.dev"], &["apikeys"], &["get", "list", "watch"], &[]),
     (&["keyward.dev"], &["ratelimitpolicies"], &["list", "watch"], &[]),
     (&["keyward.dev"], &["apikeys/status", "ratelimitpolicies/status"], &["patch"], &[]),
@@ -25,6 +25,14 @@ pub const NAMESPACED_RULES: [Rule; 10] = [
     (&["apps"], &["deployments/scale", "statefulsets/scale"], &["get", "patch"], &[]),
     (&["autoscaling"], &["horizontalpodautoscalers"], &["list"], &[]),
     (&["events.k8s.io"], &["events"], &["create"], &[]),
+    // `spec.enforce` (src/ratelimit/enforce): the watch of Keyward's BackendTrafficPolicies, the read by name, the
+    // server-side apply (`create` when it creates the object), the delete when enforce is removed.
+    (
+        &["gateway.envoyproxy.io"],
+        &["backendtrafficpolicies"],
+        &["get", "list", "watch", "create", "patch", "delete"],
+        &[],
+    ),
 ];
 
 /// The one cluster-scoped read: the start-up check of the two CRDs, by name (`get` only: it reads each by name).

@@ -120,6 +120,31 @@ async fn tenants_may_have_keyward_send_only_secrets_they_may_read_themselves() {
     assert!(apply_as("alice", &ns, &source("")).0, "no credentials, nothing to check");
 }
 
+/// `enforce` makes Keyward write a BackendTrafficPolicy in the namespace: only for a tenant who may do so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_may_have_keyward_enforce_only_where_they_may_write_backendtrafficpolicies() {
+    control_plane_with_crds().await;
+    let ns = namespace("admission_enforce");
+    install_guards(&ns);
+    grant(&ns, "alice", ("User", "alice"), TENANT_RULES);
+    let dave_rules = format!(
+        "{TENANT_RULES}\n- apiGroups: [gateway.envoyproxy.io]\n  resources: [backendtrafficpolicies]\n  verbs: [create, patch]"
+    );
+    grant(&ns, "dave", ("User", "dave"), &dave_rules);
+    let enforced = policy(
+        "p",
+        "  limit: {requests: 10, period: 1s}\n  enforce:\n    targetRef: {kind: HTTPRoute, name: web}\n    clientIdHeader: x-client-id",
+    );
+    let (_, err) = eventually(60, "the tenant guard refuses alice", || {
+        let (ok, err) = apply_as("alice", &ns, &enforced);
+        (!ok).then_some(((), err))
+    })
+    .await;
+    assert!(err.contains("spec.enforce") && err.contains("BackendTrafficPolicies"), "{err}");
+    assert!(apply_as("dave", &ns, &enforced).0, "dave may write BackendTrafficPolicies, so he may have Keyward do it");
+    assert!(apply_as("alice", &ns, &policy("q", "  limit: {requests: 10, period: 1s}")).0, "no enforce, no check");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operators_identity_may_write_only_keywards_secrets_and_the_restart_annotation() {
     control_plane_with_crds().await;

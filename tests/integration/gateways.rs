@@ -279,14 +279,19 @@ async fn an_edited_previous_key_secret_is_treated_like_an_edited_key() {
 /// The YAML documents of the Envoy Gateway recipe in docs/gateways.md (the block that starts `# recipe:
 /// envoy-gateway`), as JSON values.
 fn envoy_recipe() -> Vec<Value> {
+    recipe("envoy-gateway")
+}
+
+/// The YAML documents of the docs/gateways.md block that starts `# recipe: <tag>`, as JSON values.
+pub(crate) fn recipe(tag: &str) -> Vec<Value> {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/gateways.md")).expect("docs");
-    let start = doc.find("```yaml\n# recipe: envoy-gateway\n").expect("the Envoy Gateway recipe block") + 8;
+    let start = doc.find(&format!("```yaml\n# recipe: {tag}\n")).expect("the recipe block") + 8;
     let block = &doc[start..start + doc[start..].find("```").expect("end of block")];
     block.split("\n---\n").map(|d| serde_norway::from_str::<serde_json::Value>(d).expect("recipe YAML")).collect()
 }
 
 /// Installs the Gateway API (standard channel) and Envoy Gateway CRDs from the pinned Envoy Gateway module, once.
-async fn envoy_gateway_crds() {
+pub(crate) async fn envoy_gateway_crds() {
     static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     DONE.get_or_init(|| async {
         let files = keyward::devenv::egctl::crd_files().unwrap_or_else(|e| panic!("Envoy Gateway's CRDs: {e}"));
@@ -299,7 +304,11 @@ async fn envoy_gateway_crds() {
             assert!(out.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
         }
         // NB: not `kubectl wait`: it fails instead of waiting on a CRD whose status has no conditions yet.
-        for crd in ["securitypolicies.gateway.envoyproxy.io", "httproutes.gateway.networking.k8s.io"] {
+        for crd in [
+            "securitypolicies.gateway.envoyproxy.io",
+            "backendtrafficpolicies.gateway.envoyproxy.io",
+            "httproutes.gateway.networking.k8s.io",
+        ] {
             eventually(60, &format!("CRD {crd} Established"), || {
                 let out = kubectl(&["get", "crd", crd, "-o", "json"]);
                 let v: Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -316,36 +325,49 @@ async fn envoy_gateway_crds() {
 /// Keyward wrote it and a backend Service; returns every API-key credential of the xDS output as
 /// (client id, fingerprint of the key).
 fn translate(ns: &str, secret: &Value) -> BTreeSet<(String, String)> {
-    let mut docs: Vec<Value> = envoy_recipe().into_iter().filter(|d| d["kind"] != "ApiKey").collect();
-    for d in docs.iter_mut().filter(|d| d["kind"] != "GatewayClass") {
+    let gateway: Vec<Value> = envoy_recipe().into_iter().filter(|d| d["kind"] != "ApiKey").collect();
+    let xds = egctl_translate(&translator_input(ns, gateway, std::slice::from_ref(secret)), "xds");
+    let mut found = BTreeSet::new();
+    collect_credentials(&xds, &mut found);
+    found
+}
+
+/// The translator's input: `gateway` objects moved to `ns` (a GatewayClass stays cluster-scoped), the backend
+/// Service the recipes route to, and each Secret's name and data as Keyward wrote them.
+pub(crate) fn translator_input(ns: &str, mut gateway: Vec<Value>, secrets: &[Value]) -> Vec<Value> {
+    for d in gateway.iter_mut().filter(|d| d["kind"] != "GatewayClass") {
         d["metadata"]["namespace"] = ns.into();
     }
-    docs.push(serde_json::json!({
+    gateway.push(serde_json::json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "checkout-backend", "namespace": ns},
         "spec": {"clusterIP": "127.0.0.1", "ports": [{"port": 8080}]},
     }));
-    docs.push(serde_json::json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": secret["metadata"]["name"], "namespace": ns},
-        "data": secret["data"],
-    }));
+    for s in secrets {
+        gateway.push(serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": s["metadata"]["name"], "namespace": ns},
+            "data": s["data"],
+        }));
+    }
+    gateway
+}
+
+/// `egctl x translate --from gateway-api --to <to> -t all -o json` of `docs`: its JSON output. The input holds
+/// key material, and so may the output and a failing translator's error: neither is ever printed.
+pub(crate) fn egctl_translate(docs: &[Value], to: &str) -> Value {
     let input: Vec<String> = docs.iter().map(|d| serde_json::to_string(d).expect("json")).collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("in.yaml");
     std::fs::write(&file, input.join("\n---\n")).expect("write input");
     let egctl = keyward::devenv::egctl::binary().unwrap_or_else(|e| panic!("egctl: {e}"));
     let out = std::process::Command::new(egctl)
-        .args(["x", "translate", "--from", "gateway-api", "--to", "xds", "-t", "all", "-o", "json", "-f"])
+        .args(["x", "translate", "--from", "gateway-api", "--to", to, "-t", "all", "-o", "json", "-f"])
         .arg(&file)
         .output()
         .expect("run egctl");
-    // NB: the input (and so a failing translator's error) holds key material: never print it.
     assert!(out.status.success(), "egctl x translate failed (exit {:?}; output withheld: it holds keys)", out.status);
-    let xds: Value = serde_json::from_slice(&out.stdout).expect("egctl json");
-    let mut found = BTreeSet::new();
-    collect_credentials(&xds, &mut found);
-    found
+    serde_json::from_slice(&out.stdout).expect("egctl json")
 }
 
 /// Every `credentials: [{client, key}]` list anywhere in the xDS (the listener's api_key_auth filter and the

@@ -207,12 +207,16 @@ fn cluster_rbac_is_exactly_what_the_operator_uses() {
     let seal = role_named(&objects, "-seal");
     assert_eq!(ns_of(seal), "keyward-system");
     assert_grants(&grants(seal), &expand(&SEAL_RULES), "seal key Role");
-    // The operator deletes only Secrets (to revoke), never anything else, and never a whole collection.
+    // The operator deletes only Secrets (to revoke) and the BackendTrafficPolicies it renders (enforce removed),
+    // never anything else, and never a whole collection.
     // (The metrics-reader ClusterRole grants only `get` on /metrics, checked in metrics_auth_is_on_….)
     let bound = all_of(&objects, "ClusterRole").into_iter().filter(|r| !name(r).ends_with("-metrics-reader"));
     for role in bound.chain(all_of(&objects, "Role")) {
         let deletes = grants(role).into_iter().filter(|(_, _, v, _)| v.starts_with("delete")).collect::<Vec<_>>();
-        assert!(deletes.iter().all(|(g, r, v, _)| g.is_empty() && r == "secrets" && v == "delete"), "{}", name(role));
+        let allowed = |g: &str, r: &str| {
+            (g.is_empty() && r == "secrets") || (g == "gateway.envoyproxy.io" && r == "backendtrafficpolicies")
+        };
+        assert!(deletes.iter().all(|(g, r, v, _)| allowed(g, r) && v == "delete"), "{}", name(role));
     }
     // Without leader election there is no Lease Role; a different Lease name is what the Role names.
     let objects = template("kw", "keyward-system", &["--set", "replicaCount=1,leaderElection.enabled=false"]);

@@ -21,6 +21,7 @@ mod calendar;
 mod crds;
 mod docs;
 mod endpoints;
+mod enforce;
 mod examples;
 mod faults;
 mod fencing;

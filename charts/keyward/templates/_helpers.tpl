@@ -135,6 +135,13 @@ holds the same list and fails when they differ.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [list]
+# RateLimitPolicy spec.enforce: the Envoy Gateway BackendTrafficPolicy each such policy owns, watched (Keyward's
+# label), read by name (to tell an object someone else owns), applied server-side, deleted when enforce is removed.
+# Discovery of gateway.envoyproxy.io needs no rule. The tenant guard lets a user set enforce only if they may
+# create and patch BackendTrafficPolicies themselves.
+- apiGroups: [gateway.envoyproxy.io]
+  resources: [backendtrafficpolicies]
+  verbs: [get, list, watch, create, patch, delete]
 # Events (events.k8s.io/v1, each one created: src/events.rs).
 - apiGroups: [events.k8s.io]
   resources: [events]
