@@ -478,3 +478,31 @@ async fn envoy_gateways_translator_sees_the_global_limit_in_force_per_client_id(
 async fn envoy_gateways_translator_sees_the_local_limit_in_force_per_client_id() {
     translator_sees_the_limit_in_force("Local").await;
 }
+
+/// A calendar quota (#14 item 4) is enforced in Envoy Gateway's clock units: a monthly quota renders `Month`, a
+/// daily one `Day`, with the requests as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calendar_quotas_are_enforced_in_day_and_month_units() {
+    let (ns, _op) = setup("enforce_calendar").await;
+    apply(&ns, &key("a"));
+    let enforce = "  enforce:\n    targetRef: {kind: HTTPRoute, name: checkout}\n    clientIdHeader: x-client-id\n";
+    let calendar = |period: &str| {
+        policy("gold", &format!("  limit: {{requests: 100000, period: {period}, window: Calendar}}\n{enforce}"))
+    };
+    let with_unit = |unit: &'static str| {
+        let ns = ns.clone();
+        move || {
+            get_json(&ns, "backendtrafficpolicy/gold").filter(|b| {
+                rules(b) == [("RegularExpression".into(), "^(?:a|a-previous)$".into(), 100000, unit.to_string())]
+            })
+        }
+    };
+    apply(&ns, &calendar("1mo"));
+    eventually(60, "a monthly quota rendered as 100000/Month", with_unit("Month")).await;
+    eventually(30, "enforcedLimit 100000/Month", || {
+        get_json(&ns, "ratelimitpolicy/gold").filter(|p| p["status"]["enforcedLimit"] == "100000/Month")
+    })
+    .await;
+    apply(&ns, &calendar("24h"));
+    eventually(60, "a daily quota rendered as 100000/Day", with_unit("Day")).await;
+}
