@@ -241,7 +241,7 @@ fn the_issue_case_is_refused_not_panicking() {
         usage: Some(UsageSource { interval: Some("100000000h".into()), ..UsageSource::default() }),
         scaling: None,
         on_exhausted: None,
-            enforce: None,
+        enforce: None,
     };
     let err = check(&spec, Timestamp::now(), &Minimums::DEFAULT).err().expect("refused");
     assert!(err.starts_with("usage.interval: must be at most 24h"), "{err}");

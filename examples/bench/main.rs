@@ -98,6 +98,9 @@ const CEILING_NS: &str = "bench-ceiling";
 /// Label on every ApiKey (and, through `secretTemplate`, Secret) naming the phase that created it.
 const PHASE: &str = "bench.keyward.dev/phase";
 const MANAGER: &str = "keyward-bench";
+/// Where the operator keeps its seal key (`keyward run --seal-namespace`, `--seal-secret`).
+const SEAL_NS: &str = "default";
+const SEAL_SECRET: &str = "keyward-seal";
 
 /// When this program started: the time base of its progress lines.
 static START: OnceLock<Instant> = OnceLock::new();
@@ -147,12 +150,16 @@ async fn main() -> anyhow::Result<()> {
     for ns in [NS, CEILING_NS] {
         create_namespace(&client, ns).await?;
     }
-    say!("CRDs installed; namespaces {NS} and {CEILING_NS} created");
+    // NB: the operator's seal key, made here before the ceiling writes sealed Secrets: an operator that finds sealed
+    // Secrets but no seal key refuses to start (the key would have been lost).
+    let seal = keyward::operator::seal::SealConfig { namespace: SEAL_NS.into(), name: SEAL_SECRET.into() };
+    let sealer = std::sync::Arc::new(keyward::operator::seal::load_or_create(&client, &seal).await?);
+    say!("CRDs installed; namespaces {NS} and {CEILING_NS} created; seal key {SEAL_NS}/{SEAL_SECRET} ready");
 
     // --- ceiling -------------------------------------------------------------------------------------------------
     let mut ceiling_per_s = None;
     if !args.skip_ceiling {
-        match ceiling(&client, n, conc).await {
+        match ceiling(&client, sealer.clone(), n, conc).await {
             Ok((per_s, secs, setup)) => {
                 say!("ceiling: {n} × (Secret create + status apply) in {secs:.2}s = {per_s:.1} objects/s");
                 ceiling_per_s = Some(per_s);

@@ -48,6 +48,7 @@ impl Operator {
         cmd.args(["run", "--exit-on-stdin-close", "--http-addr", "127.0.0.1:0", "--namespace", NS])
             .args(["--concurrency", &concurrency.to_string(), "--log-format", "json"])
             .args(["--log", "info,keyward::ratelimit=debug"])
+            .args(["--seal-namespace", crate::SEAL_NS, "--seal-secret", crate::SEAL_SECRET])
             .env("KUBECONFIG", kubeconfig)
             .env("NO_COLOR", "1")
             // The benchmark's simulated gateways listen on 127.0.0.1.
