@@ -281,13 +281,13 @@ pub async fn status(ctx: &Context, apikey: &ApiKey, o: &Observed, outcome: &Outc
 /// Publishes an event on the key through the low lane (see [`super::follow`]), or inline without one.
 async fn publish(ctx: &Context, apikey: &ApiKey, event: Event) {
     use kube::Resource as _;
-    let job = Job::Event { regarding: Box::new(apikey.object_ref(&())), event };
+    let job = Job::Event { regarding: Box::new(apikey.object_ref(&())), event: Box::new(event) };
     let unsent = match ctx.lane.get() {
         Some(lane) => lane.send(job).err(),
         None => Some(job),
     };
     if let Some(Job::Event { regarding, event }) = unsent {
-        ctx.runtime.publish_to(&regarding, event).await;
+        ctx.runtime.publish_to(&regarding, *event).await;
     }
 }
 

@@ -70,7 +70,7 @@ pub enum Job {
     /// The status this controller owns for the key.
     Status { key: ObjectRef<ApiKey>, status: Box<ApiKeyStatus> },
     /// An event about an object.
-    Event { regarding: Box<ObjectReference>, event: Event },
+    Event { regarding: Box<ObjectReference>, event: Box<Event> },
     /// Write everything queued now, then answer and stop.
     Flush(oneshot::Sender<()>),
 }
@@ -92,7 +92,7 @@ impl Lane {
 /// One queued entry, in arrival order; a status entry's body is in `Queue::statuses`.
 enum Entry {
     Status(ObjectRef<ApiKey>),
-    Event(Box<ObjectReference>, Event),
+    Event(Box<ObjectReference>, Box<Event>),
 }
 
 /// What waits to be written.
@@ -222,7 +222,7 @@ fn write(
                 Some(key)
             }
             (Entry::Event(regarding, event), _) => {
-                ctx.runtime.publish_to(&regarding, event).await;
+                ctx.runtime.publish_to(&regarding, *event).await;
                 None
             }
             (Entry::Status(key), None) => Some(key),

@@ -49,11 +49,7 @@ fn is_collection(path: &str) -> bool {
         Some(&"apis") => &parts[parts.len().min(3)..],
         _ => return false,
     };
-    match rest {
-        [_] => true,
-        ["namespaces", _, _] => true,
-        _ => false,
-    }
+    matches!(rest, [_] | ["namespaces", _, _])
 }
 
 /// A client layer that counts each request by verb.
