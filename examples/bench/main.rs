@@ -363,7 +363,6 @@ async fn main() -> anyhow::Result<()> {
         let kept = tmp.keep();
         say!("kept {}", kept.display());
     }
-    let mut machine = machine;
     machine["loadavg_end"] = loadavg();
     out.insert("machine".into(), machine);
     let out = Value::Object(out);
