@@ -38,7 +38,7 @@ use tokio::sync::watch;
 use keyward::devenv::{ControlPlane, external_secrets};
 
 use crate::report::{cpu_seconds, percentile, r3, record_rss};
-use crate::writes::{create_namespace, retry};
+use crate::writes::{apply_each, create_namespace, retry};
 use crate::{MANAGER, PHASE};
 
 /// The namespace the peer controller watches.
@@ -202,29 +202,20 @@ async fn apply_es(
     phase: &str,
     conc: usize,
 ) -> anyhow::Result<()> {
-    let pp = PatchParams::apply(MANAGER).force();
-    stream::iter(names)
-        .map(|name| {
-            let body = json!({
-                "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
-                "metadata": {"name": name, "labels": {PHASE: phase}},
-                "spec": {
-                    "refreshInterval": "1h",
-                    "target": {"name": name, "creationPolicy": "Owner"},
-                    "dataFrom": [{"sourceRef": {"generatorRef": {
-                        "apiVersion": "generators.external-secrets.io/v1alpha1", "kind": "Password", "name": GENERATOR,
-                    }}}],
-                },
-            });
-            let (api, pp) = (api.clone(), pp.clone());
-            async move {
-                let patch = Patch::Apply(&body);
-                retry("apply ExternalSecret", || api.patch(&name, &pp, &patch)).await.map(|_| ())
-            }
+    let body = |name: &str| {
+        json!({
+            "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+            "metadata": {"name": name, "labels": {PHASE: phase}},
+            "spec": {
+                "refreshInterval": "1h",
+                "target": {"name": name, "creationPolicy": "Owner"},
+                "dataFrom": [{"sourceRef": {"generatorRef": {
+                    "apiVersion": "generators.external-secrets.io/v1alpha1", "kind": "Password", "name": GENERATOR,
+                }}}],
+            },
         })
-        .buffer_unordered(conc)
-        .try_collect()
-        .await
+    };
+    apply_each(api, names, body, conc).await
 }
 
 /// Sets `status.refreshTime` of the herd's ExternalSecrets to `at` (a merge patch of the status subresource).
