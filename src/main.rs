@@ -73,8 +73,11 @@ fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The client, with every request counted in `keyward_api_requests_total`.
 async fn client() -> anyhow::Result<kube::Client> {
-    kube::Client::try_default().await.context("no Kubernetes configuration found (kubeconfig or in-cluster)")
+    let config = kube::Config::infer().await.context("no Kubernetes configuration found (kubeconfig or in-cluster)")?;
+    let builder = kube::client::ClientBuilder::try_from(config).context("building the Kubernetes client")?;
+    Ok(builder.with_layer(&keyward::metrics::requests::layer()).build())
 }
 
 /// `keyward run`: logging, signals, the client, then the operator until a signal (or, for the test harness, until

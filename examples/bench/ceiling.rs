@@ -21,7 +21,12 @@ use crate::writes::retry;
 use crate::{CEILING_NS, MANAGER};
 
 /// The write ceiling: returns (objects/s, timed seconds, untimed setup seconds).
-pub(crate) async fn ceiling(client: &kube::Client, n: usize, conc: usize) -> anyhow::Result<(f64, f64, f64)> {
+pub(crate) async fn ceiling(
+    client: &kube::Client,
+    sealer: Arc<Sealer>,
+    n: usize,
+    conc: usize,
+) -> anyhow::Result<(f64, f64, f64)> {
     let apikeys: Api<ApiKey> = Api::namespaced(client.clone(), CEILING_NS);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), CEILING_NS);
     let t = Instant::now();
@@ -43,7 +48,6 @@ pub(crate) async fn ceiling(client: &kube::Client, n: usize, conc: usize) -> any
     let t0 = Instant::now();
     let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let sealer = Arc::new(Sealer::ephemeral());
     let progress = tokio::spawn({
         let done = done.clone();
         async move {
@@ -65,7 +69,7 @@ pub(crate) async fn ceiling(client: &kube::Client, n: usize, conc: usize) -> any
                 let now = Timestamp::from_second(Timestamp::now().as_second())?;
                 let bk = Book { key_id: Some(id.clone()), rotated_at: Some(now), ..Book::default() };
                 let material = secret::Material { current: Some(&key), previous: None };
-                // The seal costs what Keyward's costs (one HMAC), under a key of this process.
+                // The seal costs what Keyward's costs (one HMAC), under the operator's seal key.
                 let uid = ak.uid().unwrap_or_default();
                 let sealed = Sealed { uid: &uid, secret: &name, book: &bk, current: Some(&key), previous: None };
                 let seal = sealer.seal(&sealed);
@@ -89,4 +93,33 @@ pub(crate) async fn ceiling(client: &kube::Client, n: usize, conc: usize) -> any
     progress.abort();
     result?;
     Ok((n as f64 / secs, secs, setup))
+}
+
+/// The floor for a herd: `n` of the ceiling's Secrets updated with a new key each by a plain client, `conc` in
+/// flight, nothing else written: how soon the herd's last Secret could be live. Returns (seconds, updates/s).
+pub(crate) async fn secret_floor(client: &kube::Client, n: usize, conc: usize) -> anyhow::Result<(f64, f64)> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), CEILING_NS);
+    // Untimed: the objects to update, with their versions (one list).
+    let mut list = secrets.list(&kube::api::ListParams::default()).await?.items;
+    list.truncate(n);
+    anyhow::ensure!(list.len() == n, "the ceiling left {} Secrets, the herd floor needs {n}", list.len());
+    let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+    let t0 = Instant::now();
+    stream::iter(list)
+        .map(|mut s| {
+            let (secrets, pp) = (secrets.clone(), pp.clone());
+            async move {
+                let key = keys::generate(&Default::default(), &mut OsRandom)?;
+                for v in s.data.iter_mut().flat_map(|d| d.values_mut()) {
+                    v.0 = key.as_bytes().to_vec();
+                }
+                let name = s.name_any();
+                retry("update Secret", || secrets.replace(&name, &pp, &s)).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(conc)
+        .try_collect::<()>()
+        .await?;
+    let secs = t0.elapsed().as_secs_f64();
+    Ok((secs, n as f64 / secs))
 }

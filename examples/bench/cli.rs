@@ -37,6 +37,16 @@ pub(crate) struct Args {
     pub(crate) skip_idle: bool,
     #[arg(long)]
     pub(crate) skip_scale: bool,
+    /// Skip the peer phase (external-secrets on the same control plane, after Keyward has stopped).
+    #[arg(long)]
+    pub(crate) skip_peer: bool,
+    /// Do not benchmark: render the README's benchmark tables from the `bench-*.json` files in this directory
+    /// (written by `--out`) and write them between the README's markers.
+    #[arg(long)]
+    pub(crate) render_readme: Option<PathBuf>,
+    /// Also write the JSON object, with the machine, the commit and the load, to this file (pretty-printed).
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
     /// The `keyward` binary to run (default: next to this example's directory, built first when run by cargo).
     #[arg(long)]
     pub(crate) keyward_bin: Option<PathBuf>,

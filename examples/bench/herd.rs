@@ -9,6 +9,8 @@ use serde_json::{Map, Value, json};
 
 use keyward::api::ApiKey;
 
+use crate::idle::writes_between;
+use crate::operator::{api_requests, api_writes, requests_per_key};
 use crate::report::{percentile, r3};
 use crate::watch::{Rotations, Tracker};
 use crate::writes::apply_keys;
@@ -17,6 +19,7 @@ use crate::{NS, PHASE};
 /// Keys due at one instant: lag from the due time to the rotated Secret seen by a watch.
 pub(crate) async fn herd(
     client: &kube::Client,
+    addr: &str,
     n: usize,
     cold_rate: Option<f64>,
     conc: usize,
@@ -54,6 +57,13 @@ pub(crate) async fn herd(
     }
     ensure!(ready_before_due > 0, "no herd key was issued before its due time");
     ensure!(rotations.count() == 0, "keys rotated before the due time");
+    // The operator's requests from a second before the due time (the issue's writes are done) until every status
+    // is written: what the rotations cost.
+    let until_due = Duration::try_from(due.duration_since(Timestamp::now()) - SignedDuration::from_secs(1))
+        .unwrap_or(Duration::ZERO);
+    tokio::time::sleep(until_due).await;
+    let requests_before = api_requests(addr).await?;
+    let writes_before = api_writes(addr).await?;
 
     let deadline = Instant::now()
         + Duration::try_from(due.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)
@@ -88,6 +98,11 @@ pub(crate) async fn herd(
     }
     let status_settled_s = Instant::now().duration_since(t0).as_secs_f64();
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let (requests, by_verb) = requests_per_key(&requests_before, &api_requests(addr).await?, rotated);
+    let writes: Map<String, Value> = writes_between(&writes_before, &api_writes(addr).await?)
+        .into_iter()
+        .map(|(k, v)| (k, json!(r3(v / rotated.max(1) as f64))))
+        .collect();
 
     let mut h = Map::new();
     h.insert("herd_p50_s".into(), json!(percentile(&lags, 0.50).map(r3)));
@@ -101,6 +116,9 @@ pub(crate) async fn herd(
     // Whole seconds (the annotation's precision): when the rotating reconcile began, relative to the due time.
     h.insert("herd_rotated_at_annotation_p50_s".into(), json!(percentile(&stamped, 0.50).map(r3)));
     h.insert("herd_rotated_at_annotation_p99_s".into(), json!(percentile(&stamped, 0.99).map(r3)));
+    h.insert("herd_requests_per_rotation".into(), json!(requests));
+    h.insert("herd_requests_per_rotation_by_verb".into(), json!(by_verb));
+    h.insert("herd_writes_per_rotation".into(), Value::Object(writes));
     h.insert("herd_lead_s".into(), json!(r3(lead)));
     h.insert("herd_issue_s".into(), json!(r3(issued_s)));
     h.insert("herd_statuses_settled_s".into(), json!(r3(status_settled_s)));

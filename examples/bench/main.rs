@@ -1,8 +1,10 @@
-//! Keyward's benchmark: the figures of issue 6, measured side by side in one run on the local control plane.
+//! Keyward's benchmark: the figures of issues 6 and 17, measured side by side in one run on the local control plane,
+//! with external-secrets as the peer.
 //!
 //! ```text
 //! cargo run --release --example bench -- --keys 1000 --idle-secs 30     # quick: a few minutes
-//! cargo run --release --example bench -- --keys 10000                   # the issue's configuration
+//! cargo run --release --example bench -- --keys 10000 --out docs/bench/bench-10000.json
+//! cargo run --release --example bench -- --render-readme docs/bench     # the README's tables from the records
 //! ```
 //!
 //! Progress goes to standard error; the last line on standard output is one JSON object with every figure. Phases:
@@ -11,24 +13,34 @@
 //!   namespace no operator watches) exactly the writes Keyward does per new key: one Secret create and one
 //!   server-side-apply status write, the same objects built by the same pure functions, `--concurrency` at a time.
 //!   Objects per second is the API server's write ceiling on this machine.
+//! - **herd floor**: then `--herd-keys` of those Secrets updated with a new key each, nothing else, `--concurrency`
+//!   at a time: `herd_secret_floor_s`, the soonest a herd's last Secret can be live on this API server.
 //! - **cold start, preapplied**: N ApiKeys exist, then `keyward run` starts: process start → all Ready.
 //! - **cold start**: the operator runs; N more ApiKeys are applied (server-side apply, `--apply-concurrency` at a
 //!   time): first apply → all Ready. `ratio` is its keys/s over the ceiling.
 //! - **memory**: the operator's peak RSS (`VmHWM`) once N ApiKeys and their Secrets exist (`rss_mib`), and at the end.
+//! - **cost per key**: over the cold start, the operator's CPU (`/proc/<pid>/stat`), API writes
+//!   (`keyward_api_writes_total`) and API requests (`keyward_api_requests_total`, watches aside) per key.
 //! - **herd**: `--herd-keys` ApiKeys with the same daily cron schedule (no jitter), due at one whole minute chosen
 //!   so they are all issued first; per key the lag from the due time to the moment this program's watch sees the
-//!   rotated Secret (so the watch delivery is included: an upper bound), p50/p99.
+//!   rotated Secret (so the watch delivery is included: an upper bound), p50/p99, against the herd floor; and the
+//!   operator's API requests and writes per rotation.
 //! - **idle**: `keyward_api_writes_total` from the operator's /metrics, before and after `--idle-secs` with nothing due.
 //! - **scale reaction**: a RateLimitPolicy scraping an in-process `TrafficSim` every 1 s scales a Deployment. The
 //!   traffic is changed right after a poll, so the next poll crosses the threshold. Poll → write is the time between
 //!   the operator's own log lines: the debug line `usage polled` (written the moment a poll's answer is in) and the
 //!   info line `scaled` (written once the scale write has returned), both from the same reconcile.
+//! - **peer**: once Keyward has stopped, external-secrets on the same control plane, the same N and concurrency:
+//!   cold start, peak RSS, CPU, writes and requests per key, and a herd (see `peer`).
+//!
+//! `--out FILE` writes the JSON, with the machine, the commit and the load average at start and end, to a file;
+//! `docs/bench/` holds the runs the README's tables are rendered from (`table`).
 //!
 //! The operator is the real binary (`target/<profile>/keyward`, built first with cargo when run through cargo),
 //! started as `keyward run --namespace bench --concurrency 16 --http-addr 127.0.0.1:0 --log-format json`.
 //!
 //! This file runs the phases in order and assembles the JSON object. One module per phase (`ceiling`, `cold_start`,
-//! `herd`, `idle`, `scale`); `operator` runs `keyward run` and reads its log and /metrics; `watch` times ApiKeys and
+//! `herd`, `idle`, `scale`, `peer`); `operator` runs `keyward run` and reads its log and /metrics; `watch` times ApiKeys and
 //! Secrets from outside; `writes` holds this program's own API writes; `report` the machine, memory and targets;
 //! `cli` the flags.
 
@@ -50,8 +62,10 @@ mod cold_start;
 mod herd;
 mod idle;
 mod operator;
+mod peer;
 mod report;
 mod scale;
+mod table;
 mod watch;
 mod writes;
 
@@ -66,13 +80,13 @@ use serde_json::{Map, Value, json};
 use keyward::api::ApiKey;
 use keyward::devenv::ControlPlane;
 
-use ceiling::ceiling;
+use ceiling::{ceiling, secret_floor};
 use cli::{Args, keyward_bin};
 use cold_start::cold_start;
 use herd::herd;
 use idle::idle;
-use operator::{Operator, api_writes};
-use report::{machine, r3, record_rss, targets};
+use operator::{Operator, api_requests, api_writes, requests_per_key};
+use report::{cpu_seconds, loadavg, machine, r3, record_rss, targets};
 use scale::scale;
 use watch::Tracker;
 use writes::{apply_keys, create_namespace};
@@ -84,6 +98,9 @@ const CEILING_NS: &str = "bench-ceiling";
 /// Label on every ApiKey (and, through `secretTemplate`, Secret) naming the phase that created it.
 const PHASE: &str = "bench.keyward.dev/phase";
 const MANAGER: &str = "keyward-bench";
+/// Where the operator keeps its seal key (`keyward run --seal-namespace`, `--seal-secret`).
+const SEAL_NS: &str = "default";
+const SEAL_SECRET: &str = "keyward-seal";
 
 /// When this program started: the time base of its progress lines.
 static START: OnceLock<Instant> = OnceLock::new();
@@ -92,6 +109,9 @@ static START: OnceLock<Instant> = OnceLock::new();
 async fn main() -> anyhow::Result<()> {
     START.get_or_init(Instant::now);
     let args = Args::parse();
+    if let Some(dir) = &args.render_readme {
+        return render_readme(dir);
+    }
     ensure!(args.keys > 0, "--keys must be at least 1");
     ensure!(args.concurrency > 0 && args.apply_concurrency > 0, "concurrency must be at least 1");
     let n = args.keys;
@@ -106,9 +126,12 @@ async fn main() -> anyhow::Result<()> {
     out.insert("herd_keys".into(), json!(if args.skip_herd { 0 } else { herd_n }));
     out.insert("concurrency".into(), json!(args.concurrency));
     out.insert("apply_concurrency".into(), json!(args.apply_concurrency));
-    let machine = machine();
+    let mut machine = machine();
+    machine["loadavg_start"] = loadavg();
     say!("machine: {machine}");
-    out.insert("machine".into(), machine);
+    out.insert("commit".into(), json!(report::commit()));
+    out.insert("started_at".into(), json!(jiff::Timestamp::now().to_string()));
+    out.insert("argv".into(), json!(std::env::args().skip(1).collect::<Vec<_>>()));
 
     let bin = keyward_bin(&args)?;
     say!("operator binary: {}", bin.display());
@@ -127,12 +150,16 @@ async fn main() -> anyhow::Result<()> {
     for ns in [NS, CEILING_NS] {
         create_namespace(&client, ns).await?;
     }
-    say!("CRDs installed; namespaces {NS} and {CEILING_NS} created");
+    // NB: the operator's seal key, made here before the ceiling writes sealed Secrets: an operator that finds sealed
+    // Secrets but no seal key refuses to start (the key would have been lost).
+    let seal = keyward::operator::seal::SealConfig { namespace: SEAL_NS.into(), name: SEAL_SECRET.into() };
+    let sealer = std::sync::Arc::new(keyward::operator::seal::load_or_create(&client, &seal).await?);
+    say!("CRDs installed; namespaces {NS} and {CEILING_NS} created; seal key {SEAL_NS}/{SEAL_SECRET} ready");
 
     // --- ceiling -------------------------------------------------------------------------------------------------
     let mut ceiling_per_s = None;
     if !args.skip_ceiling {
-        match ceiling(&client, n, conc).await {
+        match ceiling(&client, sealer.clone(), n, conc).await {
             Ok((per_s, secs, setup)) => {
                 say!("ceiling: {n} × (Secret create + status apply) in {secs:.2}s = {per_s:.1} objects/s");
                 ceiling_per_s = Some(per_s);
@@ -141,6 +168,17 @@ async fn main() -> anyhow::Result<()> {
                 durations.insert("ceiling_setup_untimed_s".into(), json!(r3(setup)));
             }
             Err(e) => errors.push(format!("ceiling: {e:#}")),
+        }
+        // The herd's floor: its Secret updates alone, by a plain client, at the same concurrency.
+        if !args.skip_herd && herd_n > 0 {
+            match secret_floor(&client, herd_n.min(n), conc).await {
+                Ok((secs, per_s)) => {
+                    say!("herd floor: {} Secret updates alone in {secs:.2}s = {per_s:.1}/s", herd_n.min(n));
+                    out.insert("herd_secret_floor_s".into(), json!(r3(secs * herd_n as f64 / herd_n.min(n) as f64)));
+                    out.insert("secret_updates_per_s".into(), json!(r3(per_s)));
+                }
+                Err(e) => errors.push(format!("herd floor: {e:#}")),
+            }
         }
     }
 
@@ -169,6 +207,14 @@ async fn main() -> anyhow::Result<()> {
                 out.insert("cold_start_preapplied_per_s".into(), json!(r3(per_s)));
                 out.insert("ratio_preapplied".into(), json!(ceiling_per_s.map(|c| r3(per_s / c))));
                 durations.insert("cold_start_preapplied_s".into(), json!(r3(secs)));
+                // From process start: the initial lists and watches, then every key's issue.
+                let cpu = cpu_seconds(op.pid);
+                out.insert("preapplied_cpu_ms_per_key".into(), json!(cpu.map(|c| r3(c * 1000.0 / n as f64))));
+                if let Ok(after) = api_requests(&op.addr).await {
+                    let (total, by_verb) = requests_per_key(&Default::default(), &after, n);
+                    out.insert("preapplied_requests_per_key".into(), json!(total));
+                    out.insert("preapplied_requests_per_key_by_verb".into(), json!(by_verb));
+                }
             }
             Err(e) => errors.push(format!("preapplied cold start: {e:#}")),
         }
@@ -188,6 +234,8 @@ async fn main() -> anyhow::Result<()> {
     // --- cold start with the operator running --------------------------------------------------------------------
     let mut cold_rate = None;
     let writes_before = api_writes(&op.addr).await.ok();
+    let requests_before = api_requests(&op.addr).await.ok();
+    let cpu_before = cpu_seconds(op.pid);
     match cold_start(&keys_api, n, args.apply_concurrency, timeout).await {
         Ok((secs, apply_secs)) => {
             let per_s = n as f64 / secs;
@@ -206,8 +254,18 @@ async fn main() -> anyhow::Result<()> {
                     .map(|(k, v)| (k, json!(r3(v / n as f64))))
                     .collect();
                 say!("cold start: API writes per key {per_key:?}");
+                let total: f64 = per_key.values().filter_map(Value::as_f64).sum();
+                out.insert("writes_per_key".into(), json!(r3(total)));
                 out.insert("cold_start_writes_per_key".into(), Value::Object(per_key));
             }
+            if let (Some(before), Ok(after)) = (requests_before.as_ref(), api_requests(&op.addr).await) {
+                let (total, by_verb) = requests_per_key(before, &after, n);
+                say!("cold start: {total} API requests per key {by_verb:?}");
+                out.insert("requests_per_key".into(), json!(total));
+                out.insert("cold_start_requests_per_key_by_verb".into(), json!(by_verb));
+            }
+            let cpu = cpu_seconds(op.pid).zip(cpu_before).map(|(a, b)| a - b);
+            out.insert("cpu_ms_per_key".into(), json!(cpu.map(|c| r3(c * 1000.0 / n as f64))));
         }
         Err(e) => errors.push(format!("cold start: {e:#}")),
     }
@@ -218,7 +276,7 @@ async fn main() -> anyhow::Result<()> {
 
     // --- herd ----------------------------------------------------------------------------------------------------
     if !args.skip_herd && herd_n > 0 {
-        match herd(&client, herd_n, cold_rate, args.apply_concurrency, timeout).await {
+        match herd(&client, &op.addr, herd_n, cold_rate, args.apply_concurrency, timeout).await {
             Ok(h) => {
                 say!("herd: {}", Value::Object(h.clone()));
                 // What the API server allows at best: the herd's writes at the ceiling's rate (its last rotation
@@ -226,6 +284,9 @@ async fn main() -> anyhow::Result<()> {
                 if let Some(c) = ceiling_per_s {
                     out.insert("herd_floor_s".into(), json!(r3(herd_n as f64 / c)));
                 }
+                let floor = out.get("herd_secret_floor_s").and_then(Value::as_f64);
+                let p99 = h.get("herd_p99_s").and_then(Value::as_f64);
+                out.insert("herd_p99_vs_secret_floor".into(), json!(p99.zip(floor).map(|(p, f)| r3(p / f))));
                 for (k, v) in h {
                     if ["herd_lead_s", "herd_issue_s", "herd_statuses_settled_s"].contains(&k.as_str()) {
                         durations.insert(k, v);
@@ -264,9 +325,28 @@ async fn main() -> anyhow::Result<()> {
     }
 
     record_rss(&mut out, "rss_end", op.pid);
+    out.insert("operator_cpu_s".into(), json!(cpu_seconds(op.pid).map(r3)));
     out.insert("operator_warnings".into(), json!(op.state().warnings));
     out.insert("operator_warning_samples".into(), json!(op.state().warning_samples.iter().collect::<Vec<_>>()));
     op.stop().await;
+
+    // --- peer: external-secrets, once Keyward has stopped ---------------------------------------------------------
+    if !args.skip_peer {
+        let peer_herd = if args.skip_herd { 0 } else { herd_n };
+        let t = Instant::now();
+        match peer::peer(&cp, &client, &dir, (n, peer_herd), (args.concurrency, args.apply_concurrency), timeout).await
+        {
+            Ok(p) => {
+                say!("peer: {}", Value::Object(p.clone()));
+                let ours = out.get("cold_start_per_s").and_then(Value::as_f64);
+                let theirs = p.get("peer_cold_start_per_s").and_then(Value::as_f64);
+                out.insert("vs_peer_cold_start".into(), json!(ours.zip(theirs).map(|(a, b)| r3(a / b))));
+                out.extend(p);
+            }
+            Err(e) => errors.push(format!("peer: {e:#}")),
+        }
+        durations.insert("peer_s".into(), json!(r3(t.elapsed().as_secs_f64())));
+    }
     durations.insert("phase_timeout_s".into(), json!(timeout.as_secs()));
     durations.insert("total_s".into(), json!(r3(START.get_or_init(Instant::now).elapsed().as_secs_f64())));
     out.insert("durations".into(), Value::Object(durations));
@@ -283,6 +363,27 @@ async fn main() -> anyhow::Result<()> {
         let kept = tmp.keep();
         say!("kept {}", kept.display());
     }
-    println!("{}", Value::Object(out));
+    machine["loadavg_end"] = loadavg();
+    out.insert("machine".into(), machine);
+    let out = Value::Object(out);
+    if let Some(path) = &args.out {
+        std::fs::write(path, serde_json::to_string_pretty(&out)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        say!("wrote {}", path.display());
+    }
+    println!("{out}");
+    Ok(())
+}
+
+/// `--render-readme DIR`: the README's benchmark tables from the runs recorded in `DIR`.
+fn render_readme(dir: &std::path::Path) -> anyhow::Result<()> {
+    let runs = table::load_runs(dir).with_context(|| format!("reading {}", dir.display()))?;
+    ensure!(!runs.is_empty(), "no bench-*.json in {}", dir.display());
+    let readme = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let text = std::fs::read_to_string(&readme)?;
+    let section = table::section(&runs, table::PEER_N);
+    let new = table::replace_section(&text, &section).context("the README has no bench-table markers")?;
+    std::fs::write(&readme, new)?;
+    say!("wrote the benchmark tables of {} runs into {}", runs.len(), readme.display());
     Ok(())
 }

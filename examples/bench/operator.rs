@@ -48,6 +48,7 @@ impl Operator {
         cmd.args(["run", "--exit-on-stdin-close", "--http-addr", "127.0.0.1:0", "--namespace", NS])
             .args(["--concurrency", &concurrency.to_string(), "--log-format", "json"])
             .args(["--log", "info,keyward::ratelimit=debug"])
+            .args(["--seal-namespace", crate::SEAL_NS, "--seal-secret", crate::SEAL_SECRET])
             .env("KUBECONFIG", kubeconfig)
             .env("NO_COLOR", "1")
             // The benchmark's simulated gateways listen on 127.0.0.1.
@@ -167,6 +168,35 @@ pub(crate) async fn api_writes(addr: &str) -> anyhow::Result<BTreeMap<String, f6
         m.insert(labels.trim().to_owned(), value.trim().parse::<f64>().context("metrics value")?);
     }
     Ok(m)
+}
+
+/// `keyward_api_requests_total` by verb, from the operator's /metrics.
+pub(crate) async fn api_requests(addr: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+    let text = reqwest::get(format!("http://{addr}/metrics")).await?.error_for_status()?.text().await?;
+    let mut m = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("keyward_api_requests_total{verb=\"") else { continue };
+        let (verb, value) = rest.split_once("\"}").context("metrics line")?;
+        m.insert(verb.to_owned(), value.trim().parse::<f64>().context("metrics value")?);
+    }
+    Ok(m)
+}
+
+/// Requests per key between two readings of [`api_requests`]: (total without watches, by verb).
+pub(crate) fn requests_per_key(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    n: usize,
+) -> (f64, BTreeMap<String, f64>) {
+    let mut by_verb = BTreeMap::new();
+    for (verb, v) in after {
+        let d = v - before.get(verb).copied().unwrap_or(0.0);
+        if d > 0.0 {
+            by_verb.insert(verb.clone(), crate::report::r3(d / n.max(1) as f64));
+        }
+    }
+    let total = by_verb.iter().filter(|(v, _)| v.as_str() != "watch").map(|(_, x)| x).sum();
+    (crate::report::r3(total), by_verb)
 }
 
 fn tail(path: &Path, n: usize) -> String {

@@ -164,7 +164,7 @@ impl Drop for Rotations {
 /// Watches the objects labelled with `phase`, calling `on_apply` with each one listed or changed and the moment its
 /// event arrived. Returns the watch's task once the first list is done, so no transition is missed. Watch errors are
 /// logged and retried.
-async fn watch_phase<K>(
+pub(crate) async fn watch_phase<K>(
     api: Api<K>,
     phase: &str,
     what: &'static str,

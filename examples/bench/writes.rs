@@ -21,18 +21,34 @@ pub(crate) async fn apply_keys(
     spec: Value,
     conc: usize,
 ) -> anyhow::Result<()> {
+    let body = |name: &str| {
+        json!({
+            "apiVersion": "keyward.dev/v1alpha1", "kind": "ApiKey",
+            "metadata": {"name": name, "labels": {PHASE: phase}},
+            "spec": spec,
+        })
+    };
+    apply_each(api, names, body, conc).await
+}
+
+/// Server-side applies `body(name)` for each name, `conc` at a time, with this program's field manager.
+pub(crate) async fn apply_each<K>(
+    api: &Api<K>,
+    names: impl Iterator<Item = String>,
+    body: impl Fn(&str) -> Value,
+    conc: usize,
+) -> anyhow::Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let pp = PatchParams::apply(MANAGER).force();
     stream::iter(names)
         .map(|name| {
-            let body = json!({
-                "apiVersion": "keyward.dev/v1alpha1", "kind": "ApiKey",
-                "metadata": {"name": name, "labels": {PHASE: phase}},
-                "spec": spec,
-            });
+            let body = body(&name);
             let (api, pp) = (api.clone(), pp.clone());
             async move {
                 let patch = Patch::Apply(&body);
-                retry("apply ApiKey", || api.patch(&name, &pp, &patch)).await.map(|_| ())
+                retry("server-side apply", || api.patch(&name, &pp, &patch)).await.map(|_| ())
             }
         })
         .buffer_unordered(conc)

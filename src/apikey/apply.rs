@@ -9,6 +9,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::book::Book;
 use super::events::event_for;
+use super::follow::Job;
 use super::observe::Observed;
 use super::observe::PreviousState;
 use super::plan::{Action, Outcome, PreviousWrite, SecretWrite};
@@ -31,7 +32,10 @@ pub async fn secret(ctx: &Context, apikey: &ApiKey, o: &Observed, mut write: Sec
     }
     ctx.runtime.metrics.api_write(CONTROLLER, "Secret");
     crashpoint::before_secret_write(&write.action);
-    let written = put(&secrets, o, &write).await;
+    let written = {
+        let _busy = ctx.lane.get().map(|l| l.secret_writes.start());
+        put(&secrets, o, &write).await
+    };
     wipe(&mut write.secret);
     let version = match written {
         Ok(mut written) => {
@@ -51,7 +55,7 @@ pub async fn secret(ctx: &Context, apikey: &ApiKey, o: &Observed, mut write: Sec
     }
     // NB: a reseal changes nothing a reader cares about (it runs once per key after an upgrade or a seal key change).
     if !matches!(write.action, Action::Reseal) {
-        ctx.runtime.publish(apikey, event_for(&write.action, &write.book, &o.secret_name)).await;
+        publish(ctx, apikey, event_for(&write.action, &write.book, &o.secret_name)).await;
     }
     Ok(write.book)
 }
@@ -68,11 +72,13 @@ async fn put_previous(
     let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
     ctx.runtime.metrics.api_write(CONTROLLER, "Secret");
     crashpoint::hit(Point::BeforePreviousSecretWrite);
+    let busy = ctx.lane.get().map(|l| l.secret_writes.start());
     let written = if write.create {
         within_timeout(secrets.create(&pp, &write.secret)).await
     } else {
         within_timeout(secrets.replace(&name, &pp, &write.secret)).await
     };
+    drop(busy);
     wipe(&mut write.secret);
     let op = if write.create { "create" } else { "update" };
     let mut written = written.map_err(|source| Error::Secret { op, ns: o.ns.clone(), name: name.clone(), source })?;
@@ -247,19 +253,42 @@ pub async fn status(ctx: &Context, apikey: &ApiKey, o: &Observed, outcome: &Outc
     if status::owned(apikey.status.as_ref()) == outcome.status {
         return Ok(());
     }
-    ctx.runtime.apply_status(&o.ns, &o.name, &outcome.status).await.map_err(|source| Error::Status {
-        ns: o.ns.clone(),
-        name: o.name.clone(),
-        source,
-    })?;
+    let job = Job::Status { key: ObjectRef::from_obj(apikey), status: Box::new(outcome.status.clone()) };
+    if ctx.lane.get().is_none_or(|l| l.send(job).is_err()) {
+        ctx.runtime.apply_status(&o.ns, &o.name, &outcome.status).await.map_err(|source| Error::Status {
+            ns: o.ns.clone(),
+            name: o.name.clone(),
+            source,
+        })?;
+    }
     let was_in_use = apikey
         .status
         .as_ref()
         .is_some_and(|s| crate::ratelimit::key_usage::is_true(&s.conditions, status::PREVIOUS_KEY_IN_USE));
     if let Some(c) = outcome.in_use.as_ref().filter(|_| !was_in_use) {
-        ctx.runtime.publish_note(apikey, EventType::Warning, c.type_, c.message.clone()).await;
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: c.type_.into(),
+            note: Some(c.message.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        publish(ctx, apikey, ev).await;
     }
     Ok(())
+}
+
+/// Publishes an event on the key through the low lane (see [`super::follow`]), or inline without one.
+async fn publish(ctx: &Context, apikey: &ApiKey, event: Event) {
+    use kube::Resource as _;
+    let job = Job::Event { regarding: Box::new(apikey.object_ref(&())), event: Box::new(event) };
+    let unsent = match ctx.lane.get() {
+        Some(lane) => lane.send(job).err(),
+        None => Some(job),
+    };
+    if let Some(Job::Event { regarding, event }) = unsent {
+        ctx.runtime.publish_to(&regarding, *event).await;
+    }
 }
 
 /// What the metrics report of the key: its state and the times an alert may name.

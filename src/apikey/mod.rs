@@ -8,6 +8,7 @@
 mod apply;
 pub mod book;
 mod events;
+mod follow;
 pub mod layout;
 pub mod observe;
 pub mod overlap;
@@ -108,6 +109,8 @@ pub struct Context {
     reported: Mutex<HashSet<ObjectRef<ApiKey>>>,
     /// Revocation first (see [`priority`]); set by [`run`].
     lanes: OnceLock<priority::Lanes>,
+    /// Statuses and events after the Secret writes (see [`follow`]); set by [`run`], else they are written inline.
+    lane: OnceLock<follow::Lane>,
     /// The operator's seal keys (see [`seal`]).
     sealer: seal::Sealer,
     /// How often every key's Secret is looked at even when nothing happens (spread per key over the second half of
@@ -129,6 +132,7 @@ impl Context {
             policies: OnceLock::new(),
             reported: Mutex::default(),
             lanes: OnceLock::new(),
+            lane: OnceLock::new(),
             recheck: DEFAULT_RECHECK,
             sealer: seal::Sealer::ephemeral(),
             minimums: crate::minimums::Minimums::default(),
@@ -227,6 +231,9 @@ where
 {
     let Launch { scope: namespace, concurrency, synced, shutdown } = launch;
     let _ = ctx.lanes.set(priority::Lanes::new(concurrency));
+    let (retry_tx, retry_rx) = futures::channel::mpsc::unbounded();
+    let (lane, lane_task) = follow::start(&ctx, usize::from(concurrency), retry_tx);
+    let _ = ctx.lane.set(lane);
     let concurrency = concurrency.saturating_add(priority::REVOCATION_SLOTS);
     let client = ctx.runtime.client.clone();
     let shutdown = crate::runtime::drain::Shutdown::new(shutdown);
@@ -242,9 +249,20 @@ where
     let store = keys.clone();
     let controller = Controller::for_stream(triggers, keys)
         .owns_stream(secret_triggers(&ctx, &client, namespace.as_deref()))
-        .watches_stream(policies_come_and_go(policy_events), move |policy| members(&store, &policy));
-    crate::runtime::drive(controller, reconcile, error_policy, ctx, (concurrency, shutdown), "ApiKey").await;
+        .watches_stream(policies_come_and_go(policy_events), move |policy| members(&store, &policy))
+        .reconcile_on(retry_rx);
+    crate::runtime::drive(controller, reconcile, error_policy, ctx.clone(), (concurrency, shutdown), "ApiKey").await;
     housekeeping.abort();
+    flush_lane(&ctx, lane_task).await;
+}
+
+/// Writes what the low lane still holds (bounded), then stops it.
+async fn flush_lane(ctx: &Context, task: tokio::task::JoinHandle<()>) {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    if ctx.lane.get().is_some_and(|l| l.send(follow::Job::Flush(done_tx)).is_ok()) {
+        let _ = tokio::time::timeout(crate::runtime::WRITE_TIMEOUT, done_rx).await;
+    }
+    task.abort();
 }
 
 /// Secret events that may need a reconcile: metadata-only and label-filtered (Secret data never enters the watch

@@ -1,6 +1,7 @@
 //! Finding or building the Go tools the tests and `keyward dev` use: the control plane (`tests/controlplane`),
-//! for the chart tests helm (`tests/helm`, see [`super::helm`]), and for the usage and monitoring tests Prometheus
-//! with promtool (`tests/prometheus`, see [`super::prometheus`]). A cold build takes minutes, so each binary is
+//! for the chart tests helm (`tests/helm`, see [`super::helm`]), for the usage and monitoring tests Prometheus
+//! with promtool (`tests/prometheus`, see [`super::prometheus`]), and for the peer benchmark external-secrets
+//! (`tests/external-secrets`, see [`super::external_secrets`]). A cold build takes minutes, so each binary is
 //! cached outside the work tree (`$KEYWARD_CACHE_DIR`, else `$XDG_CACHE_HOME/keyward`, else `~/.cache/keyward`)
 //! under a name derived from the hash of its Go sources: a fresh clone finds it, and a change to the Go module
 //! builds a new one. A file lock makes parallel test binaries wait for one build instead of racing.
@@ -231,6 +232,7 @@ mod tests {
             &crate::devenv::helm::HELM,
             &crate::devenv::egctl::EGCTL,
             &crate::devenv::prometheus::PROMETHEUS,
+            &crate::devenv::external_secrets::EXTERNAL_SECRETS,
         ] {
             let h = sources_hash(&tool.source_dir(), tool.sources).expect("sources readable");
             assert_eq!(h.len(), 64);

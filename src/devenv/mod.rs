@@ -5,6 +5,7 @@
 mod build;
 mod dev;
 pub mod egctl;
+pub mod external_secrets;
 pub mod helm;
 pub mod prometheus;
 pub mod traffic;

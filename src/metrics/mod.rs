@@ -14,6 +14,7 @@
 //! `objects` holds the per-object state and its collector.
 
 mod objects;
+pub mod requests;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -99,6 +100,11 @@ impl Metrics {
             "keyward_api_writes",
             "Writes made to the Kubernetes API server, by controller and kind of write",
             api_writes.clone(),
+        );
+        registry.register(
+            "keyward_api_requests",
+            "Requests made to the Kubernetes API server, by verb (get, list, watch, create, update, patch, delete)",
+            requests::family(),
         );
         registry.register(
             "keyward_leader",

@@ -153,8 +153,13 @@ impl<K: Kind> Plumbing<K> {
 
     /// Publishes an event on `obj`; a failure to publish is logged, never fatal.
     pub async fn publish<R: Resource<DynamicType = ()>>(&self, obj: &R, ev: Event) {
+        self.publish_to(&obj.object_ref(&()), ev).await;
+    }
+
+    /// Publishes an event about the object `regarding` refers to; a failure to publish is logged, never fatal.
+    pub async fn publish_to(&self, regarding: &k8s_openapi::api::core::v1::ObjectReference, ev: Event) {
         self.metrics.api_write(self.controller, "Event");
-        if let Err(e) = within_timeout(self.events.publish(&ev, &obj.object_ref(&()))).await {
+        if let Err(e) = within_timeout(self.events.publish(&ev, regarding)).await {
             tracing::warn!(error = %e, reason = %ev.reason, "could not publish event");
         }
     }
