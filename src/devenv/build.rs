@@ -93,6 +93,33 @@ impl GoTool {
         Path::new(env!("CARGO_MANIFEST_DIR")).join(self.dir)
     }
 
+    /// `go list -m -f FORMAT MODULE` in this tool's module: what Go knows of a pinned dependency (its version, or
+    /// where it sits in the module cache).
+    pub fn go_list(&self, module: &str, format: &str) -> Result<String, BuildError> {
+        let src = self.source_dir();
+        let out = Command::new("go")
+            .args(["list", "-m", "-f", format, module])
+            .current_dir(&src)
+            .output()
+            .map_err(|_| BuildError::GoMissing { what: self.what })?;
+        if !out.status.success() {
+            let source = std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned());
+            return Err(BuildError::Sources { path: src, source });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Where the pinned `module` sits in the Go module cache, once this tool is built (the build downloads it).
+    pub fn module_dir(&self, module: &str) -> Result<PathBuf, BuildError> {
+        self.binary()?;
+        let dir = PathBuf::from(self.go_list(module, "{{.Dir}}")?);
+        if !dir.is_dir() {
+            let source = std::io::Error::other(format!("{} is not a directory", dir.display()));
+            return Err(BuildError::Sources { path: self.source_dir(), source });
+        }
+        Ok(dir)
+    }
+
     /// The override if set, else the cached build for the current sources, building it first if needed.
     pub fn binary(&self) -> Result<PathBuf, BuildError> {
         if let Some(p) = std::env::var_os(self.override_var) {

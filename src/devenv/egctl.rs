@@ -5,7 +5,6 @@
 //! module cache. Never shipped: the operator image holds only `keyward`.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use super::build::{BuildError, GoTool};
 
@@ -28,19 +27,7 @@ pub fn binary() -> Result<PathBuf, BuildError> {
 
 /// Where the pinned `github.com/envoyproxy/gateway` module sits in the Go module cache (downloaded by the build).
 pub fn module_dir() -> Result<PathBuf, BuildError> {
-    binary()?;
-    let src = EGCTL.source_dir();
-    let out = Command::new("go")
-        .args(["list", "-m", "-f", "{{.Dir}}", "github.com/envoyproxy/gateway"])
-        .current_dir(&src)
-        .output()
-        .map_err(|_| BuildError::GoMissing { what: EGCTL.what })?;
-    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    if !out.status.success() || !dir.is_dir() {
-        let source = std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned());
-        return Err(BuildError::Sources { path: src, source });
-    }
-    Ok(dir)
+    EGCTL.module_dir("github.com/envoyproxy/gateway")
 }
 
 /// The CRD manifests of Gateway API (standard channel) and Envoy Gateway that the module's CRD chart installs,

@@ -5,7 +5,6 @@
 //! cache. Never shipped: the operator image holds only `keyward`.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use super::build::{BuildError, GoTool};
 
@@ -33,32 +32,12 @@ pub fn binary() -> Result<PathBuf, BuildError> {
 
 /// The pinned module's version, as `go list -m` reports it.
 pub fn version() -> Result<String, BuildError> {
-    go_list("{{.Version}}")
+    EXTERNAL_SECRETS.go_list(MODULE, "{{.Version}}")
 }
 
 /// Where the pinned module sits in the Go module cache (downloaded by the build).
 pub fn module_dir() -> Result<PathBuf, BuildError> {
-    binary()?;
-    let dir = PathBuf::from(go_list("{{.Dir}}")?);
-    if !dir.is_dir() {
-        let source = std::io::Error::other(format!("{} is not a directory", dir.display()));
-        return Err(BuildError::Sources { path: EXTERNAL_SECRETS.source_dir(), source });
-    }
-    Ok(dir)
-}
-
-fn go_list(format: &str) -> Result<String, BuildError> {
-    let src = EXTERNAL_SECRETS.source_dir();
-    let out = Command::new("go")
-        .args(["list", "-m", "-f", format, MODULE])
-        .current_dir(&src)
-        .output()
-        .map_err(|_| BuildError::GoMissing { what: EXTERNAL_SECRETS.what })?;
-    if !out.status.success() {
-        let source = std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned());
-        return Err(BuildError::Sources { path: src, source });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    EXTERNAL_SECRETS.module_dir(MODULE)
 }
 
 /// The module's CRD manifests (`config/crds/bases/*.yaml`, without the kustomization), sorted.
